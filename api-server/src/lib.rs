@@ -1,0 +1,1 @@
+//! Appstrate API server.

@@ -1,0 +1,1 @@
+//! Appstrate Kubernetes operator.

@@ -1,0 +1,1 @@
+//! Per-run credential-injecting proxy.

@@ -1,0 +1,1 @@
+//! Test support: fake LLM, fake upstream, spawn_app().
