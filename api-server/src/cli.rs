@@ -1,0 +1,358 @@
+//! The `appstrate` command line (§5.1).
+
+use std::io::Write;
+use std::path::Path;
+
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use rand::RngCore;
+use serde_json::json;
+
+use crate::config::{Config, LogFormat};
+use crate::crypto::{new_token, sha256_hex};
+use crate::infra::database::Database;
+use crate::startup::{bind, Application};
+
+#[derive(Parser)]
+#[command(
+    name = "appstrate",
+    version,
+    about = "Appstrate: a self-hostable platform that runs AI agents packaged as AFPS archives",
+    long_about = "Configuration comes from the environment and from ./.env when present. \
+                  See .env.example for every variable."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the server (the default)
+    Serve,
+    /// First look on a laptop: write ./.env with fresh secrets if missing, then serve
+    Dev,
+    /// Create the organization and its default application, then print an admin token and an API key
+    Bootstrap {
+        #[arg(long, default_value = "Default")]
+        org_name: String,
+        #[arg(long, default_value = "Default")]
+        app_name: String,
+    },
+    /// Manage admin tokens
+    AdminToken {
+        #[command(subcommand)]
+        command: AdminTokenCommand,
+    },
+    /// Database maintenance
+    Db {
+        #[command(subcommand)]
+        command: DbCommand,
+    },
+    /// Validate the environment and exit (0 when valid, 2 otherwise)
+    CheckConfig,
+}
+
+#[derive(Subcommand)]
+enum AdminTokenCommand {
+    /// List admin tokens (id, prefix, created, last used)
+    List,
+    /// Revoke an admin token
+    Revoke { id: String },
+}
+
+#[derive(Subcommand)]
+enum DbCommand {
+    /// Apply migrations and exit
+    Migrate,
+}
+
+/// Runs the command line; returns the process exit code.
+pub fn main() -> i32 {
+    let cli = Cli::parse();
+    let command = cli.command.unwrap_or(Command::Serve);
+    if let Command::Dev = command {
+        if let Err(e) = prepare_dev_env() {
+            eprintln!("appstrate dev: {e}");
+            return 1;
+        }
+    } else {
+        let _ = dotenvy::dotenv();
+    }
+    let config = match Config::from_process_env() {
+        Ok(c) => c,
+        Err(errors) => {
+            for e in errors {
+                eprintln!("{e}");
+            }
+            return 2;
+        }
+    };
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    match command {
+        Command::Serve | Command::Dev => runtime.block_on(serve(config)),
+        Command::CheckConfig => {
+            eprintln!("configuration is valid (tier {})", config.tier());
+            0
+        }
+        Command::Bootstrap { org_name, app_name } => {
+            runtime.block_on(bootstrap(config, &org_name, &app_name))
+        }
+        Command::AdminToken { command } => runtime.block_on(admin_token(config, command)),
+        Command::Db {
+            command: DbCommand::Migrate,
+        } => runtime.block_on(async {
+            crate::telemetry::init(&config.log_level, config.log_format);
+            match crate::infra::connect_database(&config).await {
+                Ok(_) => {
+                    eprintln!("migrations applied");
+                    0
+                }
+                Err(e) => {
+                    eprintln!("{e}");
+                    1
+                }
+            }
+        }),
+    }
+}
+
+async fn serve(config: Config) -> i32 {
+    crate::telemetry::init(&config.log_level, config.log_format);
+    let host = std::env::var("HOST")
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "0.0.0.0".into());
+    let listener = match bind(&host, config.port).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("{e}");
+            return e.exit_code();
+        }
+    };
+    let app = match Application::start(config, listener).await {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("boot failed: {e}");
+            tracing::error!(error = %e, "boot failed");
+            return e.exit_code();
+        }
+    };
+    wait_for_signal().await;
+    if app.shutdown().await {
+        0
+    } else {
+        1
+    }
+}
+
+async fn wait_for_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut term = match signal(SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}
+
+/// Mints a new admin token for `org_id`; returns the secret (shown once).
+pub async fn mint_admin_token(db: &dyn Database, org_id: &str) -> anyhow::Result<String> {
+    let secret = new_token("adm_");
+    db.insert_admin_token(
+        &uuid::Uuid::new_v4().to_string(),
+        org_id,
+        &sha256_hex(&secret),
+        &secret[..8],
+    )
+    .await?;
+    Ok(secret)
+}
+
+/// `appstrate bootstrap`: returns the JSON line it prints.
+pub async fn bootstrap_json(
+    db: &dyn Database,
+    org_name: &str,
+    app_name: &str,
+) -> anyhow::Result<serde_json::Value> {
+    let boot = db.ensure_org(org_name, app_name).await?;
+    let admin = mint_admin_token(db, &boot.org.id).await?;
+    let key = new_token("ask_");
+    db.insert_api_key(&crate::infra::database::NewApiKey {
+        id: uuid::Uuid::new_v4().to_string(),
+        org_id: boot.org.id.clone(),
+        application_id: boot.application.id.clone(),
+        name: "bootstrap".into(),
+        key_hash: sha256_hex(&key),
+        key_prefix: key[..8].to_string(),
+        scopes: crate::http::auth::SCOPES
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+        expires_at: None,
+    })
+    .await?;
+    Ok(json!({
+        "orgId": boot.org.id,
+        "applicationId": boot.application.id,
+        "adminToken": admin,
+        "apiKey": key,
+    }))
+}
+
+async fn bootstrap(config: Config, org_name: &str, app_name: &str) -> i32 {
+    crate::telemetry::init("warn", LogFormat::Text);
+    let db = match crate::infra::connect_database(&config).await {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    match bootstrap_json(db.as_ref(), org_name, app_name).await {
+        Ok(line) => {
+            println!("{line}");
+            0
+        }
+        Err(e) => {
+            eprintln!("bootstrap failed: {e}");
+            1
+        }
+    }
+}
+
+async fn admin_token(config: Config, command: AdminTokenCommand) -> i32 {
+    crate::telemetry::init("warn", LogFormat::Text);
+    let db = match crate::infra::connect_database(&config).await {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    match command {
+        AdminTokenCommand::List => match db.list_admin_tokens().await {
+            Ok(tokens) => {
+                let mut out = std::io::stdout().lock();
+                let _ = writeln!(
+                    out,
+                    "{:<36}  {:<8}  {:<27}  {:<27}  status",
+                    "id", "prefix", "created", "last used"
+                );
+                for t in tokens {
+                    let fmt = |d: Option<crate::infra::database::Timestamp>| {
+                        d.map(|d| d.to_rfc3339_opts(chrono::SecondsFormat::Secs, true))
+                            .unwrap_or_else(|| "-".into())
+                    };
+                    let _ = writeln!(
+                        out,
+                        "{:<36}  {:<8}  {:<27}  {:<27}  {}",
+                        t.id,
+                        t.token_prefix,
+                        fmt(Some(t.created_at)),
+                        fmt(t.last_used_at),
+                        if t.revoked_at.is_some() {
+                            "revoked"
+                        } else {
+                            "active"
+                        }
+                    );
+                }
+                0
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+        AdminTokenCommand::Revoke { id } => match db.revoke_admin_token(&id).await {
+            Ok(()) => {
+                eprintln!("admin token {id} revoked");
+                0
+            }
+            Err(crate::infra::database::DbError::NotFound) => {
+                eprintln!("no active admin token with id {id}");
+                1
+            }
+            Err(e) => {
+                eprintln!("{e}");
+                1
+            }
+        },
+    }
+}
+
+fn free_port(start: u16) -> Option<u16> {
+    (start..start.saturating_add(100))
+        .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
+}
+
+/// `appstrate dev`: write `./.env` with fresh boot secrets when missing (never overwriting one), pick a
+/// free port when `PORT` is unset, then load `.env`.
+fn prepare_dev_env() -> anyhow::Result<()> {
+    let explicit_port = std::env::var("PORT").ok().filter(|p| !p.is_empty());
+    let explicit_url = std::env::var("APP_URL").ok().filter(|p| !p.is_empty());
+    let path = Path::new(".env");
+    let mut port: u16 = explicit_port
+        .as_deref()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(3000);
+    if explicit_port.is_none() {
+        if let Some(free) = free_port(3000) {
+            if free != 3000 {
+                eprintln!("PORT 3000 is already in use; using PORT {free} instead");
+            }
+            port = free;
+        }
+    }
+    if !path.exists() {
+        let b64 = |n: usize| {
+            let mut buf = vec![0u8; n];
+            rand::thread_rng().fill_bytes(&mut buf);
+            base64::engine::general_purpose::STANDARD.encode(buf)
+        };
+        let contents = format!(
+            "# Written by `appstrate dev` with freshly generated secrets. Keep this file private.\n\
+             BETTER_AUTH_SECRET={}\nUPLOAD_SIGNING_SECRET={}\nCONNECTION_ENCRYPTION_KEY={}\nAPP_URL=http://localhost:{port}\n",
+            b64(32),
+            b64(32),
+            b64(32),
+        );
+        let mut opts = std::fs::OpenOptions::new();
+        opts.write(true).create_new(true);
+        #[cfg(unix)]
+        {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.mode(0o600);
+        }
+        let mut file = opts.open(path)?;
+        file.write_all(contents.as_bytes())?;
+        eprintln!("wrote ./.env with freshly generated boot secrets (mode 0600)");
+    }
+    if explicit_port.is_none() {
+        std::env::set_var("PORT", port.to_string());
+        if explicit_url.is_none() && port != 3000 {
+            std::env::set_var("APP_URL", format!("http://localhost:{port}"));
+        }
+    }
+    dotenvy::from_path(path)?;
+    Ok(())
+}

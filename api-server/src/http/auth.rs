@@ -1,0 +1,381 @@
+//! Authentication, application context, scopes and end-user impersonation (§7). One middleware resolves
+//! the caller into an [`Auth`] before any handler runs.
+
+use axum::extract::{MatchedPath, Request, State};
+use axum::http::header::{AUTHORIZATION, WWW_AUTHENTICATE};
+use axum::http::{HeaderMap, Method};
+use axum::middleware::Next;
+use axum::response::Response;
+
+use super::error::ApiError;
+use crate::crypto::sha256_hex;
+use crate::infra::database::{now, ApplicationRow, EndUserRow};
+use crate::state::AppState;
+
+pub const SCOPES: [&str; 12] = [
+    "agents:read",
+    "agents:run",
+    "runs:read",
+    "runs:cancel",
+    "packages:read",
+    "packages:write",
+    "schedules:read",
+    "schedules:write",
+    "webhooks:read",
+    "webhooks:write",
+    "end-users:read",
+    "end-users:write",
+];
+
+const APP_SCOPED: [&str; 8] = [
+    "/api/agents",
+    "/api/runs",
+    "/api/schedules",
+    "/api/webhooks",
+    "/api/end-users",
+    "/api/api-keys",
+    "/api/packages",
+    "/api/realtime",
+];
+
+/// Routes that honour `Idempotency-Key` (§8); the header on any other mutating route is refused.
+const IDEMPOTENT_ROUTES: [&str; 4] = [
+    "/api/agents/{scope}/{name}/run",
+    "/api/runs/inline",
+    "/api/end-users",
+    "/api/webhooks",
+];
+
+#[derive(Debug, Clone)]
+pub enum Credential {
+    ApiKey {
+        id: String,
+        application_id: String,
+        scopes: Vec<String>,
+    },
+    Admin {
+        id: String,
+    },
+}
+
+/// The resolved caller of a request.
+#[derive(Debug, Clone)]
+pub struct Auth {
+    pub org_id: String,
+    pub credential: Credential,
+    /// The application context on app-scoped routes.
+    pub application: Option<ApplicationRow>,
+    /// The impersonated end-user (`Appstrate-User`), API keys only.
+    pub end_user: Option<EndUserRow>,
+}
+
+impl Auth {
+    pub fn is_admin(&self) -> bool {
+        matches!(self.credential, Credential::Admin { .. })
+    }
+
+    /// `apikey:<id>` or `admin:<id>`: the rate-limit identity.
+    pub fn identity(&self) -> String {
+        match &self.credential {
+            Credential::ApiKey { id, .. } => format!("apikey:{id}"),
+            Credential::Admin { id } => format!("admin:{id}"),
+        }
+    }
+
+    pub fn api_key_id(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::ApiKey { id, .. } => Some(id),
+            Credential::Admin { .. } => None,
+        }
+    }
+
+    pub fn require_scope(&self, scope: &str) -> Result<(), ApiError> {
+        match &self.credential {
+            Credential::Admin { .. } => Ok(()),
+            Credential::ApiKey { scopes, .. } if scopes.iter().any(|s| s == scope) => Ok(()),
+            Credential::ApiKey { .. } => Err(ApiError::forbidden(format!(
+                "Insufficient permissions: {scope} required"
+            ))),
+        }
+    }
+
+    pub fn require_admin(&self) -> Result<(), ApiError> {
+        if self.is_admin() {
+            Ok(())
+        } else {
+            Err(ApiError::forbidden(
+                "This route requires an admin token; API keys are not allowed",
+            ))
+        }
+    }
+
+    /// The application context; app-scoped routes always have one.
+    pub fn app(&self) -> Result<&ApplicationRow, ApiError> {
+        self.application
+            .as_ref()
+            .ok_or_else(|| ApiError::internal("application context missing on an app-scoped route"))
+    }
+}
+
+fn invalid_key() -> ApiError {
+    ApiError::unauthorized("Invalid or expired API key")
+        .with_header(WWW_AUTHENTICATE, r#"Bearer error="invalid_token""#)
+}
+
+fn missing_credentials() -> ApiError {
+    ApiError::unauthorized("Invalid or missing credentials").with_header(WWW_AUTHENTICATE, "Bearer")
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match headers.get(name) {
+        None => Ok(None),
+        Some(v) => v
+            .to_str()
+            .map(|s| Some(s.trim()).filter(|s| !s.is_empty()))
+            .map_err(|_| ApiError::invalid_request(format!("{name} header is not valid text"))),
+    }
+}
+
+/// What authentication needs from the request, detached from the (non-`Sync`) body.
+struct RequestInfo {
+    headers: HeaderMap,
+    path: String,
+    query: String,
+}
+
+/// The bearer token from `Authorization`, or from `?token=` on realtime routes.
+fn bearer(req: &RequestInfo) -> Option<String> {
+    if let Some(v) = req.headers.get(AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        let mut parts = v.splitn(2, ' ');
+        let scheme = parts.next().unwrap_or("");
+        let token = parts.next().unwrap_or("").trim();
+        if scheme.eq_ignore_ascii_case("bearer") && !token.is_empty() {
+            return Some(token.to_string());
+        }
+        return None;
+    }
+    if req.path.starts_with("/api/realtime") {
+        return query_param(req, "token");
+    }
+    None
+}
+
+fn query_param(req: &RequestInfo, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(req.query.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+        .filter(|v| !v.is_empty())
+}
+
+/// Resolves the credential. Unknown, revoked or expired → 401.
+async fn authenticate(state: &AppState, token: &str) -> Result<(String, Credential), ApiError> {
+    let db = &state.infra.db;
+    if token.starts_with("ask_") {
+        let key = db
+            .find_api_key(&sha256_hex(token))
+            .await?
+            .ok_or_else(invalid_key)?;
+        let at = now();
+        if key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= at) {
+            return Err(invalid_key());
+        }
+        if state.should_touch(&key.id) {
+            let db = db.clone();
+            let id = key.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = db.touch_api_key(&id, at).await {
+                    tracing::warn!(error = %e, "could not record API key use");
+                }
+            });
+        }
+        return Ok((
+            key.org_id,
+            Credential::ApiKey {
+                id: key.id,
+                application_id: key.application_id,
+                scopes: key.scopes.0,
+            },
+        ));
+    }
+    if token.starts_with("adm_") {
+        let tok = db
+            .find_admin_token(&sha256_hex(token))
+            .await?
+            .ok_or_else(invalid_key)?;
+        if state.should_touch(&tok.id) {
+            let db = db.clone();
+            let id = tok.id.clone();
+            tokio::spawn(async move {
+                if let Err(e) = db.touch_admin_token(&id, now()).await {
+                    tracing::warn!(error = %e, "could not record admin token use");
+                }
+            });
+        }
+        return Ok((tok.org_id, Credential::Admin { id: tok.id }));
+    }
+    Err(missing_credentials())
+}
+
+/// The application context of an app-scoped request (§7.2).
+async fn resolve_application(
+    state: &AppState,
+    req: &RequestInfo,
+    org_id: &str,
+    credential: &Credential,
+) -> Result<ApplicationRow, ApiError> {
+    let headers = &req.headers;
+    let primary = header_str(headers, "x-app-id")?;
+    let alias = header_str(headers, "x-application-id")?;
+    let query = if req.path.starts_with("/api/realtime") {
+        query_param(req, "appId")
+    } else {
+        None
+    };
+    if let (Some(a), Some(b)) = (primary, alias) {
+        if a != b {
+            return Err(ApiError::invalid_request(
+                "X-App-Id and X-Application-Id disagree; send one of them",
+            )
+            .with_param("X-App-Id"));
+        }
+    }
+    let requested = primary.or(alias).map(str::to_string).or(query);
+    let app_id = match (credential, requested) {
+        (Credential::ApiKey { application_id, .. }, None) => application_id.clone(),
+        (Credential::ApiKey { application_id, .. }, Some(h)) => {
+            if &h != application_id {
+                return Err(ApiError::forbidden(
+                    "Application header does not match the API key's application",
+                ));
+            }
+            h
+        }
+        (Credential::Admin { .. }, None) => {
+            return Err(ApiError::invalid_request(
+                "Application context required. Provide X-App-Id header or use an API key.",
+            )
+            .with_param("X-App-Id"))
+        }
+        (Credential::Admin { .. }, Some(h)) => h,
+    };
+    state
+        .infra
+        .db
+        .get_application(org_id, &app_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Application {app_id} not found")))
+}
+
+fn impersonation_allowed(path: &str) -> bool {
+    if [
+        "/api/agents",
+        "/api/runs",
+        "/api/schedules",
+        "/api/realtime",
+    ]
+    .iter()
+    .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+    {
+        return true;
+    }
+    // /api/packages/{scope}/{name}/connections/...
+    let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    segs.len() >= 5 && segs[0] == "api" && segs[1] == "packages" && segs[4] == "connections"
+}
+
+/// Middleware for every authenticated `/api` route.
+pub async fn require_auth(
+    State(state): State<AppState>,
+    mut req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let info = RequestInfo {
+        headers: req.headers().clone(),
+        path: req.uri().path().to_string(),
+        query: req.uri().query().unwrap_or("").to_string(),
+    };
+    let token = bearer(&info).ok_or_else(missing_credentials)?;
+    let (org_id, credential) = authenticate(&state, &token).await?;
+    let path = info.path.clone();
+
+    let application = if APP_SCOPED
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+    {
+        Some(resolve_application(&state, &info, &org_id, &credential).await?)
+    } else {
+        None
+    };
+
+    let end_user = match header_str(&info.headers, "appstrate-user")? {
+        None => None,
+        Some(value) => {
+            if !value.starts_with("eu_") {
+                return Err(ApiError::bad_request(
+                    "invalid_end_user_id",
+                    "Appstrate-User must be an end-user id (eu_…)",
+                ));
+            }
+            if matches!(credential, Credential::Admin { .. }) || !impersonation_allowed(&path) {
+                return Err(ApiError::bad_request(
+                    "header_not_allowed",
+                    "Appstrate-User is only accepted with an API key on agent, run, schedule, connection and realtime routes",
+                ));
+            }
+            let app = application
+                .as_ref()
+                .ok_or_else(|| ApiError::internal("impersonation without an application"))?;
+            let eu = state
+                .infra
+                .db
+                .get_end_user(&app.id, value)
+                .await?
+                .ok_or_else(|| {
+                    ApiError::forbidden("End-user does not belong to this application")
+                })?;
+            Some(eu)
+        }
+    };
+    if req.headers().contains_key("idempotency-key") {
+        let mutating = !matches!(
+            req.method(),
+            &Method::GET | &Method::HEAD | &Method::OPTIONS
+        );
+        let template = req
+            .extensions()
+            .get::<MatchedPath>()
+            .map(|m| m.as_str().to_string())
+            .unwrap_or_default();
+        if mutating
+            && !(req.method() == Method::POST && IDEMPOTENT_ROUTES.contains(&template.as_str()))
+        {
+            return Err(ApiError::bad_request(
+                "idempotency_not_supported",
+                "Idempotency-Key is not supported on this route",
+            ));
+        }
+    }
+
+    req.extensions_mut().insert(Auth {
+        org_id,
+        credential,
+        application,
+        end_user,
+    });
+    Ok(next.run(req).await)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::impersonation_allowed;
+
+    #[test]
+    fn impersonation_routes() {
+        assert!(impersonation_allowed("/api/runs/run_1"));
+        assert!(impersonation_allowed("/api/agents"));
+        assert!(impersonation_allowed("/api/packages/@a/b/connections/key"));
+        assert!(!impersonation_allowed("/api/end-users"));
+        assert!(!impersonation_allowed("/api/packages/@a/b"));
+        assert!(!impersonation_allowed("/api/runsx"));
+    }
+}

@@ -1,0 +1,193 @@
+//! RFC 9457 problem details (§8). Handlers return [`ApiError`]; the outer middleware renders it with the
+//! request id, so every error body carries `requestId` and `instance`.
+
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+use serde_json::{json, Value};
+
+use crate::infra::database::DbError;
+
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub code: &'static str,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            field: field.into(),
+            code,
+            message: message.into(),
+        }
+    }
+}
+
+/// An error answer. Rendered as `application/problem+json` by [`render_problem`].
+#[derive(Debug, Clone)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub code: String,
+    pub title: Option<String>,
+    pub detail: String,
+    pub param: Option<String>,
+    pub errors: Option<Vec<FieldError>>,
+    pub retry_after: Option<u64>,
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, code: &str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            code: code.to_string(),
+            title: None,
+            detail: detail.into(),
+            param: None,
+            errors: None,
+            retry_after: None,
+            headers: Vec::new(),
+        }
+    }
+
+    pub fn with_param(mut self, param: &str) -> Self {
+        self.param = Some(param.to_string());
+        self
+    }
+
+    pub fn with_header(mut self, name: HeaderName, value: &str) -> Self {
+        if let Ok(v) = HeaderValue::from_str(value) {
+            self.headers.push((name, v));
+        }
+        self
+    }
+
+    pub fn bad_request(code: &str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, code, detail)
+    }
+
+    pub fn invalid_request(detail: impl Into<String>) -> Self {
+        Self::bad_request("invalid_request", detail)
+    }
+
+    pub fn validation(errors: Vec<FieldError>) -> Self {
+        let detail = errors
+            .iter()
+            .map(|e| format!("{}: {}", e.field, e.message))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let mut e = Self::bad_request("validation_failed", detail);
+        e.errors = Some(errors);
+        e
+    }
+
+    pub fn unauthorized(detail: &str) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+    }
+
+    pub fn forbidden(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+    }
+
+    pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, code, detail)
+    }
+
+    pub fn internal(err: impl std::fmt::Display) -> Self {
+        tracing::error!(error = %err, "internal error");
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal_error",
+            "An unexpected error occurred.",
+        )
+    }
+
+    pub fn unavailable(code: &str, detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        match e {
+            DbError::NotFound => ApiError::not_found("Resource not found"),
+            DbError::UnknownCursor => ApiError::invalid_request("Unknown startingAfter cursor")
+                .with_param("startingAfter"),
+            DbError::Conflict(c) => ApiError::conflict("conflict", format!("Conflict on {c}")),
+            other => ApiError::internal(other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut res = self.status.into_response();
+        for (k, v) in &self.headers {
+            res.headers_mut().append(k.clone(), v.clone());
+        }
+        res.extensions_mut().insert(self);
+        res
+    }
+}
+
+fn title_for(status: StatusCode) -> String {
+    match status.as_u16() {
+        429 => "Rate Limited".into(),
+        _ => status.canonical_reason().unwrap_or("Error").to_string(),
+    }
+}
+
+/// The problem+json body of `err` for the request `request_id`.
+pub fn render_problem(err: &ApiError, request_id: &str) -> Value {
+    let mut body = json!({
+        "type": format!("https://docs.appstrate.dev/errors/{}", err.code.replace('_', "-")),
+        "title": err.title.clone().unwrap_or_else(|| title_for(err.status)),
+        "status": err.status.as_u16(),
+        "detail": err.detail,
+        "instance": format!("urn:appstrate:request:{request_id}"),
+        "code": err.code,
+        "requestId": request_id,
+    });
+    let obj = body.as_object_mut().expect("object literal");
+    if let Some(p) = &err.param {
+        obj.insert("param".into(), json!(p));
+    }
+    if let Some(r) = err.retry_after {
+        obj.insert("retryAfter".into(), json!(r));
+    }
+    if let Some(errors) = &err.errors {
+        obj.insert("errors".into(), json!(errors));
+    }
+    body
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn problem_shape() {
+        let e = ApiError::validation(vec![FieldError::new("name", "required", "is required")]);
+        let v = render_problem(&e, "req_1");
+        assert_eq!(
+            v["type"],
+            "https://docs.appstrate.dev/errors/validation-failed"
+        );
+        assert_eq!(v["title"], "Bad Request");
+        assert_eq!(v["status"], 400);
+        assert_eq!(v["instance"], "urn:appstrate:request:req_1");
+        assert_eq!(v["requestId"], "req_1");
+        assert_eq!(v["errors"][0]["field"], "name");
+        let r = render_problem(
+            &ApiError::new(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "x"),
+            "req_2",
+        );
+        assert_eq!(r["title"], "Rate Limited");
+    }
+}

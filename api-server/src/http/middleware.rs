@@ -1,0 +1,385 @@
+//! Cross-cutting request handling: request ids, problem rendering, access log and metrics (outermost),
+//! the route-template recorder, per-route rate limits and idempotency.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderValue, Method, StatusCode};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use http_body_util::BodyExt;
+use sha2::{Digest, Sha256};
+use tracing::Instrument;
+
+use super::auth::Auth;
+use super::error::{render_problem, ApiError};
+use super::json::{payload_too_large, read_body};
+use crate::infra::database::IdempotencyState;
+use crate::metrics::{RequestLabels, RouteLabels, RouteOnly};
+use crate::state::AppState;
+
+/// The request id, available to handlers as an extension.
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+/// The matched route template, carried on the response for the access log and metrics.
+#[derive(Debug, Clone)]
+struct RouteTemplate(String);
+
+/// Records the matched route template (inner layer: routing has happened).
+pub async fn record_route(req: Request, next: Next) -> Response {
+    let template = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string());
+    let mut res = next.run(req).await;
+    if let Some(t) = template {
+        res.extensions_mut().insert(RouteTemplate(t));
+    }
+    res
+}
+
+/// Outermost layer: request id, shutdown gate, problem rendering, access log and metrics.
+pub async fn outer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let request_id = format!("req_{}", uuid::Uuid::new_v4());
+    req.extensions_mut().insert(RequestId(request_id.clone()));
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let span = tracing::info_span!("request", request_id = %request_id);
+
+    let mut res = if state.is_shutting_down()
+        && !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
+    {
+        ApiError::unavailable(
+            "shutting_down",
+            "The server is shutting down; retry shortly",
+        )
+        .with_header(RETRY_AFTER, "5")
+        .into_response()
+    } else {
+        next.run(req).instrument(span.clone()).await
+    };
+
+    finish_problem(&mut res, &request_id, &method, &path);
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert("request-id", v);
+    }
+
+    let route = res
+        .extensions()
+        .get::<RouteTemplate>()
+        .map(|r| r.0.clone())
+        .unwrap_or_else(|| "unmatched".to_string());
+    let status = res.status().as_u16();
+    let elapsed = started.elapsed();
+    state
+        .metrics
+        .http_requests
+        .get_or_create(&RequestLabels {
+            method: method.to_string(),
+            route: route.clone(),
+            status,
+        })
+        .inc();
+    state
+        .metrics
+        .http_duration
+        .get_or_create(&RouteLabels {
+            method: method.to_string(),
+            route: route.clone(),
+        })
+        .observe(elapsed.as_secs_f64());
+    span.in_scope(|| {
+        tracing::info!(
+            method = %method,
+            route = %route,
+            status,
+            latency_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    });
+    res
+}
+
+/// Renders the `ApiError` carried by a response, or turns a bare framework error (404, 405, 413…) into a
+/// problem, so every error body has the same shape.
+fn finish_problem(res: &mut Response, request_id: &str, method: &Method, path: &str) {
+    let err = match res.extensions_mut().remove::<ApiError>() {
+        Some(e) => e,
+        None => {
+            let status = res.status();
+            if status.as_u16() < 400 {
+                return;
+            }
+            let is_problem = res
+                .headers()
+                .get(CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|ct| ct.contains("problem+json"));
+            if is_problem {
+                return;
+            }
+            match status {
+                StatusCode::NOT_FOUND => {
+                    ApiError::not_found(format!("API endpoint not found: {method} {path}"))
+                }
+                StatusCode::METHOD_NOT_ALLOWED => ApiError::new(
+                    status,
+                    "method_not_allowed",
+                    format!("{method} is not allowed on {path}"),
+                ),
+                StatusCode::PAYLOAD_TOO_LARGE => payload_too_large(),
+                _ => ApiError::new(
+                    status,
+                    "error",
+                    status.canonical_reason().unwrap_or("Error").to_string(),
+                ),
+            }
+        }
+    };
+    let body = render_problem(&err, request_id).to_string();
+    let allow = res.headers().get(ALLOW).cloned();
+    let mut new = Response::new(Body::from(body));
+    *new.status_mut() = err.status;
+    // Keep every header the original answer set (Retry-After, RateLimit, WWW-Authenticate, Allow…).
+    for (k, v) in res.headers() {
+        if k != CONTENT_TYPE && k != axum::http::header::CONTENT_LENGTH {
+            new.headers_mut().append(k.clone(), v.clone());
+        }
+    }
+    if let Some(a) = allow {
+        new.headers_mut().insert(ALLOW, a);
+    }
+    new.headers_mut().insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/problem+json"),
+    );
+    if let Some(t) = res.extensions().get::<RouteTemplate>().cloned() {
+        new.extensions_mut().insert(t);
+    }
+    *res = new;
+}
+
+/// The client address: the socket, or the `X-Forwarded-For` entry chosen by `TRUST_PROXY`.
+pub fn client_ip(state: &AppState, req: &Request) -> String {
+    let socket = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|c| c.0.ip().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let hops = state.config.trust_proxy_hops as usize;
+    if hops == 0 {
+        return socket;
+    }
+    let chain: Vec<String> = req
+        .headers()
+        .get_all("x-forwarded-for")
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect();
+    // With N trusted hops, the client is the N-th entry from the right.
+    if chain.len() >= hops {
+        chain[chain.len() - hops].clone()
+    } else {
+        chain.first().cloned().unwrap_or(socket)
+    }
+}
+
+/// A per-route fixed-window limit (§10.2).
+#[derive(Debug, Clone, Copy)]
+pub struct Limit {
+    pub limit: u32,
+    pub window_secs: u64,
+}
+
+/// Rate-limit middleware; attach with `route_layer` so the route template is known.
+pub async fn rate_limit(
+    State((state, limit)): State<(AppState, Limit)>,
+    req: Request,
+    next: Next,
+) -> Response {
+    let template = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_string())
+        .unwrap_or_else(|| req.uri().path().to_string());
+    let identity = match req.extensions().get::<Auth>() {
+        Some(a) => a.identity(),
+        None => format!("ip:{}", client_ip(&state, &req)),
+    };
+    let key = format!("{}:{}:{}", req.method(), template, identity);
+    let window = Duration::from_secs(limit.window_secs);
+    let decision = match state
+        .infra
+        .rate_limiter
+        .hit(&key, limit.limit, window)
+        .await
+    {
+        Ok(d) => d,
+        Err(e) => {
+            // Fail open: an unavailable limiter must not take the API down.
+            tracing::warn!(error = %e, "rate limiter unavailable; request let through");
+            state.metrics.rate_limiter_errors.inc();
+            return next.run(req).await;
+        }
+    };
+    if !decision.allowed {
+        state
+            .metrics
+            .rate_limited
+            .get_or_create(&RouteOnly { route: template })
+            .inc();
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "Too many requests. Please try again shortly.",
+        )
+        .with_header(RETRY_AFTER, &decision.reset_secs.to_string())
+        .with_header(
+            "ratelimit".parse().expect("static header"),
+            &decision.header(),
+        )
+        .with_header(
+            "ratelimit-policy".parse().expect("static header"),
+            &decision.policy(),
+        );
+        err.retry_after = Some(decision.reset_secs);
+        return err.into_response();
+    }
+    let mut res = next.run(req).await;
+    if let Ok(v) = HeaderValue::from_str(&decision.header()) {
+        res.headers_mut().insert("ratelimit", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&decision.policy()) {
+        res.headers_mut().insert("ratelimit-policy", v);
+    }
+    res
+}
+
+fn valid_idempotency_key(key: &str) -> bool {
+    (1..=255).contains(&key.len()) && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
+}
+
+/// `Idempotency-Key` handling for the routes that support it (§8).
+pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    match idempotency_inner(state, req, next).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn idempotency_inner(
+    state: AppState,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    let Some(raw) = req.headers().get("idempotency-key") else {
+        return Ok(next.run(req).await);
+    };
+    let key = raw
+        .to_str()
+        .ok()
+        .filter(|k| valid_idempotency_key(k))
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "invalid_idempotency_key",
+                "Idempotency-Key must be 1-255 printable ASCII characters",
+            )
+            .with_param("Idempotency-Key")
+        })?
+        .to_string();
+    let auth = req
+        .extensions()
+        .get::<Auth>()
+        .cloned()
+        .ok_or_else(|| ApiError::internal("idempotency without authentication"))?;
+    let app_id = auth.app()?.id.clone();
+    let (parts, body) = req.into_parts();
+    let bytes = read_body(Request::from_parts(parts.clone(), body)).await?;
+    let hash = hex::encode(Sha256::digest(&bytes));
+    let db = &state.infra.db;
+    match db
+        .idempotency_begin(&auth.org_id, &app_id, &key, &hash)
+        .await?
+    {
+        IdempotencyState::Acquired => {}
+        IdempotencyState::InProgress { body_hash } => {
+            return Err(if body_hash != hash {
+                conflict()
+            } else {
+                ApiError::conflict(
+                    "idempotency_in_progress",
+                    "A request with this Idempotency-Key is still being processed",
+                )
+            });
+        }
+        IdempotencyState::Completed {
+            body_hash,
+            status,
+            body,
+        } => {
+            if body_hash != hash {
+                return Err(conflict());
+            }
+            let mut res = Response::new(Body::from(body));
+            *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            res.headers_mut()
+                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            res.headers_mut()
+                .insert("idempotent-replayed", HeaderValue::from_static("true"));
+            return Ok(res);
+        }
+    }
+    let res = next
+        .run(Request::from_parts(parts, Body::from(bytes)))
+        .await;
+    if !res.status().is_success() {
+        db.idempotency_release(&auth.org_id, &app_id, &key).await?;
+        return Ok(res);
+    }
+    let (parts, body) = res.into_parts();
+    let body = match body.collect().await {
+        Ok(b) => b.to_bytes(),
+        Err(e) => {
+            db.idempotency_release(&auth.org_id, &app_id, &key).await?;
+            return Err(ApiError::internal(e));
+        }
+    };
+    db.idempotency_complete(
+        &auth.org_id,
+        &app_id,
+        &key,
+        parts.status.as_u16(),
+        &String::from_utf8_lossy(&body),
+    )
+    .await?;
+    Ok(Response::from_parts(parts, Body::from(body)))
+}
+
+fn conflict() -> ApiError {
+    ApiError::new(
+        StatusCode::UNPROCESSABLE_ENTITY,
+        "idempotency_conflict",
+        "This Idempotency-Key was used with a different request body",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::valid_idempotency_key;
+
+    #[test]
+    fn idempotency_keys() {
+        assert!(valid_idempotency_key("abc-123"));
+        assert!(!valid_idempotency_key(""));
+        assert!(!valid_idempotency_key("has space"));
+        assert!(!valid_idempotency_key(&"x".repeat(256)));
+    }
+}

@@ -1,0 +1,131 @@
+//! The HTTP API: thin handlers over the domain and infrastructure, assembled into one router.
+
+pub mod auth;
+pub mod error;
+pub mod json;
+pub mod list;
+pub mod middleware;
+pub mod routes;
+
+use axum::extract::{DefaultBodyLimit, Request};
+use axum::middleware::{from_fn, from_fn_with_state};
+use axum::routing::{get, post};
+use axum::Router;
+use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+use utoipa::openapi::Server;
+use utoipa::{Modify, OpenApi};
+
+use self::error::ApiError;
+use self::middleware::{idempotency, outer, rate_limit, record_route, Limit};
+use self::routes::{api_keys, applications, end_users, meta};
+use crate::state::AppState;
+
+struct BearerAuth;
+
+impl Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(
+                HttpBuilder::new()
+                    .scheme(HttpAuthScheme::Bearer)
+                    .description(Some("An API key (ask_…) or an admin token (adm_…)"))
+                    .build(),
+            ),
+        );
+    }
+}
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "Appstrate API", description = "Run AI agents packaged as AFPS archives."),
+    paths(
+        meta::health, meta::metrics, meta::openapi,
+        applications::list, applications::create, applications::get, applications::update, applications::delete,
+        api_keys::list, api_keys::available_scopes, api_keys::create, api_keys::revoke,
+        end_users::create, end_users::list, end_users::get, end_users::update, end_users::delete,
+    ),
+    components(schemas(applications::ApplicationDto, api_keys::ApiKeyDto, end_users::EndUserDto)),
+    modifiers(&BearerAuth),
+    security(("bearer" = []))
+)]
+struct ApiDoc;
+
+/// The OpenAPI 3.1 document with `APP_URL` as its server.
+pub fn openapi_json(app_url: &str) -> String {
+    let mut doc = ApiDoc::openapi();
+    doc.servers = Some(vec![Server::new(app_url)]);
+    doc.to_json().unwrap_or_else(|_| "{}".into())
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::not_found(format!(
+        "API endpoint not found: {} {}",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+/// The complete application router.
+pub fn router(state: AppState) -> Router {
+    let rl = |limit: u32, window_secs: u64| {
+        from_fn_with_state((state.clone(), Limit { limit, window_secs }), rate_limit)
+    };
+    let idem = || from_fn_with_state(state.clone(), idempotency);
+
+    let api = Router::new()
+        .route(
+            "/api/applications",
+            get(applications::list).post(applications::create),
+        )
+        .route(
+            "/api/applications/{id}",
+            get(applications::get)
+                .patch(applications::update)
+                .delete(applications::delete),
+        )
+        .route(
+            "/api/api-keys",
+            get(api_keys::list).merge(post(api_keys::create).route_layer(rl(10, 60))),
+        )
+        .route(
+            "/api/api-keys/available-scopes",
+            get(api_keys::available_scopes),
+        )
+        .route(
+            "/api/api-keys/{id}",
+            axum::routing::delete(api_keys::revoke),
+        )
+        .route(
+            "/api/end-users",
+            get(end_users::list).route_layer(rl(300, 60)).merge(
+                post(end_users::create)
+                    .route_layer(idem())
+                    .route_layer(rl(60, 60)),
+            ),
+        )
+        .route(
+            "/api/end-users/{id}",
+            get(end_users::get).route_layer(rl(300, 60)).merge(
+                axum::routing::patch(end_users::update)
+                    .delete(end_users::delete)
+                    .route_layer(rl(60, 60)),
+            ),
+        )
+        .route_layer(from_fn_with_state(state.clone(), auth::require_auth));
+
+    let public = Router::new()
+        .route("/health", get(meta::health))
+        .route("/metrics", get(meta::metrics))
+        .route("/api/openapi.json", get(meta::openapi));
+
+    Router::new()
+        .merge(public)
+        .merge(api)
+        .route_layer(from_fn(record_route))
+        .fallback(not_found)
+        .layer(DefaultBodyLimit::max(state.config.api_body_limit_bytes))
+        .layer(from_fn_with_state(state.clone(), outer))
+        .with_state(state)
+}

@@ -1,0 +1,4 @@
+pub mod api_keys;
+pub mod applications;
+pub mod end_users;
+pub mod meta;

@@ -1,0 +1,257 @@
+//! The `Database` concern: one repository trait, implemented once in SQL (`sql.rs`) and instantiated for
+//! SQLite (Tier 0) and PostgreSQL (Tier 1+). Callers only ever see `Arc<dyn Database>`.
+
+mod sql;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use serde_json::Value;
+use sqlx::types::Json;
+
+pub use sql::{connect_postgres, connect_sqlite, SqlDatabase};
+
+pub type Timestamp = DateTime<Utc>;
+
+/// Current time truncated to microseconds, the precision both databases keep.
+pub fn now() -> Timestamp {
+    let t = Utc::now();
+    DateTime::from_timestamp_micros(t.timestamp_micros()).unwrap_or(t)
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("not found")]
+    NotFound,
+    /// A unique constraint was violated; the string names the constraint or columns.
+    #[error("conflict on {0}")]
+    Conflict(String),
+    #[error("unknown pagination cursor")]
+    UnknownCursor,
+    #[error(transparent)]
+    Sqlx(#[from] sqlx::Error),
+    #[error(transparent)]
+    Migrate(#[from] sqlx::migrate::MigrateError),
+}
+
+pub type DbResult<T> = Result<T, DbError>;
+
+/// Cursor pagination, newest first (§8).
+#[derive(Debug, Clone, Default)]
+pub struct Page {
+    pub limit: u32,
+    pub starting_after: Option<String>,
+}
+
+#[derive(Debug, Clone)]
+pub struct Paged<T> {
+    pub items: Vec<T>,
+    pub has_more: bool,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct OrgRow {
+    pub id: String,
+    pub name: String,
+    pub slug: String,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApplicationRow {
+    pub id: String,
+    pub org_id: String,
+    pub name: String,
+    pub is_default: bool,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct AdminTokenRow {
+    pub id: String,
+    pub org_id: String,
+    pub token_prefix: String,
+    pub created_at: Timestamp,
+    pub last_used_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct ApiKeyRow {
+    pub id: String,
+    pub org_id: String,
+    pub application_id: String,
+    pub name: String,
+    pub key_prefix: String,
+    pub scopes: Json<Vec<String>>,
+    pub expires_at: Option<Timestamp>,
+    pub revoked_at: Option<Timestamp>,
+    pub last_used_at: Option<Timestamp>,
+    pub created_at: Timestamp,
+}
+
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct EndUserRow {
+    pub id: String,
+    pub org_id: String,
+    pub application_id: String,
+    pub name: Option<String>,
+    pub email: Option<String>,
+    pub external_id: Option<String>,
+    pub metadata: Json<Value>,
+    pub created_at: Timestamp,
+    pub updated_at: Timestamp,
+}
+
+#[derive(Debug, Clone)]
+pub struct NewApiKey {
+    pub id: String,
+    pub org_id: String,
+    pub application_id: String,
+    pub name: String,
+    pub key_hash: String,
+    pub key_prefix: String,
+    pub scopes: Vec<String>,
+    pub expires_at: Option<Timestamp>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EndUserFilter {
+    pub external_id: Option<String>,
+    pub email: Option<String>,
+}
+
+/// A partial update: `None` leaves a field alone, `Some(None)` clears it.
+#[derive(Debug, Clone, Default)]
+pub struct EndUserPatch {
+    pub name: Option<Option<String>>,
+    pub email: Option<Option<String>>,
+    pub external_id: Option<Option<String>>,
+    pub metadata: Option<Value>,
+}
+
+#[derive(Debug, Clone)]
+pub struct BootstrapResult {
+    pub org: OrgRow,
+    pub application: ApplicationRow,
+    pub org_created: bool,
+}
+
+/// What an idempotency key currently holds (§8).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IdempotencyState {
+    /// The key was free and is now held by this request.
+    Acquired,
+    /// Another request with this key is still being processed.
+    InProgress { body_hash: String },
+    /// A 2xx answer is stored.
+    Completed {
+        body_hash: String,
+        status: u16,
+        body: String,
+    },
+}
+
+#[async_trait]
+pub trait Database: Send + Sync {
+    /// `sqlite` or `postgres`, as reported by `/health`.
+    fn kind(&self) -> &'static str;
+    async fn migrate(&self) -> DbResult<()>;
+    async fn ping(&self) -> DbResult<()>;
+
+    // Organizations and bootstrap
+    async fn find_org_by_name(&self, name: &str) -> DbResult<Option<OrgRow>>;
+    /// Creates the organization and its default application unless an organization with that name exists.
+    async fn ensure_org(&self, org_name: &str, app_name: &str) -> DbResult<BootstrapResult>;
+
+    // Admin tokens
+    async fn insert_admin_token(
+        &self,
+        id: &str,
+        org_id: &str,
+        hash: &str,
+        prefix: &str,
+    ) -> DbResult<()>;
+    /// The active token with this hash.
+    async fn find_admin_token(&self, hash: &str) -> DbResult<Option<AdminTokenRow>>;
+    async fn list_admin_tokens(&self) -> DbResult<Vec<AdminTokenRow>>;
+    async fn revoke_admin_token(&self, id: &str) -> DbResult<()>;
+    async fn touch_admin_token(&self, id: &str, at: Timestamp) -> DbResult<()>;
+
+    // Applications
+    async fn insert_application(
+        &self,
+        org_id: &str,
+        name: &str,
+        is_default: bool,
+    ) -> DbResult<ApplicationRow>;
+    async fn get_application(&self, org_id: &str, id: &str) -> DbResult<Option<ApplicationRow>>;
+    async fn list_applications(
+        &self,
+        org_id: &str,
+        only: Option<&str>,
+        page: &Page,
+    ) -> DbResult<Paged<ApplicationRow>>;
+    async fn rename_application(
+        &self,
+        org_id: &str,
+        id: &str,
+        name: &str,
+    ) -> DbResult<ApplicationRow>;
+    async fn delete_application(&self, org_id: &str, id: &str) -> DbResult<()>;
+
+    // API keys
+    async fn insert_api_key(&self, key: &NewApiKey) -> DbResult<ApiKeyRow>;
+    /// The key with this hash, whatever its state; the caller checks revocation and expiry.
+    async fn find_api_key(&self, hash: &str) -> DbResult<Option<ApiKeyRow>>;
+    async fn list_api_keys(
+        &self,
+        org_id: &str,
+        application_id: &str,
+        page: &Page,
+    ) -> DbResult<Paged<ApiKeyRow>>;
+    /// Soft revoke. `NotFound` when unknown or already revoked.
+    async fn revoke_api_key(&self, org_id: &str, application_id: &str, id: &str) -> DbResult<()>;
+    async fn touch_api_key(&self, id: &str, at: Timestamp) -> DbResult<()>;
+
+    // End-users
+    async fn insert_end_user(&self, row: &EndUserRow) -> DbResult<EndUserRow>;
+    async fn get_end_user(&self, application_id: &str, id: &str) -> DbResult<Option<EndUserRow>>;
+    async fn list_end_users(
+        &self,
+        application_id: &str,
+        filter: &EndUserFilter,
+        page: &Page,
+    ) -> DbResult<Paged<EndUserRow>>;
+    async fn update_end_user(
+        &self,
+        application_id: &str,
+        id: &str,
+        patch: &EndUserPatch,
+    ) -> DbResult<EndUserRow>;
+    async fn delete_end_user(&self, application_id: &str, id: &str) -> DbResult<()>;
+
+    // Idempotency
+    async fn idempotency_begin(
+        &self,
+        org_id: &str,
+        application_id: &str,
+        key: &str,
+        body_hash: &str,
+    ) -> DbResult<IdempotencyState>;
+    async fn idempotency_complete(
+        &self,
+        org_id: &str,
+        application_id: &str,
+        key: &str,
+        status: u16,
+        body: &str,
+    ) -> DbResult<()>;
+    async fn idempotency_release(
+        &self,
+        org_id: &str,
+        application_id: &str,
+        key: &str,
+    ) -> DbResult<()>;
+}

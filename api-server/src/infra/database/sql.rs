@@ -1,0 +1,709 @@
+//! The SQL implementation of [`Database`], written once and instantiated for SQLite and PostgreSQL.
+//!
+//! The statements are portable: `$n` placeholders (SQLite reads `$n` as parameter n too), `RETURNING`,
+//! `ON CONFLICT`, and column types that both drivers map the same way (`TEXT` ids, chrono timestamps,
+//! `Json<T>`, `bool`). The macro keeps one copy of the logic without generic bounds on every call.
+
+use std::path::Path;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::types::Json;
+use sqlx::{Pool, Postgres, QueryBuilder, Sqlite};
+
+use super::*;
+
+pub struct SqlDatabase<DB: sqlx::Database> {
+    pool: Pool<DB>,
+}
+
+impl<DB: sqlx::Database> SqlDatabase<DB> {
+    pub fn pool(&self) -> &Pool<DB> {
+        &self.pool
+    }
+}
+
+/// Opens (creating if needed) the Tier 0 database file: WAL, foreign keys on, 5 s busy timeout.
+pub async fn connect_sqlite(path: &Path) -> Result<SqlDatabase<Sqlite>, sqlx::Error> {
+    if let Some(parent) = path.parent() {
+        if !parent.as_os_str().is_empty() {
+            std::fs::create_dir_all(parent)?;
+        }
+    }
+    let opts = SqliteConnectOptions::new()
+        .filename(path)
+        .create_if_missing(true)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Normal)
+        .foreign_keys(true)
+        .busy_timeout(Duration::from_secs(5));
+    let pool = SqlitePoolOptions::new()
+        .max_connections(8)
+        .min_connections(1)
+        .connect_with(opts)
+        .await?;
+    Ok(SqlDatabase { pool })
+}
+
+/// Connects to PostgreSQL with a pool of at most 20 connections.
+pub async fn connect_postgres(url: &str) -> Result<SqlDatabase<Postgres>, sqlx::Error> {
+    let pool = PgPoolOptions::new()
+        .max_connections(20)
+        .acquire_timeout(Duration::from_secs(10))
+        .connect(url)
+        .await?;
+    Ok(SqlDatabase { pool })
+}
+
+fn map_err(e: sqlx::Error) -> DbError {
+    if let sqlx::Error::Database(d) = &e {
+        if d.is_unique_violation() {
+            let name = d
+                .constraint()
+                .map(str::to_string)
+                .unwrap_or_else(|| d.message().to_string());
+            return DbError::Conflict(name);
+        }
+    }
+    DbError::Sqlx(e)
+}
+
+fn slugify(name: &str) -> String {
+    let mut slug = String::new();
+    for c in name.to_lowercase().chars() {
+        if c.is_ascii_alphanumeric() {
+            slug.push(c);
+        } else if !slug.ends_with('-') && !slug.is_empty() {
+            slug.push('-');
+        }
+    }
+    let slug = slug.trim_end_matches('-').to_string();
+    if slug.is_empty() {
+        "org".into()
+    } else {
+        slug
+    }
+}
+
+const APP_COLS: &str = "id, org_id, name, is_default, created_at, updated_at";
+const ORG_COLS: &str = "id, name, slug, created_at, updated_at";
+const ADMIN_COLS: &str = "id, org_id, token_prefix, created_at, last_used_at, revoked_at";
+const KEY_COLS: &str = "id, org_id, application_id, name, key_prefix, scopes, expires_at, revoked_at, last_used_at, created_at";
+const EU_COLS: &str =
+    "id, org_id, application_id, name, email, external_id, metadata, created_at, updated_at";
+
+/// How long a request may hold an idempotency key in `processing` before the key is considered abandoned.
+const IDEMPOTENCY_STALE_SECS: i64 = 120;
+
+macro_rules! impl_sql_database {
+    ($db:ty, $kind:literal, $migrator:expr) => {
+        impl SqlDatabase<$db> {
+            /// One page of `table`, newest first, restricted by equality `filters`.
+            async fn list_page<T>(
+                &self,
+                table: &str,
+                cols: &str,
+                filters: &[(&str, String)],
+                page: &Page,
+            ) -> DbResult<Paged<T>>
+            where
+                T: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+            {
+                let mut cursor = None;
+                if let Some(after) = &page.starting_after {
+                    let mut qb = QueryBuilder::<$db>::new(format!(
+                        "SELECT created_at FROM {table} WHERE id = "
+                    ));
+                    qb.push_bind(after.clone());
+                    for (col, val) in filters {
+                        qb.push(format!(" AND {col} = ")).push_bind(val.clone());
+                    }
+                    let at: Option<(Timestamp,)> = qb
+                        .build_query_as()
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(map_err)?;
+                    cursor = Some((at.ok_or(DbError::UnknownCursor)?.0, after.clone()));
+                }
+                let mut qb =
+                    QueryBuilder::<$db>::new(format!("SELECT {cols} FROM {table} WHERE 1 = 1"));
+                for (col, val) in filters {
+                    qb.push(format!(" AND {col} = ")).push_bind(val.clone());
+                }
+                if let Some((at, id)) = cursor {
+                    qb.push(" AND (created_at < ")
+                        .push_bind(at)
+                        .push(" OR (created_at = ")
+                        .push_bind(at)
+                        .push(" AND id < ")
+                        .push_bind(id)
+                        .push("))");
+                }
+                qb.push(" ORDER BY created_at DESC, id DESC LIMIT ")
+                    .push_bind(page.limit as i64 + 1);
+                let mut items: Vec<T> = qb
+                    .build_query_as()
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                let has_more = items.len() > page.limit as usize;
+                items.truncate(page.limit as usize);
+                Ok(Paged { items, has_more })
+            }
+        }
+
+        #[async_trait]
+        impl Database for SqlDatabase<$db> {
+            fn kind(&self) -> &'static str {
+                $kind
+            }
+
+            async fn migrate(&self) -> DbResult<()> {
+                $migrator.run(&self.pool).await?;
+                Ok(())
+            }
+
+            async fn ping(&self) -> DbResult<()> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn find_org_by_name(&self, name: &str) -> DbResult<Option<OrgRow>> {
+                let sql = format!(
+                    "SELECT {ORG_COLS} FROM organizations WHERE name = $1 ORDER BY created_at LIMIT 1"
+                );
+                Ok(sqlx::query_as::<_, OrgRow>(&sql)
+                    .bind(name)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?)
+            }
+
+            async fn ensure_org(&self, org_name: &str, app_name: &str) -> DbResult<BootstrapResult> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let sql = format!(
+                    "SELECT {ORG_COLS} FROM organizations WHERE name = $1 ORDER BY created_at LIMIT 1"
+                );
+                let existing = sqlx::query_as::<_, OrgRow>(&sql)
+                    .bind(org_name)
+                    .fetch_optional(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                if let Some(org) = existing {
+                    let sql = format!(
+                        "SELECT {APP_COLS} FROM applications WHERE org_id = $1 AND is_default = $2"
+                    );
+                    let application = sqlx::query_as::<_, ApplicationRow>(&sql)
+                        .bind(&org.id)
+                        .bind(true)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                    tx.commit().await.map_err(map_err)?;
+                    return Ok(BootstrapResult {
+                        org,
+                        application,
+                        org_created: false,
+                    });
+                }
+                let base = slugify(org_name);
+                let taken: Option<(String,)> =
+                    sqlx::query_as("SELECT id FROM organizations WHERE slug = $1")
+                        .bind(&base)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                let slug = if taken.is_some() {
+                    format!("{base}-{}", &crate::crypto::random_hex(3))
+                } else {
+                    base
+                };
+                let at = now();
+                let sql = format!(
+                    "INSERT INTO organizations (id, name, slug, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $4) RETURNING {ORG_COLS}"
+                );
+                let org = sqlx::query_as::<_, OrgRow>(&sql)
+                    .bind(uuid::Uuid::new_v4().to_string())
+                    .bind(org_name)
+                    .bind(slug)
+                    .bind(at)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                let sql = format!(
+                    "INSERT INTO applications (id, org_id, name, is_default, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $5) RETURNING {APP_COLS}"
+                );
+                let application = sqlx::query_as::<_, ApplicationRow>(&sql)
+                    .bind(format!("app_{}", uuid::Uuid::new_v4()))
+                    .bind(&org.id)
+                    .bind(app_name)
+                    .bind(true)
+                    .bind(at)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(BootstrapResult {
+                    org,
+                    application,
+                    org_created: true,
+                })
+            }
+
+            async fn insert_admin_token(
+                &self,
+                id: &str,
+                org_id: &str,
+                hash: &str,
+                prefix: &str,
+            ) -> DbResult<()> {
+                sqlx::query(
+                    "INSERT INTO admin_tokens (id, org_id, token_hash, token_prefix, created_at) \
+                     VALUES ($1, $2, $3, $4, $5)",
+                )
+                .bind(id)
+                .bind(org_id)
+                .bind(hash)
+                .bind(prefix)
+                .bind(now())
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn find_admin_token(&self, hash: &str) -> DbResult<Option<AdminTokenRow>> {
+                let sql = format!(
+                    "SELECT {ADMIN_COLS} FROM admin_tokens WHERE token_hash = $1 AND revoked_at IS NULL"
+                );
+                Ok(sqlx::query_as::<_, AdminTokenRow>(&sql)
+                    .bind(hash)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?)
+            }
+
+            async fn list_admin_tokens(&self) -> DbResult<Vec<AdminTokenRow>> {
+                let sql = format!("SELECT {ADMIN_COLS} FROM admin_tokens ORDER BY created_at");
+                Ok(sqlx::query_as::<_, AdminTokenRow>(&sql)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err)?)
+            }
+
+            async fn revoke_admin_token(&self, id: &str) -> DbResult<()> {
+                let done = sqlx::query(
+                    "UPDATE admin_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+                )
+                .bind(now())
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(DbError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn touch_admin_token(&self, id: &str, at: Timestamp) -> DbResult<()> {
+                sqlx::query("UPDATE admin_tokens SET last_used_at = $1 WHERE id = $2")
+                    .bind(at)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn insert_application(
+                &self,
+                org_id: &str,
+                name: &str,
+                is_default: bool,
+            ) -> DbResult<ApplicationRow> {
+                let at = now();
+                let sql = format!(
+                    "INSERT INTO applications (id, org_id, name, is_default, created_at, updated_at) \
+                     VALUES ($1, $2, $3, $4, $5, $5) RETURNING {APP_COLS}"
+                );
+                Ok(sqlx::query_as::<_, ApplicationRow>(&sql)
+                    .bind(format!("app_{}", uuid::Uuid::new_v4()))
+                    .bind(org_id)
+                    .bind(name)
+                    .bind(is_default)
+                    .bind(at)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(map_err)?)
+            }
+
+            async fn get_application(
+                &self,
+                org_id: &str,
+                id: &str,
+            ) -> DbResult<Option<ApplicationRow>> {
+                let sql =
+                    format!("SELECT {APP_COLS} FROM applications WHERE org_id = $1 AND id = $2");
+                Ok(sqlx::query_as::<_, ApplicationRow>(&sql)
+                    .bind(org_id)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?)
+            }
+
+            async fn list_applications(
+                &self,
+                org_id: &str,
+                only: Option<&str>,
+                page: &Page,
+            ) -> DbResult<Paged<ApplicationRow>> {
+                let mut filters = vec![("org_id", org_id.to_string())];
+                if let Some(id) = only {
+                    filters.push(("id", id.to_string()));
+                }
+                self.list_page("applications", APP_COLS, &filters, page).await
+            }
+
+            async fn rename_application(
+                &self,
+                org_id: &str,
+                id: &str,
+                name: &str,
+            ) -> DbResult<ApplicationRow> {
+                let sql = format!(
+                    "UPDATE applications SET name = $1, updated_at = $2 WHERE org_id = $3 AND id = $4 \
+                     RETURNING {APP_COLS}"
+                );
+                sqlx::query_as::<_, ApplicationRow>(&sql)
+                    .bind(name)
+                    .bind(now())
+                    .bind(org_id)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?
+                    .ok_or(DbError::NotFound)
+            }
+
+            async fn delete_application(&self, org_id: &str, id: &str) -> DbResult<()> {
+                let done = sqlx::query("DELETE FROM applications WHERE org_id = $1 AND id = $2")
+                    .bind(org_id)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(DbError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn insert_api_key(&self, key: &NewApiKey) -> DbResult<ApiKeyRow> {
+                let sql = format!(
+                    "INSERT INTO api_keys (id, org_id, application_id, name, key_hash, key_prefix, scopes, \
+                     expires_at, created_at) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {KEY_COLS}"
+                );
+                Ok(sqlx::query_as::<_, ApiKeyRow>(&sql)
+                    .bind(&key.id)
+                    .bind(&key.org_id)
+                    .bind(&key.application_id)
+                    .bind(&key.name)
+                    .bind(&key.key_hash)
+                    .bind(&key.key_prefix)
+                    .bind(Json(&key.scopes))
+                    .bind(key.expires_at)
+                    .bind(now())
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(map_err)?)
+            }
+
+            async fn find_api_key(&self, hash: &str) -> DbResult<Option<ApiKeyRow>> {
+                let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE key_hash = $1");
+                Ok(sqlx::query_as::<_, ApiKeyRow>(&sql)
+                    .bind(hash)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?)
+            }
+
+            async fn list_api_keys(
+                &self,
+                org_id: &str,
+                application_id: &str,
+                page: &Page,
+            ) -> DbResult<Paged<ApiKeyRow>> {
+                // Active keys only: revoked ones are filtered after paging would break cursors, so the
+                // view is built into the query.
+                let filters = [
+                    ("org_id", org_id.to_string()),
+                    ("application_id", application_id.to_string()),
+                ];
+                self.list_page("(SELECT * FROM api_keys WHERE revoked_at IS NULL) AS k", KEY_COLS, &filters, page)
+                    .await
+            }
+
+            async fn revoke_api_key(
+                &self,
+                org_id: &str,
+                application_id: &str,
+                id: &str,
+            ) -> DbResult<()> {
+                let done = sqlx::query(
+                    "UPDATE api_keys SET revoked_at = $1 WHERE org_id = $2 AND application_id = $3 \
+                     AND id = $4 AND revoked_at IS NULL",
+                )
+                .bind(now())
+                .bind(org_id)
+                .bind(application_id)
+                .bind(id)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(DbError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn touch_api_key(&self, id: &str, at: Timestamp) -> DbResult<()> {
+                sqlx::query("UPDATE api_keys SET last_used_at = $1 WHERE id = $2")
+                    .bind(at)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn insert_end_user(&self, row: &EndUserRow) -> DbResult<EndUserRow> {
+                let sql = format!(
+                    "INSERT INTO end_users ({EU_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) \
+                     RETURNING {EU_COLS}"
+                );
+                Ok(sqlx::query_as::<_, EndUserRow>(&sql)
+                    .bind(&row.id)
+                    .bind(&row.org_id)
+                    .bind(&row.application_id)
+                    .bind(&row.name)
+                    .bind(&row.email)
+                    .bind(&row.external_id)
+                    .bind(&row.metadata)
+                    .bind(row.created_at)
+                    .bind(row.updated_at)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(map_err)?)
+            }
+
+            async fn get_end_user(
+                &self,
+                application_id: &str,
+                id: &str,
+            ) -> DbResult<Option<EndUserRow>> {
+                let sql = format!(
+                    "SELECT {EU_COLS} FROM end_users WHERE application_id = $1 AND id = $2"
+                );
+                Ok(sqlx::query_as::<_, EndUserRow>(&sql)
+                    .bind(application_id)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?)
+            }
+
+            async fn list_end_users(
+                &self,
+                application_id: &str,
+                filter: &EndUserFilter,
+                page: &Page,
+            ) -> DbResult<Paged<EndUserRow>> {
+                let mut filters = vec![("application_id", application_id.to_string())];
+                if let Some(v) = &filter.external_id {
+                    filters.push(("external_id", v.clone()));
+                }
+                if let Some(v) = &filter.email {
+                    filters.push(("email", v.clone()));
+                }
+                self.list_page("end_users", EU_COLS, &filters, page).await
+            }
+
+            async fn update_end_user(
+                &self,
+                application_id: &str,
+                id: &str,
+                patch: &EndUserPatch,
+            ) -> DbResult<EndUserRow> {
+                let mut qb = QueryBuilder::<$db>::new("UPDATE end_users SET updated_at = ");
+                qb.push_bind(now());
+                if let Some(v) = &patch.name {
+                    qb.push(", name = ").push_bind(v.clone());
+                }
+                if let Some(v) = &patch.email {
+                    qb.push(", email = ").push_bind(v.clone());
+                }
+                if let Some(v) = &patch.external_id {
+                    qb.push(", external_id = ").push_bind(v.clone());
+                }
+                if let Some(v) = &patch.metadata {
+                    qb.push(", metadata = ").push_bind(Json(v.clone()));
+                }
+                qb.push(" WHERE application_id = ")
+                    .push_bind(application_id.to_string())
+                    .push(" AND id = ")
+                    .push_bind(id.to_string())
+                    .push(format!(" RETURNING {EU_COLS}"));
+                qb.build_query_as::<EndUserRow>()
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?
+                    .ok_or(DbError::NotFound)
+            }
+
+            async fn delete_end_user(&self, application_id: &str, id: &str) -> DbResult<()> {
+                let done = sqlx::query("DELETE FROM end_users WHERE application_id = $1 AND id = $2")
+                    .bind(application_id)
+                    .bind(id)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(DbError::NotFound);
+                }
+                Ok(())
+            }
+
+            async fn idempotency_begin(
+                &self,
+                org_id: &str,
+                application_id: &str,
+                key: &str,
+                body_hash: &str,
+            ) -> DbResult<IdempotencyState> {
+                let at = now();
+                let stale = at - chrono::Duration::seconds(IDEMPOTENCY_STALE_SECS);
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE org_id = $1 AND application_id = $2 AND idem_key = $3 \
+                     AND (expires_at < $4 OR (state = 'processing' AND created_at < $5))",
+                )
+                .bind(org_id)
+                .bind(application_id)
+                .bind(key)
+                .bind(at)
+                .bind(stale)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                let inserted = sqlx::query(
+                    "INSERT INTO idempotency_keys (org_id, application_id, idem_key, body_hash, state, \
+                     created_at, expires_at) VALUES ($1, $2, $3, $4, 'processing', $5, $6) ON CONFLICT DO NOTHING",
+                )
+                .bind(org_id)
+                .bind(application_id)
+                .bind(key)
+                .bind(body_hash)
+                .bind(at)
+                .bind(at + chrono::Duration::hours(24))
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                if inserted.rows_affected() == 1 {
+                    return Ok(IdempotencyState::Acquired);
+                }
+                let row: Option<(String, String, Option<i32>, Option<String>)> = sqlx::query_as(
+                    "SELECT body_hash, state, status_code, response_body FROM idempotency_keys \
+                     WHERE org_id = $1 AND application_id = $2 AND idem_key = $3",
+                )
+                .bind(org_id)
+                .bind(application_id)
+                .bind(key)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(match row {
+                    // Released between our insert and read: treat as in progress; the client retries.
+                    None => IdempotencyState::InProgress {
+                        body_hash: body_hash.to_string(),
+                    },
+                    Some((hash, state, status, body)) if state == "done" => {
+                        IdempotencyState::Completed {
+                            body_hash: hash,
+                            status: status.unwrap_or(200) as u16,
+                            body: body.unwrap_or_default(),
+                        }
+                    }
+                    Some((hash, _, _, _)) => IdempotencyState::InProgress { body_hash: hash },
+                })
+            }
+
+            async fn idempotency_complete(
+                &self,
+                org_id: &str,
+                application_id: &str,
+                key: &str,
+                status: u16,
+                body: &str,
+            ) -> DbResult<()> {
+                sqlx::query(
+                    "UPDATE idempotency_keys SET state = 'done', status_code = $1, response_body = $2 \
+                     WHERE org_id = $3 AND application_id = $4 AND idem_key = $5",
+                )
+                .bind(status as i32)
+                .bind(body)
+                .bind(org_id)
+                .bind(application_id)
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+
+            async fn idempotency_release(
+                &self,
+                org_id: &str,
+                application_id: &str,
+                key: &str,
+            ) -> DbResult<()> {
+                sqlx::query(
+                    "DELETE FROM idempotency_keys WHERE org_id = $1 AND application_id = $2 AND idem_key = $3",
+                )
+                .bind(org_id)
+                .bind(application_id)
+                .bind(key)
+                .execute(&self.pool)
+                .await
+                .map_err(map_err)?;
+                Ok(())
+            }
+        }
+    };
+}
+
+impl_sql_database!(Sqlite, "sqlite", sqlx::migrate!("../migrations/sqlite"));
+impl_sql_database!(
+    Postgres,
+    "postgres",
+    sqlx::migrate!("../migrations/postgres")
+);
+
+#[cfg(test)]
+mod tests {
+    use super::slugify;
+
+    #[test]
+    fn slugs() {
+        assert_eq!(slugify("Default"), "default");
+        assert_eq!(slugify("  Acme, Inc. "), "acme-inc");
+        assert_eq!(slugify("!!!"), "org");
+    }
+}

@@ -1,0 +1,121 @@
+//! Filesystem object storage under `FS_STORAGE_PATH`. Writes go to a temporary file and are renamed into
+//! place, so a reader never sees half an object; symlinks that would escape the root are refused.
+
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use super::{validate_key, ObjectStore, StorageError};
+
+pub struct FsObjectStore {
+    root: PathBuf,
+}
+
+impl FsObjectStore {
+    /// Creates the root directory if needed.
+    pub fn new(root: &Path) -> Result<Self, StorageError> {
+        std::fs::create_dir_all(root)?;
+        Ok(Self {
+            root: root.canonicalize()?,
+        })
+    }
+
+    /// The path of `key`, checked to stay under the root even through symlinks.
+    fn path_of(&self, key: &str) -> Result<PathBuf, StorageError> {
+        validate_key(key)?;
+        let path = self.root.join(key);
+        // Resolve the deepest existing ancestor and make sure it is still inside the root.
+        let mut probe = path.as_path();
+        loop {
+            if probe.exists() {
+                let real = probe.canonicalize()?;
+                if !real.starts_with(&self.root) {
+                    return Err(StorageError::InvalidKey(
+                        key.to_string(),
+                        "resolves outside the storage root",
+                    ));
+                }
+                break;
+            }
+            match probe.parent() {
+                Some(p) => probe = p,
+                None => break,
+            }
+        }
+        Ok(path)
+    }
+}
+
+#[async_trait]
+impl ObjectStore for FsObjectStore {
+    fn kind(&self) -> &'static str {
+        "fs"
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        let path = self.path_of(key)?;
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+        tokio::fs::write(&tmp, &data).await?;
+        if let Err(e) = tokio::fs::rename(&tmp, &path).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e.into());
+        }
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(data) => Ok(Some(Bytes::from(data))),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        let path = self.path_of(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        let probe = self.root.join(".health-probe");
+        tokio::fs::write(&probe, b"ok").await?;
+        tokio::fs::remove_file(&probe).await?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn put_get_delete_and_escapes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = FsObjectStore::new(&dir.path().join("storage")).unwrap();
+        store
+            .put("a/b/c.bin", Bytes::from_static(b"hello"))
+            .await
+            .unwrap();
+        assert_eq!(store.get("a/b/c.bin").await.unwrap().unwrap(), "hello");
+        assert!(store.get("a/b/missing").await.unwrap().is_none());
+        store.delete("a/b/c.bin").await.unwrap();
+        assert!(store.get("a/b/c.bin").await.unwrap().is_none());
+        assert!(store.put("../evil", Bytes::new()).await.is_err());
+        // A symlink inside the root that points outside is refused.
+        std::os::unix::fs::symlink(dir.path(), dir.path().join("storage/link")).unwrap();
+        assert!(matches!(
+            store.put("link/x", Bytes::from_static(b"x")).await,
+            Err(StorageError::InvalidKey(..))
+        ));
+        store.check().await.unwrap();
+    }
+}

@@ -1,0 +1,191 @@
+//! Boot (§5.2) and graceful shutdown (§5.3). The port is bound first and answers 503 `starting` until
+//! every boot step has run; then the real router takes over.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use axum::extract::{Request, State};
+use axum::http::header::{CONTENT_TYPE, RETRY_AFTER};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+
+use crate::config::{Config, RunAdapterKind};
+use crate::http::error::{render_problem, ApiError};
+use crate::infra::{Infra, InfraError};
+use crate::state::{AppState, AppStateInner};
+
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    #[error("PORT {0} is already in use; stop the other process or set PORT to a free port (e.g. PORT=3100)")]
+    PortInUse(u16),
+    #[error("cannot listen on {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error(transparent)]
+    Infra(#[from] InfraError),
+}
+
+impl BootError {
+    /// The process exit code for this failure (§5.2).
+    pub fn exit_code(&self) -> i32 {
+        match self {
+            BootError::PortInUse(_) => 3,
+            BootError::Bind(..) => 3,
+            BootError::Infra(_) => 1,
+        }
+    }
+}
+
+/// Routes requests to the real router once boot has finished.
+#[derive(Default)]
+struct Gate {
+    router: OnceLock<Router>,
+}
+
+async fn gate(State(gate): State<Arc<Gate>>, req: Request) -> Response {
+    match gate.router.get() {
+        Some(router) => router.clone().oneshot(req).await.into_response(),
+        None => starting(req.uri().path()),
+    }
+}
+
+fn starting(path: &str) -> Response {
+    let request_id = format!("req_{}", uuid::Uuid::new_v4());
+    let mut res = if path == "/health" {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(CONTENT_TYPE, "application/json")],
+            r#"{"status":"starting"}"#,
+        )
+            .into_response()
+    } else {
+        let err = ApiError::unavailable("starting", "The server is starting; retry in a moment");
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(CONTENT_TYPE, "application/problem+json")],
+            render_problem(&err, &request_id).to_string(),
+        )
+            .into_response()
+    };
+    res.headers_mut()
+        .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+    if let Ok(v) = HeaderValue::from_str(&request_id) {
+        res.headers_mut().insert("request-id", v);
+    }
+    res
+}
+
+/// A running server.
+pub struct Application {
+    pub port: u16,
+    pub state: AppState,
+    stop: watch::Sender<bool>,
+    server: JoinHandle<std::io::Result<()>>,
+}
+
+/// Binds `host:PORT` (the port of `config`; 0 picks a free one).
+pub async fn bind(host: &str, port: u16) -> Result<TcpListener, BootError> {
+    let addr = format!("{host}:{port}");
+    TcpListener::bind(&addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            BootError::PortInUse(port)
+        } else {
+            BootError::Bind(addr, e)
+        }
+    })
+}
+
+impl Application {
+    /// Runs every boot step on an already-bound listener and opens the gate.
+    pub async fn start(config: Config, listener: TcpListener) -> Result<Application, BootError> {
+        let boot_started = Instant::now();
+        let port = listener
+            .local_addr()
+            .map_err(|e| BootError::Bind("listener".into(), e))?
+            .port();
+        let gate_state = Arc::new(Gate::default());
+        let (stop, mut stop_rx) = watch::channel(false);
+        let gate_router = Router::new().fallback(gate).with_state(gate_state.clone());
+        let server = tokio::spawn(async move {
+            axum::serve(
+                listener,
+                gate_router.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async move {
+                let _ = stop_rx.wait_for(|s| *s).await;
+            })
+            .await
+        });
+
+        let infra = match Infra::connect(&config).await {
+            Ok(i) => i,
+            Err(e) => {
+                let _ = stop.send(true);
+                return Err(e.into());
+            }
+        };
+        if config.run_adapter == RunAdapterKind::Docker {
+            let _ = stop.send(true);
+            return Err(InfraError {
+                var: "RUN_ADAPTER",
+                message: "the Docker run adapter is not available in this version; unset RUN_ADAPTER to run \
+                          agents as local processes"
+                    .into(),
+            }
+            .into());
+        }
+        tracing::debug!(
+            concern = "run_adapter",
+            r#impl = "process",
+            "adapter selected"
+        );
+        if config.redis_url.is_some() && config.database_url.is_none() {
+            tracing::warn!(
+                "REDIS_URL without DATABASE_URL: running several instances needs PostgreSQL"
+            );
+        }
+        tracing::info!("infrastructure tier={}", config.tier());
+
+        let state = AppStateInner::new(config, infra);
+        let router = crate::http::router(state.clone());
+        let _ = gate_state.router.set(router);
+        tracing::info!(
+            port,
+            startup_ms = boot_started.elapsed().as_millis() as u64,
+            "server ready"
+        );
+        Ok(Application {
+            port,
+            state,
+            stop,
+            server,
+        })
+    }
+
+    /// Graceful shutdown (§5.3). Returns false when the grace period ran out first.
+    pub async fn shutdown(self) -> bool {
+        let grace = Duration::from_secs(self.state.config.shutdown_grace_seconds);
+        tracing::info!("shutting down");
+        self.state.begin_shutdown();
+        let lost = self.state.infra.queue.stop().await;
+        if lost > 0 {
+            tracing::warn!(jobs = lost, "in-process delayed jobs dropped at shutdown");
+        }
+        let _ = self.stop.send(true);
+        match tokio::time::timeout(grace + Duration::from_secs(10), self.server).await {
+            Ok(_) => {
+                tracing::info!("shutdown complete");
+                true
+            }
+            Err(_) => {
+                tracing::error!("shutdown grace period exceeded");
+                false
+            }
+        }
+    }
+}
