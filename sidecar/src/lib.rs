@@ -1,1 +1,22 @@
-//! Per-run credential-injecting proxy.
+//! Per-run credential-injecting proxy (SPEC §14).
+//!
+//! The sidecar holds the run's secrets (the real model key and the rendered integration credential
+//! headers) so that the agent never sees them. It serves:
+//! * an HTTP API (`/health`, `/configure`, `/llm/{provider}/…`, `/proxy`), see [`server`];
+//! * a forward proxy restricted to the run's egress allowlist, see [`server::Sidecar`];
+//! * the SSRF guard shared with the API server, see [`ssrf`].
+//!
+//! In process mode the API server runs it in-process ([`Sidecar::start`] on `127.0.0.1:0`, then
+//! [`RunningSidecar::configure`]); in Docker mode it is the `appstrate-sidecar` binary.
+
+pub mod allowlist;
+pub mod config;
+pub mod delivery;
+mod forward;
+mod http_util;
+pub mod server;
+pub mod ssrf;
+
+pub use config::{HeaderConfig, IntegrationConfig, LlmConfig, LlmProvider, Secret, SidecarConfig};
+pub use delivery::render_header;
+pub use server::{ConfigureError, RunningSidecar, Sidecar, SidecarOptions, Timeouts};

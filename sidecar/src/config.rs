@@ -1,0 +1,316 @@
+//! The `/configure` body (`SidecarConfig`) and its validation.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use url::Url;
+
+use crate::allowlist::UriPattern;
+use crate::ssrf::{self, Policy};
+
+/// A secret string. `Debug` and `Display` print `[redacted]`; serialisation emits the real value
+/// (the API server needs it to POST `/configure`), so never serialise a config into a log.
+#[derive(Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(String);
+
+impl Secret {
+    /// Wraps a value.
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// The secret value. Callers must not log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl From<&str> for Secret {
+    fn from(value: &str) -> Self {
+        Self(value.to_string())
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The LLM provider API shape.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum LlmProvider {
+    Openai,
+    Anthropic,
+}
+
+impl LlmProvider {
+    /// The path segment used in `/llm/{provider}/…`.
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            LlmProvider::Openai => "openai",
+            LlmProvider::Anthropic => "anthropic",
+        }
+    }
+}
+
+/// The model endpoint and its real key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct LlmConfig {
+    pub provider: LlmProvider,
+    pub base_url: String,
+    pub api_key: Secret,
+}
+
+/// The rendered credential header of an integration auth.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct HeaderConfig {
+    pub name: String,
+    pub value: Secret,
+}
+
+/// One integration auth the run may call through `/proxy`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct IntegrationConfig {
+    /// `@scope/name`
+    pub id: String,
+    /// The key in the manifest's `auths` (e.g. `primary`).
+    pub auth_key: String,
+    #[serde(default)]
+    pub authorized_uris: Vec<String>,
+    #[serde(default)]
+    pub allow_all_uris: bool,
+    pub header: HeaderConfig,
+}
+
+/// The body of `POST /configure`, also passed directly by the API server in process mode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SidecarConfig {
+    pub run_id: String,
+    pub platform_url: String,
+    pub llm: LlmConfig,
+    #[serde(default)]
+    pub integrations: Vec<IntegrationConfig>,
+    /// Hosts exempt from the SSRF range block (`EGRESS_ALLOW_INTERNAL_HOSTS`).
+    #[serde(default)]
+    pub allow_internal_hosts: Vec<String>,
+}
+
+/// A configuration rejected by validation (400 `invalid_config`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+/// A validated integration with its compiled patterns.
+#[derive(Debug, Clone)]
+pub(crate) struct Integration {
+    pub id: String,
+    pub auth_key: String,
+    pub patterns: Vec<UriPattern>,
+    pub allow_all_uris: bool,
+    pub header_name: http::HeaderName,
+    pub header_value: http::HeaderValue,
+}
+
+/// A validated configuration, ready to serve.
+#[derive(Debug, Clone)]
+pub(crate) struct Validated {
+    pub run_id: String,
+    pub platform: Url,
+    pub llm_provider: LlmProvider,
+    pub llm_base: Url,
+    pub llm_key: http::HeaderValue,
+    pub integrations: Vec<Integration>,
+    pub policy: Policy,
+}
+
+impl SidecarConfig {
+    /// Validates the configuration: URLs parse, `llm.baseUrl` passes the literal SSRF check (unless
+    /// exempt), header names and values are valid, `authorizedUris` compile.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.compile().map(|_| ())
+    }
+
+    /// The SSRF policy of this run (its `allowInternalHosts`).
+    pub fn policy(&self) -> Policy {
+        Policy::with_exemptions(&self.allow_internal_hosts)
+    }
+
+    pub(crate) fn compile(&self) -> Result<Validated, ConfigError> {
+        if self.run_id.trim().is_empty() {
+            return Err(ConfigError("runId must not be empty".into()));
+        }
+        let policy = self.policy();
+        let platform = ssrf::parse_url(&self.platform_url)
+            .map_err(|e| ConfigError(format!("platformUrl: {e}")))?;
+        let llm_base = ssrf::parse_url(&self.llm.base_url)
+            .map_err(|e| ConfigError(format!("llm.baseUrl: {e}")))?;
+        if llm_base.query().is_some() || llm_base.fragment().is_some() {
+            return Err(ConfigError(
+                "llm.baseUrl must not have a query or fragment".into(),
+            ));
+        }
+        ssrf::check_url_literal(&llm_base, &policy)
+            .map_err(|e| ConfigError(format!("llm.baseUrl is blocked: {e}")))?;
+        let key = self.llm.api_key.expose();
+        if key.is_empty() {
+            return Err(ConfigError("llm.apiKey must not be empty".into()));
+        }
+        let header_key = match self.llm.provider {
+            LlmProvider::Openai => format!("Bearer {key}"),
+            LlmProvider::Anthropic => key.to_string(),
+        };
+        let mut llm_key = http::HeaderValue::from_str(&header_key)
+            .map_err(|_| ConfigError("llm.apiKey is not a valid header value".into()))?;
+        llm_key.set_sensitive(true);
+
+        let mut integrations = Vec::with_capacity(self.integrations.len());
+        for (i, integ) in self.integrations.iter().enumerate() {
+            if !is_package_id(&integ.id) {
+                return Err(ConfigError(format!(
+                    "integrations[{i}].id must be @scope/name"
+                )));
+            }
+            if integ.auth_key.is_empty() {
+                return Err(ConfigError(format!(
+                    "integrations[{i}].authKey must not be empty"
+                )));
+            }
+            let patterns = integ
+                .authorized_uris
+                .iter()
+                .map(|p| UriPattern::parse(p))
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| ConfigError(format!("integrations[{i}].authorizedUris: {e}")))?;
+            let header_name = http::HeaderName::from_bytes(integ.header.name.as_bytes())
+                .map_err(|_| ConfigError(format!("integrations[{i}].header.name is invalid")))?;
+            let mut header_value = http::HeaderValue::from_str(integ.header.value.expose())
+                .map_err(|_| ConfigError(format!("integrations[{i}].header.value is invalid")))?;
+            header_value.set_sensitive(true);
+            integrations.push(Integration {
+                id: integ.id.clone(),
+                auth_key: integ.auth_key.clone(),
+                patterns,
+                allow_all_uris: integ.allow_all_uris,
+                header_name,
+                header_value,
+            });
+        }
+        Ok(Validated {
+            run_id: self.run_id.clone(),
+            platform,
+            llm_provider: self.llm.provider,
+            llm_base,
+            llm_key,
+            integrations,
+            policy,
+        })
+    }
+}
+
+/// `@scope/name` with non-empty parts and no further slashes.
+pub(crate) fn is_package_id(id: &str) -> bool {
+    let Some(rest) = id.strip_prefix('@') else {
+        return false;
+    };
+    let mut parts = rest.split('/');
+    matches!(
+        (parts.next(), parts.next(), parts.next()),
+        (Some(scope), Some(name), None) if !scope.is_empty() && !name.is_empty()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn sample() -> serde_json::Value {
+        json!({
+            "runId": "run_1",
+            "platformUrl": "http://127.0.0.1:3000",
+            "llm": {"provider": "openai", "baseUrl": "https://api.openai.com/v1", "apiKey": "sk-real-CANARY"},
+            "integrations": [{
+                "id": "@appstrate/github", "authKey": "primary",
+                "authorizedUris": ["https://api.github.com/**"], "allowAllUris": false,
+                "header": {"name": "Authorization", "value": "Bearer ghp_CANARY"}
+            }],
+            "allowInternalHosts": []
+        })
+    }
+
+    #[test]
+    fn parses_and_redacts() {
+        let cfg: SidecarConfig = serde_json::from_value(sample()).unwrap();
+        cfg.validate().unwrap();
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("CANARY"), "{dbg}");
+        assert!(dbg.contains("[redacted]"));
+        assert_eq!(cfg.llm.api_key.to_string(), "[redacted]");
+        assert_eq!(cfg.llm.api_key.expose(), "sk-real-CANARY");
+        // Serialisation round-trips the real values (the API posts this body).
+        let back: SidecarConfig =
+            serde_json::from_value(serde_json::to_value(&cfg).unwrap()).unwrap();
+        assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn rejects_unknown_fields_and_bad_values() {
+        let mut v = sample();
+        v["extra"] = json!(1);
+        assert!(serde_json::from_value::<SidecarConfig>(v).is_err());
+        let mut v = sample();
+        v["llm"]["provider"] = json!("mistral");
+        assert!(serde_json::from_value::<SidecarConfig>(v).is_err());
+        let mut v = sample();
+        v["integrations"][0]["header"]["extra"] = json!(1);
+        assert!(serde_json::from_value::<SidecarConfig>(v).is_err());
+
+        let mut v = sample();
+        v["llm"]["baseUrl"] = json!("http://169.254.169.254/v1");
+        let cfg: SidecarConfig = serde_json::from_value(v).unwrap();
+        assert!(cfg.validate().unwrap_err().0.contains("blocked"));
+
+        let mut v = sample();
+        v["llm"]["baseUrl"] = json!("http://127.0.0.1:9999/v1");
+        v["allowInternalHosts"] = json!(["127.0.0.1"]);
+        let cfg: SidecarConfig = serde_json::from_value(v).unwrap();
+        cfg.validate().unwrap();
+
+        let mut v = sample();
+        v["integrations"][0]["header"]["name"] = json!("Bad Header");
+        let cfg: SidecarConfig = serde_json::from_value(v).unwrap();
+        assert!(cfg.validate().is_err());
+
+        let mut v = sample();
+        v["integrations"][0]["id"] = json!("github");
+        let cfg: SidecarConfig = serde_json::from_value(v).unwrap();
+        assert!(cfg.validate().is_err());
+    }
+
+    #[test]
+    fn package_ids() {
+        assert!(is_package_id("@appstrate/github"));
+        assert!(!is_package_id("appstrate/github"));
+        assert!(!is_package_id("@appstrate/"));
+        assert!(!is_package_id("@a/b/c"));
+    }
+}
