@@ -387,6 +387,13 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/llm/{provider}/{*rest}", any(llm))
         .route("/proxy", any(proxy))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
+        .method_not_allowed_fallback(|| async {
+            error(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method_not_allowed",
+                "method not allowed",
+            )
+        })
         .with_state(shared)
 }
 
@@ -395,7 +402,10 @@ async fn health(State(st): State<Arc<Shared>>) -> Response {
         .into_response()
 }
 
-async fn configure(State(st): State<Arc<Shared>>, headers: HeaderMap, body: Bytes) -> Response {
+/// Maximum `/configure` body.
+const MAX_CONFIG_BODY: usize = 1024 * 1024;
+
+async fn configure(State(st): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
@@ -415,6 +425,13 @@ async fn configure(State(st): State<Arc<Shared>>, headers: HeaderMap, body: Byte
             "invalid configure secret",
         );
     }
+    let Ok(body) = axum::body::to_bytes(body, MAX_CONFIG_BODY).await else {
+        return error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            "configuration body exceeds 1 MiB",
+        );
+    };
     let cfg: SidecarConfig = match serde_json::from_slice(&body) {
         Ok(c) => c,
         Err(e) => {

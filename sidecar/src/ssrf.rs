@@ -364,60 +364,110 @@ impl Resolver for StaticResolver {
     }
 }
 
-/// The production resolver: hickory (pure Rust) configured from `/etc/resolv.conf`, answering from
-/// `/etc/hosts` first. Never calls `getaddrinfo`, so it works in a static binary on a scratch image.
+/// The production resolver: `/etc/hosts` first, then hickory (pure Rust) configured from
+/// `/etc/resolv.conf`, asking for both A and AAAA records. Never calls `getaddrinfo`, so it works in a
+/// static binary on a scratch image.
 #[derive(Clone)]
 pub struct HickoryResolver {
-    inner: hickory_resolver::TokioResolver,
+    dns: hickory_resolver::TokioResolver,
+    hosts: Arc<HashMap<String, Vec<IpAddr>>>,
 }
 
 impl std::fmt::Debug for HickoryResolver {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("HickoryResolver")
+        f.debug_struct("HickoryResolver")
+            .field("hosts", &self.hosts.len())
+            .finish_non_exhaustive()
     }
 }
 
 impl HickoryResolver {
-    /// Builds the resolver from the system configuration. Without a readable `/etc/resolv.conf` it
-    /// still answers from `/etc/hosts` and fails every other name.
+    /// Reads `/etc/resolv.conf` and `/etc/hosts`. Without a readable `/etc/resolv.conf` it still
+    /// answers from `/etc/hosts` and fails every other name.
     pub fn from_system_conf() -> Self {
-        use hickory_resolver::config::{ResolveHosts, ResolverConfig};
+        let resolv = std::fs::read("/etc/resolv.conf").ok();
+        let hosts = std::fs::read_to_string("/etc/hosts").unwrap_or_default();
+        Self::from_parts(resolv.as_deref(), &hosts)
+    }
+
+    /// Builds the resolver from the text of a `resolv.conf` (or none: no name servers) and of a hosts
+    /// file.
+    pub fn from_parts(resolv_conf: Option<&[u8]>, hosts: &str) -> Self {
+        use hickory_resolver::config::{
+            LookupIpStrategy, ResolveHosts, ResolverConfig, ResolverOpts,
+        };
         use hickory_resolver::net::runtime::TokioRuntimeProvider;
-        let builder = match hickory_resolver::TokioResolver::builder_tokio() {
-            Ok(b) => b,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read /etc/resolv.conf; only /etc/hosts will resolve");
-                hickory_resolver::TokioResolver::builder_with_config(
-                    ResolverConfig::default(),
-                    TokioRuntimeProvider::default(),
-                )
+        let (config, mut opts) = match resolv_conf
+            .map(hickory_resolver::system_conf::parse_resolv_conf)
+        {
+            Some(Ok(parsed)) => parsed,
+            Some(Err(e)) => {
+                tracing::warn!(error = %e, "cannot parse resolv.conf; only the hosts file will resolve");
+                (ResolverConfig::default(), ResolverOpts::default())
+            }
+            None => {
+                tracing::warn!("no resolv.conf; only the hosts file will resolve");
+                (ResolverConfig::default(), ResolverOpts::default())
             }
         };
-        let mut builder = builder;
-        builder.options_mut().use_hosts_file = ResolveHosts::Always;
-        builder.options_mut().timeout = Duration::from_secs(5);
-        let inner = match builder.build() {
+        opts.use_hosts_file = ResolveHosts::Never;
+        opts.ip_strategy = LookupIpStrategy::Ipv4AndIpv6;
+        let mut builder = hickory_resolver::TokioResolver::builder_with_config(
+            config,
+            TokioRuntimeProvider::default(),
+        );
+        *builder.options_mut() = opts.clone();
+        let dns = match builder.build() {
             Ok(r) => r,
             Err(e) => {
-                tracing::warn!(error = %e, "cannot build resolver from system configuration");
+                tracing::warn!(error = %e, "cannot build resolver; only the hosts file will resolve");
                 let mut b = hickory_resolver::TokioResolver::builder_with_config(
                     ResolverConfig::default(),
                     TokioRuntimeProvider::default(),
                 );
-                b.options_mut().use_hosts_file = ResolveHosts::Always;
+                *b.options_mut() = opts;
                 b.build().expect("resolver with an empty configuration")
             }
         };
-        Self { inner }
+        Self {
+            dns,
+            hosts: Arc::new(parse_hosts(hosts)),
+        }
     }
+}
+
+/// Parses a hosts file: `address name [aliases…]`, `#` comments.
+pub fn parse_hosts(text: &str) -> HashMap<String, Vec<IpAddr>> {
+    let mut map: HashMap<String, Vec<IpAddr>> = HashMap::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or_default();
+        let mut fields = line.split_whitespace();
+        let Some(ip) = fields.next().and_then(|a| a.parse::<IpAddr>().ok()) else {
+            continue;
+        };
+        for name in fields {
+            let entry = map.entry(normalize_host(name)).or_default();
+            if !entry.contains(&ip) {
+                entry.push(ip);
+            }
+        }
+    }
+    map
 }
 
 #[async_trait]
 impl Resolver for HickoryResolver {
     async fn lookup(&self, host: &str) -> Result<Vec<IpAddr>, ResolveError> {
+        let name = normalize_host(host);
+        if let Some(addrs) = self.hosts.get(&name) {
+            return Ok(addrs.clone());
+        }
+        if name.is_empty() {
+            return Err(ResolveError("empty host name".into()));
+        }
         // A trailing dot makes the name fully qualified: no search-domain queries.
-        let fqdn = format!("{}.", normalize_host(host));
-        match self.inner.lookup_ip(fqdn.as_str()).await {
+        let fqdn = format!("{name}.");
+        match self.dns.lookup_ip(fqdn.as_str()).await {
             Ok(answer) => Ok(answer.iter().collect()),
             Err(e) => Err(ResolveError(e.to_string())),
         }
@@ -702,6 +752,35 @@ mod tests {
         let url = parse_url("http://internal.test:81/").unwrap();
         let ok = resolve_pinned(&url, &exempt, &r).await.unwrap();
         assert_eq!(ok.addr, "10.0.0.5:81".parse().unwrap());
+    }
+
+    #[tokio::test]
+    async fn hickory_resolver_answers_from_the_hosts_file() {
+        // No name server at all: only the hosts file answers, nothing leaves the machine.
+        let hosts = "# comment\n127.0.0.9 foo.test Foo-Alias.test # trailing\n::1 foo.test\n\nbad line\n172.17.0.1 host.docker.internal\n";
+        let r = HickoryResolver::from_parts(None, hosts);
+        let mut got = r.lookup("FOO.test.").await.unwrap();
+        got.sort();
+        assert_eq!(
+            got,
+            vec![
+                "127.0.0.9".parse::<IpAddr>().unwrap(),
+                "::1".parse::<IpAddr>().unwrap()
+            ]
+        );
+        assert_eq!(r.lookup("foo-alias.test").await.unwrap().len(), 1);
+        assert!(r
+            .lookup("absent.test")
+            .await
+            .map(|v| v.is_empty())
+            .unwrap_or(true));
+        // Through the pinning rules: blocked unless exempt; exempting the name works.
+        let url = parse_url("http://host.docker.internal:3000/").unwrap();
+        assert!(resolve_pinned(&url, &Policy::new(), &r).await.is_err());
+        let pinned = resolve_pinned(&url, &Policy::from_list("host.docker.internal"), &r)
+            .await
+            .unwrap();
+        assert_eq!(pinned.addr, "172.17.0.1:3000".parse().unwrap());
     }
 
     #[test]

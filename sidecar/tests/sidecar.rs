@@ -341,6 +341,12 @@ async fn not_configured_and_host_check() {
         .await
         .unwrap();
     assert_eq!(error_code(r).await, (404, "not_found".into()));
+    let r = http()
+        .get(format!("{}/configure", sc.api_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (405, "method_not_allowed".into()));
 }
 
 // ---------------------------------------------------------------------------------------------
