@@ -409,8 +409,9 @@ async fn configure(State(st): State<Arc<Shared>>, headers: HeaderMap, body: Body
     let presented = headers
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(str::trim);
+        .and_then(|v| v.split_once(' '))
+        .filter(|(scheme, _)| scheme.eq_ignore_ascii_case("bearer"))
+        .map(|(_, token)| token.trim());
     let authorized = match (&st.secret, presented) {
         (Some(secret), Some(p)) => {
             !secret.expose().is_empty() && ct_eq(secret.expose().as_bytes(), p.as_bytes())
@@ -438,7 +439,7 @@ async fn configure(State(st): State<Arc<Shared>>, headers: HeaderMap, body: Body
             return error(
                 StatusCode::BAD_REQUEST,
                 "invalid_config",
-                format!("invalid body: {e}"),
+                describe_json_error(&e),
             )
         }
     };
@@ -448,6 +449,25 @@ async fn configure(State(st): State<Arc<Shared>>, headers: HeaderMap, body: Body
             let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::BAD_REQUEST);
             error(status, e.code(), &e)
         }
+    }
+}
+
+/// A serde error without any echoed value (a value could be a secret).
+fn describe_json_error(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let field_error = text.starts_with("unknown field") || text.starts_with("missing field");
+    match e.classify() {
+        serde_json::error::Category::Data if field_error => format!("invalid body: {text}"),
+        serde_json::error::Category::Data => format!(
+            "invalid body: a value has the wrong type or is unknown at line {} column {}",
+            e.line(),
+            e.column()
+        ),
+        _ => format!(
+            "invalid body: malformed JSON at line {} column {}",
+            e.line(),
+            e.column()
+        ),
     }
 }
 
@@ -907,4 +927,23 @@ pub(crate) fn forward_request_headers(src: &HeaderMap) -> HeaderMap {
 
 pub(crate) fn request_body(body: Body) -> Option<reqwest::Body> {
     stream_body(body)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn json_errors_never_echo_values() {
+        let bad = r#"{"runId":"r","platformUrl":"http://x","llm":{"provider":"sk-SECRET","baseUrl":"http://x","apiKey":"k"}}"#;
+        let e = serde_json::from_str::<SidecarConfig>(bad).unwrap_err();
+        let msg = describe_json_error(&e);
+        assert!(!msg.contains("SECRET"), "{msg}");
+        let bad = r#"{"runId":"r","platformUrl":"http://x","llm":{"provider":"openai","baseUrl":"http://x","apiKey":42}}"#;
+        let e = serde_json::from_str::<SidecarConfig>(bad).unwrap_err();
+        assert!(!describe_json_error(&e).contains("42"));
+        let bad = r#"{"runId":"r","surprise":1}"#;
+        let e = serde_json::from_str::<SidecarConfig>(bad).unwrap_err();
+        assert!(describe_json_error(&e).contains("unknown field `surprise`"));
+    }
 }
