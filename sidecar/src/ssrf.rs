@@ -19,7 +19,8 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
+/// Re-exported so that other crates can implement [`Resolver`].
+pub use async_trait::async_trait;
 use url::{Host, Url};
 
 /// Names that are refused whatever they resolve to (plus every `*.localhost`).

@@ -1222,3 +1222,42 @@ async fn shutdown_releases_both_listeners() {
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert!(tokio::net::TcpStream::connect(api).await.is_err());
 }
+
+#[tokio::test]
+async fn idle_tunnels_are_closed() {
+    // A silent upstream: accepts and never writes.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((s, _)) = silent.accept().await {
+            held.push(s);
+        }
+    });
+    let sc = start_with(Timeouts {
+        idle: Duration::from_millis(300),
+        ..Timeouts::default()
+    })
+    .await;
+    let mut cfg = base_config("https://api.openai.com/v1", json!([]), &[]);
+    cfg.platform_url = format!("http://127.0.0.1:{}", silent_addr.port());
+    sc.configure(cfg).unwrap();
+    let (status, mut tunnel) = raw_connect(sc.proxy_addr(), &silent_addr.to_string()).await;
+    assert_eq!(status, 200);
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 16];
+    let n = tokio::time::timeout(Duration::from_secs(5), tunnel.read(&mut buf))
+        .await
+        .expect("tunnel closed by the idle timeout")
+        .unwrap_or(0);
+    assert_eq!(n, 0);
+    assert!(started.elapsed() >= Duration::from_millis(250));
+}
+
+#[test]
+fn running_sidecar_is_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<RunningSidecar>();
+    check::<SidecarOptions>();
+    check::<SidecarConfig>();
+}
