@@ -1,5 +1,9 @@
 //! Appstrate API server: configuration, infrastructure adapters, HTTP API and boot sequence.
 
+// `ApiError` carries a full problem document; it is built once per failed request, so its size on the
+// error path does not matter.
+#![allow(clippy::result_large_err)]
+
 pub mod cli;
 pub mod config;
 pub mod crypto;

@@ -55,12 +55,12 @@ mod tests {
         let w = Duration::from_secs(60);
         let t0 = Instant::now();
         for i in 1..=3 {
-            let d = rl.hit_at("k", 3, w, t0 + Duration::from_secs(i));
+            let d = rl.hit_at("k", 3, w, t0 + Duration::from_millis(i));
             assert!(d.allowed);
             assert_eq!(d.remaining, 3 - i as u32);
             assert_eq!(d.reset_secs, 60);
         }
-        let d = rl.hit_at("k", 3, w, t0 + Duration::from_secs(30));
+        let d = rl.hit_at("k", 3, w, t0 + Duration::from_millis(30_001));
         assert!(!d.allowed);
         assert_eq!(d.reset_secs, 30);
         // Another identity has its own bucket.
@@ -69,7 +69,7 @@ mod tests {
                 .allowed
         );
         // A new window after the old one ends.
-        let d = rl.hit_at("k", 3, w, t0 + Duration::from_secs(60));
+        let d = rl.hit_at("k", 3, w, t0 + Duration::from_millis(60_001));
         assert!(d.allowed);
         assert_eq!(d.remaining, 2);
     }

@@ -1,0 +1,392 @@
+//! Boot rules, CLI commands and process behaviour, through the real `appstrate` binary.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use test_support::app::TEST_ENCRYPTION_KEY;
+
+const BIN: &str = env!("CARGO_BIN_EXE_appstrate");
+
+fn secrets() -> Vec<(&'static str, String)> {
+    vec![
+        ("BETTER_AUTH_SECRET", "better-auth-secret-canary".into()),
+        ("UPLOAD_SIGNING_SECRET", "upload-secret-canary-0123".into()),
+        ("CONNECTION_ENCRYPTION_KEY", TEST_ENCRYPTION_KEY.into()),
+    ]
+}
+
+/// Runs `appstrate <args>` in `dir` with exactly `env` (plus PATH).
+fn run(dir: &std::path::Path, args: &[&str], env: &[(&str, String)]) -> Output {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run appstrate")
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+fn with(extra: &[(&'static str, &str)]) -> Vec<(&'static str, String)> {
+    let mut env = secrets();
+    for (k, v) in extra {
+        env.retain(|(ek, _)| ek != k);
+        env.push((k, v.to_string()));
+    }
+    env
+}
+
+#[test]
+fn missing_secrets_exit_2_naming_each_variable() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["serve"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = stderr(&out);
+    for var in [
+        "BETTER_AUTH_SECRET",
+        "UPLOAD_SIGNING_SECRET",
+        "CONNECTION_ENCRYPTION_KEY",
+    ] {
+        assert!(err.contains(&format!("config error: {var}:")), "{err}");
+    }
+    assert!(err.contains("openssl rand -base64 32"));
+    // Nothing was created: the process stopped before touching the data directory.
+    assert!(!dir.path().join("data").exists());
+}
+
+#[test]
+fn check_config_applies_each_boot_rule() {
+    let dir = tempfile::tempdir().unwrap();
+    let check = |extra: &[(&'static str, &str)]| run(dir.path(), &["check-config"], &with(extra));
+    assert_eq!(check(&[]).status.code(), Some(0));
+
+    let out = check(&[("UPLOAD_SIGNING_SECRET", "0123456789abcde")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("UPLOAD_SIGNING_SECRET"));
+    assert_eq!(
+        check(&[("UPLOAD_SIGNING_SECRET", "0123456789abcdef")])
+            .status
+            .code(),
+        Some(0)
+    );
+
+    // 31 and 33 bytes.
+    for key in [
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHg==",
+        "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8g",
+    ] {
+        let out = check(&[("CONNECTION_ENCRYPTION_KEY", key)]);
+        assert_eq!(out.status.code(), Some(2));
+        assert!(stderr(&out).contains("config error: CONNECTION_ENCRYPTION_KEY:"));
+    }
+
+    let out = check(&[("APP_URL", "appstrate.example.com")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("config error: APP_URL:"));
+    let out = check(&[("APP_URL", "http://x.example"), ("APP_ENV", "production")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("https"));
+    let out = check(&[("APP_URL", "http://x.example"), ("NODE_ENV", "production")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        check(&[
+            ("APP_URL", "http://localhost:3000"),
+            ("APP_ENV", "production")
+        ])
+        .status
+        .code(),
+        Some(0)
+    );
+
+    let out = check(&[("PLATFORM_RUN_LIMITS", r#"{"foo":1}"#)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("config error: PLATFORM_RUN_LIMITS: foo:"));
+    let out = check(&[("INLINE_RUN_LIMITS", r#"{"rate_per_min":0}"#)]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("config error: INLINE_RUN_LIMITS: rate_per_min:"));
+}
+
+#[test]
+fn taken_port_exits_3() {
+    let dir = tempfile::tempdir().unwrap();
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = held.local_addr().unwrap().port().to_string();
+    let out = run(
+        dir.path(),
+        &["serve"],
+        &with(&[("PORT", &port), ("HOST", "127.0.0.1")]),
+    );
+    assert_eq!(out.status.code(), Some(3));
+    assert!(stderr(&out).contains(&format!("PORT {port} is already in use")));
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+fn wait_healthy(port: u16) -> reqwest::blocking::Response {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = reqwest::blocking::get(format!("http://127.0.0.1:{port}/health")) {
+            if r.status() == 200 {
+                return r;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not become healthy");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn sigterm(child: &std::process::Child) {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+}
+
+/// Fresh Tier 0 boot: creates ./data/appstrate.db in WAL mode and ./data/storage, reports tier 0 with the
+/// six default adapters, logs one `adapter selected` line per concern at debug (none at info), never logs
+/// a secret, and exits 0 on SIGTERM.
+#[test]
+fn tier0_boot_debug_logs_and_sigterm() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut env = with(&[
+        ("PORT", &port.to_string()),
+        ("HOST", "127.0.0.1"),
+        ("LOG_LEVEL", "debug"),
+    ]);
+    env.push(("LLM_BASE_URL", "http://127.0.0.1:9/v1".into()));
+    env.push(("LLM_API_KEY", "sk-llm-canary-key".into()));
+    env.push(("LLM_MODEL", "fake".into()));
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in &env {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    let health: serde_json::Value = wait_healthy(port).json().unwrap();
+    assert_eq!(health["status"], "healthy");
+    assert_eq!(health["tier"], 0);
+    assert_eq!(health["isolation"], "none");
+    assert_eq!(
+        health["adapters"],
+        serde_json::json!({"database":"sqlite","queue":"local","pubsub":"local","rate_limiter":"memory","storage":"fs","run_adapter":"process"})
+    );
+    assert!(dir.path().join("data/storage").is_dir());
+    assert!(dir.path().join("data/appstrate.db").is_file());
+    // WAL mode leaves a -wal file next to the database while it is open.
+    assert!(dir.path().join("data/appstrate.db-wal").exists());
+
+    // A request with a bearer token must not log the token.
+    let _ = reqwest::blocking::Client::new()
+        .get(format!("http://127.0.0.1:{port}/api/end-users"))
+        .bearer_auth("ask_0000000000000000000000000000000000000000deadbeef")
+        .send()
+        .unwrap();
+
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    let log = stderr(&out);
+    for concern in [
+        "database",
+        "storage",
+        "queue",
+        "pubsub",
+        "rate_limiter",
+        "run_adapter",
+    ] {
+        let n = log
+            .lines()
+            .filter(|l| {
+                l.contains("adapter selected") && l.contains(&format!("concern=\"{concern}\""))
+            })
+            .count();
+        assert_eq!(n, 1, "concern {concern}: {log}");
+    }
+    assert!(log.contains("infrastructure tier=0"));
+    assert!(log.contains("server ready"));
+    for secret in [
+        "better-auth-secret-canary",
+        "upload-secret-canary-0123",
+        TEST_ENCRYPTION_KEY,
+        "sk-llm-canary-key",
+        "deadbeef",
+    ] {
+        assert!(!log.contains(secret), "secret {secret} logged");
+    }
+
+    // At info, no adapter line.
+    let port = free_port();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stderr(Stdio::piped());
+    for (k, v) in with(&[("PORT", &port.to_string()), ("HOST", "127.0.0.1")]) {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    wait_healthy(port);
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(!stderr(&out).contains("adapter selected"));
+    assert_eq!(stderr(&out).matches("infrastructure tier=0").count(), 1);
+}
+
+#[test]
+fn json_logs_are_one_object_per_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut cmd = Command::new(BIN);
+    cmd.arg("serve")
+        .current_dir(dir.path())
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stderr(Stdio::piped());
+    for (k, v) in with(&[
+        ("PORT", &port.to_string()),
+        ("HOST", "127.0.0.1"),
+        ("LOG_FORMAT", "json"),
+    ]) {
+        cmd.env(k, v);
+    }
+    let child = cmd.spawn().unwrap();
+    wait_healthy(port);
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    let log = stderr(&out);
+    let mut saw_access = false;
+    for line in log.lines().filter(|l| !l.trim().is_empty()) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).unwrap_or_else(|_| panic!("not JSON: {line}"));
+        assert!(v["timestamp"].is_string() && v["level"].is_string() && v["message"].is_string());
+        if v["message"] == "request" {
+            saw_access = true;
+            assert_eq!(v["route"], "/health");
+            assert!(v["span"]["request_id"]
+                .as_str()
+                .unwrap()
+                .starts_with("req_"));
+        }
+    }
+    assert!(saw_access, "{log}");
+}
+
+#[test]
+fn bootstrap_prints_one_json_line_and_stores_only_hashes() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["bootstrap", "--org-name", "Acme"], &secrets());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    let stdout = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(stdout.lines().count(), 1);
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    let admin = v["adminToken"].as_str().unwrap();
+    let key = v["apiKey"].as_str().unwrap();
+    assert!(admin.starts_with("adm_") && admin.len() == 52);
+    assert!(key.starts_with("ask_") && key.len() == 52);
+    assert!(key[4..]
+        .bytes()
+        .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+    assert!(v["applicationId"].as_str().unwrap().starts_with("app_"));
+
+    // The database file holds the SHA-256 of each secret, never the secret.
+    let db = std::fs::read(dir.path().join("data/appstrate.db")).unwrap();
+    let wal = std::fs::read(dir.path().join("data/appstrate.db-wal")).unwrap_or_default();
+    let all = [db, wal].concat();
+    let contains = |needle: &str| all.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(!contains(admin) && !contains(key));
+    let hash = |s: &str| {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(s.as_bytes()))
+    };
+    assert!(contains(&hash(admin)) && contains(&hash(key)));
+
+    // A second bootstrap of the same org mints another token for it.
+    let out = run(dir.path(), &["bootstrap", "--org-name", "Acme"], &secrets());
+    let again: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(again["orgId"], v["orgId"]);
+    assert_ne!(again["adminToken"], v["adminToken"]);
+
+    // admin-token list shows both, by prefix only; revoke works once.
+    let out = run(dir.path(), &["admin-token", "list"], &secrets());
+    let listing = String::from_utf8(out.stdout).unwrap();
+    assert_eq!(listing.lines().count(), 3, "{listing}");
+    assert!(listing.contains(&admin[..8]) && !listing.contains(admin));
+    let id = listing
+        .lines()
+        .nth(1)
+        .unwrap()
+        .split_whitespace()
+        .next()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        run(dir.path(), &["admin-token", "revoke", &id], &secrets())
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(
+        run(dir.path(), &["admin-token", "revoke", &id], &secrets())
+            .status
+            .code(),
+        Some(1)
+    );
+}
+
+#[test]
+fn dev_writes_env_once_with_private_mode() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let spawn = || {
+        Command::new(BIN)
+            .arg("dev")
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("PORT", port.to_string())
+            .env("HOST", "127.0.0.1")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let child = spawn();
+    wait_healthy(port);
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0));
+    assert!(stderr(&out).contains("wrote ./.env"));
+    let env_file = dir.path().join(".env");
+    let first = std::fs::read_to_string(&env_file).unwrap();
+    assert_eq!(
+        std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    assert!(first.contains(&format!("APP_URL=http://localhost:{port}")));
+    assert!(first.contains("CONNECTION_ENCRYPTION_KEY="));
+
+    let child = spawn();
+    wait_healthy(port);
+    sigterm(&child);
+    let out = child.wait_with_output().unwrap();
+    assert!(!stderr(&out).contains("wrote ./.env"));
+    assert_eq!(std::fs::read_to_string(&env_file).unwrap(), first);
+}

@@ -1,0 +1,6 @@
+//! The API server's integration tests: one binary, one module per area.
+
+mod boot;
+mod conventions;
+mod ratelimit;
+mod tenancy;

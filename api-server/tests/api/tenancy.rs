@@ -1,0 +1,467 @@
+//! Application context, credentials, scopes and impersonation (§7).
+
+use reqwest::{Method, StatusCode};
+use serde_json::{json, Value};
+use test_support::spawn_app;
+
+async fn body(r: reqwest::Response) -> Value {
+    r.json().await.unwrap()
+}
+
+#[tokio::test]
+async fn application_context_rules() {
+    let app = spawn_app().await;
+    // Admin token without X-App-Id on an app-scoped route.
+    let r = app
+        .client
+        .get(app.url("/api/end-users"))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let b = body(r).await;
+    assert_eq!(b["code"], "invalid_request");
+    assert_eq!(b["param"], "X-App-Id");
+
+    // The alias works.
+    let r = app
+        .client
+        .get(app.url("/api/end-users"))
+        .bearer_auth(&app.admin_token)
+        .header("X-Application-Id", &app.app_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Both headers, different values.
+    let r = app
+        .admin(Method::GET, "/api/end-users")
+        .header("X-Application-Id", "app_other")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(body(r).await["param"], "X-App-Id");
+
+    // Admin token, unknown or malformed application → 404.
+    for bad in ["app_00000000-0000-0000-0000-000000000000", "not-an-id"] {
+        let r = app
+            .client
+            .get(app.url("/api/end-users"))
+            .bearer_auth(&app.admin_token)
+            .header("X-App-Id", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 404);
+        assert_eq!(body(r).await["code"], "not_found");
+    }
+
+    // API key without a header uses its pinned application; with the same header it is fine.
+    let r = app.key(Method::GET, "/api/end-users").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let r = app
+        .key(Method::GET, "/api/end-users")
+        .header("X-App-Id", &app.app_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Another application of the org: the API key may not use it.
+    let r = app
+        .admin(Method::POST, "/api/applications")
+        .json(&json!({"name": "Second"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let second = body(r).await;
+    let second_id = second["id"].as_str().unwrap();
+    assert!(second_id.starts_with("app_"));
+    assert_eq!(second["isDefault"], false);
+    let r = app
+        .key(Method::GET, "/api/end-users")
+        .header("X-App-Id", second_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let b = body(r).await;
+    assert_eq!(b["code"], "forbidden");
+    assert_eq!(
+        b["detail"],
+        "Application header does not match the API key's application"
+    );
+
+    // An end-user created in the second application is not visible from the first.
+    let r = app
+        .client
+        .post(app.url("/api/end-users"))
+        .bearer_auth(&app.admin_token)
+        .header("X-App-Id", second_id)
+        .json(&json!({"name": "Other"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let other_eu = body(r).await["id"].as_str().unwrap().to_string();
+    let r = app
+        .key(Method::GET, &format!("/api/end-users/{other_eu}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+
+    // Application list: the admin sees both, the API key only its own.
+    let all = body(
+        app.admin(Method::GET, "/api/applications")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(all["data"].as_array().unwrap().len(), 2);
+    let mine = body(
+        app.key(Method::GET, "/api/applications")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(mine["data"].as_array().unwrap().len(), 1);
+    assert_eq!(mine["data"][0]["id"], app.app_id.as_str());
+    let r = app
+        .key(Method::GET, &format!("/api/applications/{second_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // The default application cannot be deleted; the second one can, and its end-users go with it.
+    let r = app
+        .admin(Method::DELETE, &format!("/api/applications/{}", app.app_id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(body(r).await["code"], "default_application");
+    let r = app
+        .admin(Method::PATCH, &format!("/api/applications/{second_id}"))
+        .json(&json!({"name": "Renamed"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(r).await["name"], "Renamed");
+    let r = app
+        .admin(Method::DELETE, &format!("/api/applications/{second_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = app
+        .admin(Method::GET, &format!("/api/applications/{second_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}
+
+#[tokio::test]
+async fn credentials_revocation_expiry_and_scopes() {
+    let app = spawn_app().await;
+    // No credentials; an unknown key.
+    let r = app
+        .client
+        .get(app.url("/api/end-users"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer");
+    assert_eq!(body(r).await["detail"], "Invalid or missing credentials");
+    let r = app
+        .client
+        .get(app.url("/api/end-users"))
+        .bearer_auth(format!("ask_{}", "0".repeat(48)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        r#"Bearer error="invalid_token""#
+    );
+    assert_eq!(body(r).await["detail"], "Invalid or expired API key");
+
+    // A key with one scope.
+    let r = app
+        .admin(Method::POST, "/api/api-keys")
+        .json(&json!({"name": "reader", "scopes": ["end-users:read"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let created = body(r).await;
+    let key = created["key"].as_str().unwrap().to_string();
+    let key_id = created["id"].as_str().unwrap().to_string();
+    assert!(regex_like_key(&key));
+    assert_eq!(created["keyPrefix"], &key[..8]);
+    assert_eq!(created["scopes"], json!(["end-users:read"]));
+
+    let as_reader = |m: Method, p: &str| app.client.request(m, app.url(p)).bearer_auth(&key);
+    assert_eq!(
+        as_reader(Method::GET, "/api/end-users")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let r = as_reader(Method::POST, "/api/end-users")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        body(r).await["detail"],
+        "Insufficient permissions: end-users:write required"
+    );
+
+    // API keys cannot reach admin-only routes.
+    let r = app
+        .key(Method::POST, "/api/api-keys")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let r = app
+        .key(Method::POST, "/api/applications")
+        .json(&json!({"name": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+
+    // The list never shows the secret; revocation takes effect at once; a second revoke is 404.
+    let list = body(
+        app.admin(Method::GET, "/api/api-keys")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert!(!list.to_string().contains(&key));
+    assert_eq!(list["data"].as_array().unwrap().len(), 2);
+    let r = app
+        .admin(Method::DELETE, &format!("/api/api-keys/{key_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        as_reader(Method::GET, "/api/end-users")
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let r = app
+        .admin(Method::DELETE, &format!("/api/api-keys/{key_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let list = body(
+        app.admin(Method::GET, "/api/api-keys")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+
+    // Validation of scopes and expiry.
+    let r = app
+        .admin(Method::POST, "/api/api-keys")
+        .json(&json!({"name": "bad", "scopes": ["runs:read", "nope"], "expiresAt": "2000-01-01T00:00:00Z"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let b = body(r).await;
+    let fields: Vec<&str> = b["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["field"].as_str().unwrap())
+        .collect();
+    assert_eq!(fields, vec!["scopes[1]", "expiresAt"]);
+
+    // An expired key is refused: create one expiring in a second.
+    let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(1200)).to_rfc3339();
+    let r = app
+        .admin(Method::POST, "/api/api-keys")
+        .json(&json!({"name": "short", "expiresAt": soon}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let b = body(r).await;
+    assert_eq!(b["scopes"].as_array().unwrap().len(), 12);
+    let short = b["key"].as_str().unwrap().to_string();
+    let get = || {
+        app.client
+            .get(app.url("/api/end-users"))
+            .bearer_auth(&short)
+            .send()
+    };
+    assert_eq!(get().await.unwrap().status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    assert_eq!(get().await.unwrap().status(), 401);
+
+    let scopes = body(
+        app.admin(Method::GET, "/api/api-keys/available-scopes")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(scopes["scopes"].as_array().unwrap().len(), 12);
+}
+
+fn regex_like_key(k: &str) -> bool {
+    k.len() == 52
+        && k.starts_with("ask_")
+        && k[4..]
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[tokio::test]
+async fn impersonation_header_rules() {
+    let app = spawn_app().await;
+    let eu = body(
+        app.key(Method::POST, "/api/end-users")
+            .json(&json!({"name": "Ann"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let eu_id = eu["id"].as_str().unwrap();
+    assert!(eu_id.starts_with("eu_"));
+    // Not honoured on end-user routes.
+    let r = app
+        .key(Method::GET, "/api/end-users")
+        .header("Appstrate-User", eu_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(body(r).await["code"], "header_not_allowed");
+    // Bad prefix.
+    let r = app
+        .key(Method::GET, "/api/end-users")
+        .header("Appstrate-User", "user_1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(body(r).await["code"], "invalid_end_user_id");
+    // With the admin token.
+    let r = app
+        .admin(Method::GET, "/api/applications")
+        .header("Appstrate-User", eu_id)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(body(r).await["code"], "header_not_allowed");
+}
+
+#[tokio::test]
+async fn end_user_crud_conflicts_and_persistence() {
+    let mut app = spawn_app().await;
+    let r = app
+        .key(Method::POST, "/api/end-users")
+        .json(&json!({"name": "Ann", "email": "ann@example.com", "externalId": "ext-1", "metadata": {"plan": "pro", "seats": 3}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let ann = body(r).await;
+    assert_eq!(ann["object"], "end_user");
+    assert_eq!(ann["applicationId"], app.app_id.as_str());
+    assert_eq!(ann["metadata"]["seats"], 3);
+    let id = ann["id"].as_str().unwrap().to_string();
+    assert!(ann["createdAt"].as_str().unwrap().ends_with('Z'));
+
+    for (payload, code) in [
+        (json!({"externalId": "ext-1"}), "external_id_taken"),
+        (json!({"email": "ann@example.com"}), "email_taken"),
+    ] {
+        let r = app
+            .key(Method::POST, "/api/end-users")
+            .json(&payload)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 409);
+        assert_eq!(body(r).await["code"], code);
+    }
+
+    // Filters, update with null clearing a field.
+    let found = body(
+        app.key(Method::GET, "/api/end-users?externalId=ext-1")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(found["data"].as_array().unwrap().len(), 1);
+    let r = app
+        .key(Method::PATCH, &format!("/api/end-users/{id}"))
+        .json(&json!({"email": null, "name": "Ann B"}))
+        .send()
+        .await
+        .unwrap();
+    let updated = body(r).await;
+    assert_eq!(updated["email"], Value::Null);
+    assert_eq!(updated["name"], "Ann B");
+    assert_eq!(updated["externalId"], "ext-1");
+
+    // Data survives a restart of the server on the same data directory.
+    app.restart().await;
+    let again = body(
+        app.key(Method::GET, &format!("/api/end-users/{id}"))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    assert_eq!(again["name"], "Ann B");
+
+    let r = app
+        .key(Method::DELETE, &format!("/api/end-users/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let r = app
+        .key(Method::GET, &format!("/api/end-users/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = app
+        .key(Method::DELETE, &format!("/api/end-users/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+}

@@ -1,0 +1,152 @@
+//! `spawn_app()`: a real API server in-process on `127.0.0.1:0`, with its own temporary data directory
+//! and SQLite file, bootstrapped with an organization, an admin token and an API key.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+use appstrate::config::Config;
+use appstrate::startup::{bind, Application};
+
+pub const TEST_ENCRYPTION_KEY: &str = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+
+/// A running test server.
+pub struct TestApp {
+    pub address: String,
+    pub port: u16,
+    pub org_id: String,
+    pub app_id: String,
+    pub admin_token: String,
+    pub api_key: String,
+    pub data_dir: PathBuf,
+    pub client: reqwest::Client,
+    /// The environment the server was configured from (for restarts).
+    pub env: HashMap<String, String>,
+    app: Option<Application>,
+    _dir: Option<tempfile::TempDir>,
+}
+
+/// The boot secrets and paths every test server gets, under `dir`.
+pub fn base_env(dir: &std::path::Path) -> HashMap<String, String> {
+    let system_packages = std::env::var("APPSTRATE_TEST_SYSTEM_PACKAGES").unwrap_or_else(|_| {
+        dir.join("system-packages").to_string_lossy().into_owned()
+    });
+    [
+        ("BETTER_AUTH_SECRET", "test-better-auth-secret".to_string()),
+        ("UPLOAD_SIGNING_SECRET", "test-upload-signing-secret".to_string()),
+        ("CONNECTION_ENCRYPTION_KEY", TEST_ENCRYPTION_KEY.to_string()),
+        ("DATA_DIR", dir.join("data").to_string_lossy().into_owned()),
+        ("FS_STORAGE_PATH", dir.join("data/storage").to_string_lossy().into_owned()),
+        ("SYSTEM_PACKAGES_DIR", system_packages),
+        ("APP_ENV", "test".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
+}
+
+/// A server with the default test environment.
+pub async fn spawn_app() -> TestApp {
+    spawn_app_with(&[]).await
+}
+
+/// A server whose environment is the default test environment plus `extra`.
+pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut env = base_env(dir.path());
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    let mut app = start(env, Some(dir)).await;
+    let db = app.app.as_ref().expect("running").state.infra.db.clone();
+    let boot = appstrate::cli::bootstrap_json(db.as_ref(), "Default", "Default")
+        .await
+        .expect("bootstrap");
+    app.org_id = boot["orgId"].as_str().unwrap().to_string();
+    app.app_id = boot["applicationId"].as_str().unwrap().to_string();
+    app.admin_token = boot["adminToken"].as_str().unwrap().to_string();
+    app.api_key = boot["apiKey"].as_str().unwrap().to_string();
+    app
+}
+
+async fn start(mut env: HashMap<String, String>, dir: Option<tempfile::TempDir>) -> TestApp {
+    let port: u16 = env
+        .get("PORT")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    let listener = bind("127.0.0.1", port).await.expect("bind 127.0.0.1");
+    let port = listener.local_addr().unwrap().port();
+    let address = format!("http://127.0.0.1:{port}");
+    env.insert("APP_URL".into(), address.clone());
+    env.insert("PORT".into(), port.to_string());
+    let config = Config::from_map(&env).unwrap_or_else(|errors| {
+        panic!(
+            "test configuration is invalid: {}",
+            errors
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+                .join("; ")
+        )
+    });
+    let data_dir = config.data_dir.clone();
+    let app = Application::start(config, listener)
+        .await
+        .expect("server boots");
+    TestApp {
+        address,
+        port,
+        org_id: String::new(),
+        app_id: String::new(),
+        admin_token: String::new(),
+        api_key: String::new(),
+        data_dir,
+        client: reqwest::Client::builder()
+            .no_proxy()
+            .build()
+            .expect("client"),
+        env,
+        app: Some(app),
+        _dir: dir,
+    }
+}
+
+impl TestApp {
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.address, path)
+    }
+
+    /// A request with the API key.
+    pub fn key(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.api_key)
+    }
+
+    /// A request with the admin token and the default application header.
+    pub fn admin(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
+        self.client
+            .request(method, self.url(path))
+            .bearer_auth(&self.admin_token)
+            .header("X-App-Id", &self.app_id)
+    }
+
+    pub fn state(&self) -> &appstrate::state::AppState {
+        &self.app.as_ref().expect("running").state
+    }
+
+    /// Graceful shutdown, then a fresh boot on the same data directory and port.
+    pub async fn restart(&mut self) {
+        if let Some(app) = self.app.take() {
+            assert!(app.shutdown().await, "graceful shutdown");
+        }
+        let fresh = start(self.env.clone(), None).await;
+        self.app = fresh.app;
+    }
+
+    pub async fn shutdown(mut self) -> bool {
+        match self.app.take() {
+            Some(app) => app.shutdown().await,
+            None => true,
+        }
+    }
+}
