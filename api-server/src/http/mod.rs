@@ -113,6 +113,8 @@ pub fn router(state: AppState) -> Router {
                     .route_layer(rl(60, 60)),
             ),
         )
+        .merge(routes::packages::router(&state))
+        .merge(routes::runs::router(&state))
         .route_layer(from_fn_with_state(state.clone(), auth::require_auth));
 
     let public = Router::new()

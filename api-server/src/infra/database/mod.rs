@@ -1,6 +1,8 @@
 //! The `Database` concern: one repository trait, implemented once in SQL (`sql.rs`) and instantiated for
 //! SQLite (Tier 0) and PostgreSQL (Tier 1+). Callers only ever see `Arc<dyn Database>`.
 
+mod packages;
+mod runs;
 mod sql;
 
 use async_trait::async_trait;
@@ -8,6 +10,8 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
+pub use packages::PackageRepo;
+pub use runs::RunRepo;
 pub use sql::{connect_postgres, connect_sqlite, SqlDatabase};
 
 pub type Timestamp = DateTime<Utc>;
@@ -153,8 +157,9 @@ pub enum IdempotencyState {
     },
 }
 
+/// The whole repository: tenancy here, other areas in their own files as supertraits.
 #[async_trait]
-pub trait Database: Send + Sync {
+pub trait Database: PackageRepo + RunRepo + Send + Sync {
     /// `sqlite` or `postgres`, as reported by `/health`.
     fn kind(&self) -> &'static str;
     async fn migrate(&self) -> DbResult<()>;

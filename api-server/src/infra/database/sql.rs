@@ -16,7 +16,7 @@ use sqlx::{Pool, Postgres, QueryBuilder, Sqlite};
 use super::*;
 
 pub struct SqlDatabase<DB: sqlx::Database> {
-    pool: Pool<DB>,
+    pub(super) pool: Pool<DB>,
 }
 
 impl<DB: sqlx::Database> SqlDatabase<DB> {
@@ -57,7 +57,7 @@ pub async fn connect_postgres(url: &str) -> Result<SqlDatabase<Postgres>, sqlx::
     Ok(SqlDatabase { pool })
 }
 
-fn map_err(e: sqlx::Error) -> DbError {
+pub(super) fn map_err(e: sqlx::Error) -> DbError {
     if let sqlx::Error::Database(d) = &e {
         if d.is_unique_violation() {
             let name = d
