@@ -1,0 +1,399 @@
+//! One run, start to finish (§15.2): start event and heartbeats, bundle, prompt, the LLM tool loop,
+//! metrics, the corrective turn, and exactly one finalize.
+
+use crate::bundle::{self, Bundle};
+use crate::config::Config;
+use crate::llm::{retry_delay, LlmClient, LlmError, ModelResponse, Msg, ToolSpec, Usage};
+use crate::mustache;
+use crate::sink::{BundleFetchError, Delivery, Sink};
+use crate::tools::Tools;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+/// Finalize `text` is capped by the sink at 64 KiB.
+const TEXT_LIMIT: usize = 64 * 1024;
+
+pub const PREAMBLE: &str = "You are an autonomous agent running on Appstrate. Complete the task \
+described below using only the tools you are given. Nobody will answer questions during the run: make \
+reasonable assumptions and state them. Be concise.";
+
+const CORRECTIVE: &str =
+    "You finished without calling the `output` tool. Call `output` now, exactly \
+once, with your final result under `data`, matching the output schema.";
+
+/// The run's verdict as the runner sees it.
+#[derive(Debug, PartialEq)]
+pub enum Verdict {
+    Success,
+    Failed { message: String, code: &'static str },
+    Timeout,
+}
+
+/// The event sink answered 410: the run was finalized elsewhere (e.g. cancelled); stop quietly.
+#[derive(Debug)]
+pub struct SinkClosed;
+
+/// What the run accumulated; survives a timeout that drops the loop mid-flight.
+#[derive(Default)]
+pub struct RunState {
+    pub usage: Usage,
+    pub output: Option<Value>,
+    pub text: String,
+}
+
+/// Runs the agent and returns the process exit code (0 or 1; 2 and 143 are decided in `main`).
+pub async fn run(cfg: Config, http: reqwest::Client) -> i32 {
+    let started = Instant::now();
+    let sink = Sink::new(http.clone(), &cfg);
+    let mut state = RunState::default();
+
+    let work = async {
+        match tokio::time::timeout(cfg.timeout, execute(&cfg, &sink, &http, &mut state)).await {
+            Ok(r) => r,
+            Err(_) => Ok(Verdict::Timeout),
+        }
+    };
+    let outcome = tokio::select! {
+        r = work => r,
+        _ = heartbeats(&sink, cfg.heartbeat_interval) => unreachable!("heartbeats never end"),
+    };
+    let verdict = match outcome {
+        Ok(v) => v,
+        Err(SinkClosed) => {
+            eprintln!("[runner] the event sink is closed (410); exiting without finalizing");
+            return 0;
+        }
+    };
+    let body = finalize_body(&verdict, &state, cfg.timeout_seconds, started.elapsed());
+    match sink.finalize(&body).await {
+        Delivery::Accepted(_) => 0,
+        Delivery::Closed => 0,
+        Delivery::Failed(e) => {
+            eprintln!("[runner] finalize could not be delivered: {e}");
+            1
+        }
+    }
+}
+
+async fn heartbeats(sink: &Sink, every: Duration) {
+    loop {
+        tokio::time::sleep(every).await;
+        if sink.heartbeat().await == Delivery::Closed {
+            break;
+        }
+    }
+    std::future::pending::<()>().await
+}
+
+async fn emit(sink: &Sink, event_type: &str, data: Value) -> Result<(), SinkClosed> {
+    match sink.emit(event_type, data).await {
+        Delivery::Closed => Err(SinkClosed),
+        _ => Ok(()),
+    }
+}
+
+async fn progress(sink: &Sink, message: &str, data: Option<Value>) -> Result<(), SinkClosed> {
+    match sink.progress(message, data).await {
+        Delivery::Closed => Err(SinkClosed),
+        _ => Ok(()),
+    }
+}
+
+fn failed(message: impl Into<String>, code: &'static str) -> Verdict {
+    Verdict::Failed {
+        message: message.into(),
+        code,
+    }
+}
+
+async fn execute(
+    cfg: &Config,
+    sink: &Sink,
+    http: &reqwest::Client,
+    state: &mut RunState,
+) -> Result<Verdict, SinkClosed> {
+    progress(sink, "runtime starting", None).await?;
+
+    let bytes = match sink.fetch_bundle(&cfg.workspace_url).await {
+        Ok(b) => b,
+        Err(BundleFetchError::Closed) => return Err(SinkClosed),
+        Err(BundleFetchError::Failed(e)) => {
+            return Ok(failed(
+                format!("Failed to load the run bundle: {e}"),
+                "bundle_unavailable",
+            ))
+        }
+    };
+    let bundle = match bundle::read(&bytes) {
+        Ok(b) => b,
+        Err(e) => return Ok(failed(format!("Invalid run bundle: {e}"), "invalid_bundle")),
+    };
+    drop(bytes);
+    progress(
+        sink,
+        "bundle loaded",
+        Some(json!({"skills": bundle.skills.iter().map(|s| s.0.as_str()).collect::<Vec<_>>()})),
+    )
+    .await?;
+
+    let tools = match Tools::new(
+        bundle.output_schema().cloned(),
+        cfg.integrations.clone(),
+        cfg.sidecar_url.clone(),
+        http.clone(),
+    ) {
+        Ok(t) => t,
+        Err(e) => return Ok(failed(e, "invalid_output_schema")),
+    };
+    let system = system_prompt(&bundle, cfg);
+    let llm = LlmClient {
+        http: http.clone(),
+        api: cfg.model_api,
+        base_url: cfg.model_base_url.clone(),
+        api_key: cfg.model_api_key.clone(),
+        model: cfg.model_id.clone(),
+        stream: cfg.model_stream,
+        max_tokens: cfg.model_max_tokens,
+    };
+    let input = serde_json::to_string_pretty(&Value::Object(cfg.input.clone())).unwrap_or_default();
+    let mut msgs = vec![Msg::User(format!("Input:\n{input}"))];
+    drop(bundle);
+
+    let mut specs = tools.specs(false);
+    let mut reprompted = false;
+    let mut turns = 0u32;
+    loop {
+        if turns >= cfg.max_turns {
+            return Ok(failed(
+                format!("Agent reached the maximum of {} turns", cfg.max_turns),
+                "max_turns",
+            ));
+        }
+        turns += 1;
+        let resp = match call_with_retries(&llm, sink, &system, &msgs, &specs).await? {
+            Ok(r) => r,
+            Err(e) => return Ok(failed(e.message(), "llm_error")),
+        };
+        state.usage.add(resp.usage);
+        emit(
+            sink,
+            "appstrate.metric",
+            json!({"usage": state.usage.to_json()}),
+        )
+        .await?;
+        let ModelResponse { text, calls, .. } = resp;
+        if !text.trim().is_empty() {
+            state.text = text.clone();
+        }
+        msgs.push(Msg::Assistant {
+            text,
+            calls: calls.clone(),
+        });
+
+        if calls.is_empty() {
+            if tools.output_schema.is_some() && state.output.is_none() && !reprompted {
+                reprompted = true;
+                specs = tools.specs(true);
+                msgs.push(Msg::User(CORRECTIVE.into()));
+                continue;
+            }
+            break;
+        }
+        for call in &calls {
+            let args = serde_json::from_str::<Value>(&call.arguments)
+                .unwrap_or_else(|_| Value::String(call.arguments.clone()));
+            progress(
+                sink,
+                "tool_call",
+                Some(json!({"tool": call.name, "args": args})),
+            )
+            .await?;
+            let offered = specs.iter().any(|s| s.name == call.name);
+            let outcome = if offered {
+                tools.call(call).await
+            } else {
+                crate::tools::ToolOutcome {
+                    content: format!("Tool `{}` is not available now", call.name),
+                    is_error: true,
+                    output: None,
+                    event: None,
+                }
+            };
+            if let Some((ty, data)) = outcome.event.clone() {
+                emit(sink, ty, data).await?;
+            }
+            progress(
+                sink,
+                "tool_result",
+                Some(json!({"tool": call.name, "isError": outcome.is_error})),
+            )
+            .await?;
+            if let Some(out) = outcome.output {
+                state.output = Some(out);
+            }
+            msgs.push(Msg::Tool {
+                id: call.id.clone(),
+                content: outcome.content,
+                is_error: outcome.is_error,
+            });
+        }
+        if state.output.is_some() {
+            break;
+        }
+    }
+
+    if tools.output_schema.is_some() && state.output.is_none() {
+        return Ok(failed(
+            "Agent finished without calling the required `output` tool",
+            "output_missing",
+        ));
+    }
+    Ok(Verdict::Success)
+}
+
+/// One model exchange with the retry policy; every failed attempt is reported as `appstrate.error`.
+async fn call_with_retries(
+    llm: &LlmClient,
+    sink: &Sink,
+    system: &str,
+    msgs: &[Msg],
+    specs: &[ToolSpec],
+) -> Result<Result<ModelResponse, LlmError>, SinkClosed> {
+    let mut retry = 0;
+    loop {
+        let err = match llm.call(system, msgs, specs).await {
+            Ok(r) => return Ok(Ok(r)),
+            Err(e) => e,
+        };
+        let delay = retry_delay(&err, retry);
+        let mut data = json!({"attempt": retry + 1, "detail": err.detail()});
+        if let LlmError::Http { status, .. } = &err {
+            data["status"] = json!(status);
+        }
+        let message = match delay {
+            Some(d) => {
+                data["retryInMs"] = json!(d.as_millis() as u64);
+                format!("{}; retrying in {:.1}s", err.message(), d.as_secs_f64())
+            }
+            None => err.message(),
+        };
+        emit(
+            sink,
+            "appstrate.error",
+            json!({"message": message, "data": data}),
+        )
+        .await?;
+        match delay {
+            Some(d) => tokio::time::sleep(d).await,
+            None => return Ok(Err(err)),
+        }
+        retry += 1;
+    }
+}
+
+/// Platform preamble + rendered prompt + skills + (with an output schema) the `output` instruction.
+pub fn system_prompt(bundle: &Bundle, cfg: &Config) -> String {
+    let context = json!({
+        "input": Value::Object(cfg.input.clone()),
+        "runId": cfg.run_id,
+        "memories": [],
+        "checkpoint": null,
+    });
+    let mut s = String::with_capacity(bundle.prompt.len() + 1024);
+    s.push_str(PREAMBLE);
+    s.push_str("\n\n");
+    s.push_str(mustache::render(&bundle.prompt, &context).trim_end());
+    s.push('\n');
+    for (id, body) in &bundle.skills {
+        s.push_str(&format!("\n## Skill: {id}\n\n{}\n", body.trim_end()));
+    }
+    if let Some(schema) = bundle.output_schema() {
+        s.push_str(&format!(
+            "\n## Output\n\nWhen you are done, call the `output` tool exactly once with your result \
+             under `data`. The result must match this JSON Schema:\n\n```json\n{}\n```\n\nIf `output` \
+             reports a validation error, fix the data and call it again.\n",
+            serde_json::to_string_pretty(schema).unwrap_or_default()
+        ));
+    }
+    s
+}
+
+pub fn finalize_body(
+    verdict: &Verdict,
+    state: &RunState,
+    timeout_s: u64,
+    elapsed: Duration,
+) -> Value {
+    let (status, error) = match verdict {
+        Verdict::Success => ("success", None),
+        Verdict::Failed { message, code } => {
+            ("failed", Some(json!({"message": message, "code": code})))
+        }
+        Verdict::Timeout => (
+            "timeout",
+            Some(
+                json!({"message": format!("Run timed out after {timeout_s}s"), "code": "timeout"}),
+            ),
+        ),
+    };
+    let mut body = json!({
+        "status": status,
+        "usage": state.usage.to_json(),
+        "durationMs": elapsed.as_millis() as u64,
+    });
+    if let Some(out) = &state.output {
+        body["output"] = out.clone();
+    }
+    if !state.text.is_empty() {
+        body["text"] = json!(truncate(&state.text, TEXT_LIMIT));
+    }
+    if let Some(e) = error {
+        body["error"] = e;
+    }
+    body
+}
+
+fn truncate(s: &str, max: usize) -> &str {
+    if s.len() <= max {
+        return s;
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finalize_bodies() {
+        let mut st = RunState::default();
+        st.usage.input = 3;
+        let b = finalize_body(&Verdict::Timeout, &st, 2, Duration::from_millis(2100));
+        assert_eq!(b["status"], "timeout");
+        assert_eq!(
+            b["error"],
+            json!({"message": "Run timed out after 2s", "code": "timeout"})
+        );
+        assert_eq!(b["usage"]["input_tokens"], 3);
+        assert_eq!(b["durationMs"], 2100);
+        assert!(b.get("output").is_none() && b.get("text").is_none());
+        st.output = Some(json!({"a": 1}));
+        st.text = "é".repeat(40_000);
+        let b = finalize_body(&Verdict::Success, &st, 2, Duration::ZERO);
+        assert_eq!(b["status"], "success");
+        assert!(b.get("error").is_none());
+        assert_eq!(b["output"]["a"], 1);
+        assert!(b["text"].as_str().unwrap().len() <= TEXT_LIMIT);
+        let b = finalize_body(
+            &failed("LLM request failed: HTTP 400", "llm_error"),
+            &st,
+            2,
+            Duration::ZERO,
+        );
+        assert_eq!(b["error"]["code"], "llm_error");
+    }
+}

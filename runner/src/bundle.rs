@@ -1,0 +1,142 @@
+//! The run bundle (§16.3): the agent package's entries at the root of a ZIP and each resolved skill
+//! under `skills/<scope>/<name>/SKILL.md`.
+
+use serde_json::Value;
+use std::io::{Cursor, Read};
+
+/// Per-entry cap while inflating; the platform already validated the package, this only bounds memory.
+const MAX_ENTRY_BYTES: u64 = 10 * 1024 * 1024;
+
+#[derive(Debug)]
+pub struct Bundle {
+    pub manifest: Value,
+    pub prompt: String,
+    /// `(id, SKILL.md content)`, ordered by id. The id is the path between `skills/` and `/SKILL.md`,
+    /// e.g. `@acme/summarise`.
+    pub skills: Vec<(String, String)>,
+}
+
+impl Bundle {
+    pub fn output_schema(&self) -> Option<&Value> {
+        self.manifest
+            .get("output")
+            .and_then(|o| o.get("schema"))
+            .filter(|s| s.is_object() || s.is_boolean())
+    }
+}
+
+pub fn read(bytes: &[u8]) -> Result<Bundle, String> {
+    let mut zip =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a ZIP: {e}"))?;
+    let mut manifest = None;
+    let mut prompt = None;
+    let mut skills = Vec::new();
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i).map_err(|e| format!("entry {i}: {e}"))?;
+        if f.is_dir() {
+            continue;
+        }
+        let name = f.name().to_string();
+        let wanted = name == "manifest.json"
+            || name == "prompt.md"
+            || (name.starts_with("skills/") && name.ends_with("/SKILL.md"));
+        if !wanted {
+            continue;
+        }
+        let mut buf = Vec::new();
+        (&mut f)
+            .take(MAX_ENTRY_BYTES + 1)
+            .read_to_end(&mut buf)
+            .map_err(|e| format!("{name}: {e}"))?;
+        if buf.len() as u64 > MAX_ENTRY_BYTES {
+            return Err(format!("{name} is larger than 10 MiB"));
+        }
+        let text = String::from_utf8(buf).map_err(|_| format!("{name} is not UTF-8"))?;
+        match name.as_str() {
+            "manifest.json" => {
+                manifest = Some(
+                    serde_json::from_str::<Value>(&text)
+                        .map_err(|e| format!("manifest.json: {e}"))?,
+                )
+            }
+            "prompt.md" => prompt = Some(text),
+            _ => {
+                let id = &name["skills/".len()..name.len() - "/SKILL.md".len()];
+                if !id.is_empty() {
+                    skills.push((id.to_string(), text));
+                }
+            }
+        }
+    }
+    skills.sort();
+    let manifest = manifest.ok_or("manifest.json is missing")?;
+    if !manifest.is_object() {
+        return Err("manifest.json must be a JSON object".into());
+    }
+    Ok(Bundle {
+        manifest,
+        prompt: prompt.ok_or("prompt.md is missing")?,
+        skills,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn zip_of(entries: &[(&str, &str)]) -> Vec<u8> {
+        let mut w = zip::ZipWriter::new(Cursor::new(Vec::new()));
+        for (name, body) in entries {
+            w.start_file(*name, zip::write::SimpleFileOptions::default())
+                .unwrap();
+            w.write_all(body.as_bytes()).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn reads_the_briefing_fixture() {
+        let bytes =
+            include_bytes!("../../../shared/fixtures/afps/agents/briefing-agent/agent.afps");
+        let b = read(bytes).unwrap();
+        assert_eq!(b.manifest["name"], "@examples/daily-briefing");
+        assert!(b.prompt.contains("{{input.topic}}"));
+        assert!(b.skills.is_empty());
+        assert!(b.output_schema().is_none());
+    }
+
+    #[test]
+    fn reads_nested_and_flat_skills() {
+        let bytes = zip_of(&[
+            (
+                "manifest.json",
+                r#"{"name":"@a/b","output":{"schema":{"type":"object"}}}"#,
+            ),
+            ("prompt.md", "hi"),
+            ("skills/@acme/zeta/SKILL.md", "Z"),
+            ("skills/alpha/SKILL.md", "A"),
+            ("skills/@acme/zeta/notes.txt", "ignored"),
+        ]);
+        let b = read(&bytes).unwrap();
+        assert_eq!(
+            b.skills,
+            vec![
+                ("@acme/zeta".to_string(), "Z".to_string()),
+                ("alpha".into(), "A".into())
+            ]
+        );
+        assert_eq!(b.output_schema().unwrap()["type"], "object");
+    }
+
+    #[test]
+    fn missing_files_are_errors() {
+        assert!(read(&zip_of(&[("prompt.md", "x")]))
+            .unwrap_err()
+            .contains("manifest.json"));
+        assert!(read(&zip_of(&[("manifest.json", "{}")]))
+            .unwrap_err()
+            .contains("prompt.md"));
+        assert!(read(b"not a zip").unwrap_err().contains("ZIP"));
+    }
+}
