@@ -1,0 +1,12 @@
+//! Integration tests of the operator: generated CRD, golden desired objects, reconcile against
+//! a fake API server (kube-fake-client, tower-test), the Helm chart, and `#[ignore]`d tests
+//! against a real cluster (`KUBECONFIG`).
+
+mod common;
+
+mod chart;
+mod crd;
+mod e2e;
+mod finalizer;
+mod golden;
+mod reconcile;
