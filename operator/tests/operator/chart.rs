@@ -50,6 +50,9 @@ fn render(python: &str, values: Value) -> (Value, Vec<(String, Value)>) {
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON from the helper");
     let mut docs = Vec::new();
     for (path, text) in v["rendered"].as_object().expect("rendered map") {
+        if !path.ends_with(".yaml") {
+            continue; // NOTES.txt
+        }
         for doc in text.as_str().unwrap_or_default().split("\n---") {
             let parsed: Value = serde_yaml::from_str(doc)
                 .unwrap_or_else(|e| panic!("{path} is not YAML: {e}\n{doc}"));
