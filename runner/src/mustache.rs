@@ -152,7 +152,7 @@ fn truthy(v: Option<&Value>) -> bool {
     }
 }
 
-fn render_nodes<'a>(nodes: &[Node], stack: &mut Vec<&'a Value>, out: &mut String) {
+fn render_nodes(nodes: &[Node], stack: &mut Vec<&Value>, out: &mut String) {
     for node in nodes {
         match node {
             Node::Text(s) => out.push_str(s),
