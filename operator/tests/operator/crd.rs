@@ -49,3 +49,149 @@ fn crd_carries_the_cel_rules() {
         assert!(crd.contains(rule), "missing CEL rule {rule:?}");
     }
 }
+
+mod cel {
+    //! The CRD's CEL rules, evaluated client-side (kube-cel) the way the API server would, and
+    //! checked against the pure `validate()` so the two never disagree.
+
+    use kube::core::cel::{compile_schema, validate_cel};
+    use kube::CustomResourceExt;
+    use operator::validate::validate;
+    use operator::Appstrate;
+    use serde_json::{json, Value};
+
+    use crate::common::example;
+
+    fn schema() -> Value {
+        let crd = Appstrate::crd();
+        serde_json::to_value(
+            crd.spec.versions[0]
+                .schema
+                .as_ref()
+                .and_then(|s| s.open_api_v3_schema.as_ref())
+                .expect("schema"),
+        )
+        .unwrap()
+    }
+
+    /// The example with `patch` merged into its spec.
+    fn with(tier: u8, patch: Value) -> Appstrate {
+        let mut v = serde_json::to_value(example(tier)).unwrap();
+        json_merge(&mut v["spec"], &patch);
+        serde_json::from_value(v).expect("still deserializes")
+    }
+
+    fn json_merge(target: &mut Value, patch: &Value) {
+        match (target, patch) {
+            (Value::Object(t), Value::Object(p)) => {
+                for (k, v) in p {
+                    if v.is_null() {
+                        t.remove(k);
+                    } else {
+                        json_merge(t.entry(k.clone()).or_insert(Value::Null), v);
+                    }
+                }
+            }
+            (t, p) => *t = p.clone(),
+        }
+    }
+
+    #[test]
+    fn every_rule_compiles() {
+        let compiled = compile_schema(&schema());
+        assert!(
+            !compiled.has_errors(),
+            "{:?}",
+            compiled.compilation_errors()
+        );
+    }
+
+    #[test]
+    fn examples_pass_the_api_server_rules() {
+        for tier in 0..=3 {
+            validate_cel(&example(tier)).unwrap_or_else(|e| panic!("tier {tier}: {e:?}"));
+        }
+    }
+
+    #[test]
+    fn bad_resources_are_refused_with_a_clear_message_by_both_layers() {
+        let cases: Vec<(Appstrate, &str, &str)> = vec![
+            (
+                with(0, json!({"runAdapter": "docker"})),
+                "docker requires tier 3",
+                "spec.runAdapter",
+            ),
+            (
+                with(1, json!({"postgres": null})),
+                "spec.postgres is required",
+                "spec.postgres",
+            ),
+            (
+                with(2, json!({"redis": null})),
+                "spec.redis is required",
+                "spec.redis",
+            ),
+            (
+                with(
+                    1,
+                    json!({"postgres": {"external": {"secretRef": {"name": "db"}}}}),
+                ),
+                "exactly one of managed or external",
+                "spec.postgres",
+            ),
+            (
+                with(3, json!({"storage": null, "runAdapter": "process"})),
+                "tier 3 requires spec.storage",
+                "spec.storage",
+            ),
+            (
+                with(2, json!({"replicas": 3})),
+                "spec.replicas > 1 requires",
+                "spec.replicas",
+            ),
+            (
+                with(0, json!({"appUrl": "http://x.example"})),
+                "spec.appUrl must be",
+                "spec.appUrl",
+            ),
+            (
+                with(0, json!({"appUrl": "appstrate.example.com"})),
+                "spec.appUrl must be",
+                "spec.appUrl",
+            ),
+        ];
+        for (app, cel_message, field) in cases {
+            let errors = validate_cel(&app).expect_err(&format!("CEL accepts {:?}", app.spec));
+            let text = format!("{errors:?}");
+            assert!(
+                text.contains(cel_message),
+                "expected {cel_message:?} in {text}"
+            );
+            let invalid = validate(&app.spec).expect_err("validate() accepts what CEL refuses");
+            assert!(
+                invalid.0.iter().any(|v| v.field == field),
+                "{field} not named in {invalid}"
+            );
+        }
+    }
+
+    #[test]
+    fn allowed_variants_pass_both_layers() {
+        let cases = vec![
+            with(0, json!({"appUrl": "http://localhost:3000"})),
+            with(0, json!({"appUrl": "http://127.0.0.1"})),
+            with(1, json!({"replicas": 5})),
+            with(
+                2,
+                json!({"replicas": 3, "dataVolume": {"accessMode": "ReadWriteMany"}}),
+            ),
+            with(3, json!({"storage": null, "replicas": 1})),
+            with(3, json!({"runAdapter": "process"})),
+        ];
+        for app in cases {
+            validate_cel(&app).unwrap_or_else(|e| panic!("CEL refuses {:?}: {e:?}", app.spec));
+            validate(&app.spec)
+                .unwrap_or_else(|e| panic!("validate() refuses {:?}: {e}", app.spec));
+        }
+    }
+}
