@@ -295,7 +295,7 @@ fn postgres_statefulset(ctx: &Ctx<'_>, spec: &AppstrateSpec) -> DesiredObject {
         .postgres
         .as_ref()
         .and_then(|p| p.managed.clone())
-        .unwrap_or_else(|| serde_json::from_value(json!({})).expect("defaults"));
+        .unwrap_or_default();
     let secret = child_name(ctx.name, "postgres");
     let pod = json!({
         "automountServiceAccountToken": false,
@@ -340,7 +340,7 @@ fn redis_statefulset(ctx: &Ctx<'_>, spec: &AppstrateSpec) -> DesiredObject {
         .redis
         .as_ref()
         .and_then(|r| r.managed.clone())
-        .unwrap_or_else(|| serde_json::from_value(json!({})).expect("defaults"));
+        .unwrap_or_default();
     let secret = child_name(ctx.name, "redis");
     let pod = json!({
         "automountServiceAccountToken": false,
@@ -387,7 +387,7 @@ fn minio_statefulset(ctx: &Ctx<'_>, spec: &AppstrateSpec) -> DesiredObject {
         .storage
         .as_ref()
         .and_then(|s| s.managed.clone())
-        .unwrap_or_else(|| serde_json::from_value(json!({})).expect("defaults"));
+        .unwrap_or_default();
     let secret = child_name(ctx.name, "minio");
     let pod = json!({
         "automountServiceAccountToken": false,

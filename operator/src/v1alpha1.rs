@@ -248,6 +248,16 @@ pub struct ManagedPostgres {
     pub storage_class_name: Option<String>,
 }
 
+impl Default for ManagedPostgres {
+    fn default() -> Self {
+        ManagedPostgres {
+            image: default_postgres_image(),
+            storage: default_postgres_storage(),
+            storage_class_name: None,
+        }
+    }
+}
+
 fn default_postgres_image() -> String {
     "postgres:16".into()
 }
@@ -279,6 +289,16 @@ pub struct ManagedRedis {
     pub storage: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+}
+
+impl Default for ManagedRedis {
+    fn default() -> Self {
+        ManagedRedis {
+            image: default_redis_image(),
+            storage: default_redis_storage(),
+            storage_class_name: None,
+        }
+    }
 }
 
 fn default_redis_image() -> String {
@@ -315,6 +335,17 @@ pub struct ManagedStorage {
     pub bucket: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
+}
+
+impl Default for ManagedStorage {
+    fn default() -> Self {
+        ManagedStorage {
+            image: default_minio_image(),
+            storage: default_minio_storage(),
+            bucket: default_bucket(),
+            storage_class_name: None,
+        }
+    }
 }
 
 fn default_minio_image() -> String {

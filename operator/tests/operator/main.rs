@@ -4,6 +4,7 @@
 
 mod common;
 
+mod binary;
 mod chart;
 mod crd;
 mod e2e;
