@@ -679,8 +679,14 @@ fn api_deployment(ctx: &Ctx<'_>, spec: &AppstrateSpec, plan: &Plan) -> DesiredOb
             "spec": {
                 "replicas": plan.replicas,
                 "selector": {"matchLabels": labels::selector(ctx.name, Component::Api)},
-                // A ReadWriteOnce volume cannot be mounted by old and new pods at once.
-                "strategy": if rwo_volume { json!({"type": "Recreate"}) } else { json!({"type": "RollingUpdate"}) },
+                // A ReadWriteOnce volume cannot be mounted by old and new pods at once. The
+                // rolling parameters are spelled out so this field manager owns them and a later
+                // switch to Recreate removes them (the API server refuses Recreate with them).
+                "strategy": if rwo_volume {
+                    json!({"type": "Recreate"})
+                } else {
+                    json!({"type": "RollingUpdate", "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}})
+                },
                 "template": template,
             },
         }),

@@ -577,7 +577,13 @@ async fn observe(
         let host = service
             .and_then(|s| s["spec"]["clusterIP"].as_str())
             .filter(|ip| !ip.is_empty() && *ip != "None")
-            .map(str::to_string)
+            .map(|ip| {
+                if ip.contains(':') {
+                    format!("[{ip}]")
+                } else {
+                    ip.to_string()
+                }
+            })
             .unwrap_or_else(|| format!("{deployment_name}.{ns}.svc"));
         Some(ctx.health.check(&format!("http://{host}:{API_PORT}")).await)
     } else {
