@@ -106,6 +106,42 @@ mod cel {
         );
     }
 
+    /// Every schema node that carries CEL rules, with its rules.
+    fn rule_sites(node: &Value, out: &mut Vec<(Value, String)>) {
+        if let Some(rules) = node["x-kubernetes-validations"].as_array() {
+            for r in rules {
+                out.push((
+                    node.clone(),
+                    r["rule"].as_str().unwrap_or_default().to_string(),
+                ));
+            }
+        }
+        if let Some(props) = node["properties"].as_object() {
+            for p in props.values() {
+                rule_sites(p, out);
+            }
+        }
+        if node["items"].is_object() {
+            rule_sites(&node["items"], out);
+        }
+    }
+
+    #[test]
+    fn rules_stay_within_the_api_server_cost_budget_and_scope() {
+        use kube::core::cel::{analyze_rule, ScopeContext, WarningKind};
+        let mut sites = Vec::new();
+        rule_sites(&schema(), &mut sites);
+        assert!(sites.len() >= 9, "found {} rules", sites.len());
+        for (node, rule) in sites {
+            let warnings = analyze_rule(&rule, &compile_schema(&node), ScopeContext::CrdValidation);
+            let serious: Vec<_> = warnings
+                .iter()
+                .filter(|w| matches!(w.kind, WarningKind::CostExceeded | WarningKind::WrongScope))
+                .collect();
+            assert!(serious.is_empty(), "{rule}: {serious:?}");
+        }
+    }
+
     #[test]
     fn examples_pass_the_api_server_rules() {
         for tier in 0..=3 {
