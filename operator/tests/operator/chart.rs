@@ -219,3 +219,64 @@ fn cluster_role_is_least_privilege_without_wildcards() {
         serde_json::json!(["get", "create", "update"])
     );
 }
+
+/// Every value in values.yaml is documented by a `# --` comment (on itself or on the block it
+/// belongs to), and the defaults are the ones SPEC §21 lists.
+#[test]
+fn every_value_is_documented_and_defaults_match_the_spec() {
+    let text =
+        std::fs::read_to_string(repo_root().join("charts/appstrate-operator/values.yaml")).unwrap();
+    // (indent, documented) of the enclosing keys.
+    let mut stack: Vec<(usize, bool)> = Vec::new();
+    let mut previous_doc = false;
+    for line in text.lines() {
+        let trimmed = line.trim_start();
+        if trimmed.is_empty() {
+            continue;
+        }
+        if trimmed.starts_with('#') {
+            previous_doc =
+                trimmed.starts_with("# --") || (previous_doc && trimmed.starts_with('#'));
+            continue;
+        }
+        let indent = line.len() - trimmed.len();
+        if trimmed.starts_with("- ") {
+            continue; // list items belong to their key
+        }
+        let Some((key, value)) = trimmed.split_once(':') else {
+            continue;
+        };
+        while stack.last().is_some_and(|(i, _)| *i >= indent) {
+            stack.pop();
+        }
+        let inherited = stack.iter().any(|(_, d)| *d);
+        let is_parent = value.trim().is_empty();
+        assert!(
+            previous_doc || inherited || is_parent,
+            "values.yaml: `{key}` has no `# --` comment"
+        );
+        stack.push((indent, previous_doc || inherited));
+        previous_doc = false;
+    }
+
+    let v: Value = serde_yaml::from_str(&text).unwrap();
+    let expect = serde_json::json!({
+        "image": {"repository": "appstrate-operator", "tag": "", "pullPolicy": "IfNotPresent"},
+        "replicaCount": 1,
+        "crds": {"install": true, "keep": true},
+        "serviceAccount": {"create": true, "name": "", "annotations": {}},
+        "rbac": {"create": true},
+        "logLevel": "info",
+        "logFormat": "json",
+        "metrics": {"port": 8080},
+        "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
+        "podSecurityContext": {"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532,
+            "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {"allowPrivilegeEscalation": false, "readOnlyRootFilesystem": true,
+            "capabilities": {"drop": ["ALL"]}},
+        "nodeSelector": {}, "tolerations": [], "affinity": {}, "podAnnotations": {},
+    });
+    for (k, want) in expect.as_object().unwrap() {
+        assert_eq!(&v[k], want, "values.yaml {k}");
+    }
+}

@@ -578,3 +578,61 @@ async fn api_health_failure_is_reported() {
     assert_eq!(condition(&app, "SidecarPoolReady").reason, "NotRequired");
     assert_eq!(condition(&app, "Ready").reason, "ApiNotReady");
 }
+
+#[tokio::test]
+async fn raising_tier_0_to_2_adds_children_and_rolls_the_api() {
+    let client = fake(example(0)).await;
+    run(&client, "appstrate", unreachable_api()).await;
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), NS);
+    let hash = |d: &Deployment| {
+        d.spec
+            .as_ref()
+            .unwrap()
+            .template
+            .metadata
+            .as_ref()
+            .unwrap()
+            .annotations
+            .as_ref()
+            .unwrap()["appstrate.dev/config-hash"]
+            .clone()
+    };
+    let before = hash(&deployments.get("appstrate-api").await.unwrap());
+
+    let patch = json!({"spec": {"tier": 2, "postgres": {"managed": {}}, "redis": {"managed": {}}}});
+    Api::<Appstrate>::namespaced(client.clone(), NS)
+        .patch("appstrate", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    run(&client, "appstrate", unreachable_api()).await;
+
+    assert_eq!(
+        names::<StatefulSet>(&client).await,
+        vec!["appstrate-postgres", "appstrate-redis"]
+    );
+    assert_eq!(
+        names::<Secret>(&client).await,
+        vec![
+            "appstrate-boot-secrets",
+            "appstrate-postgres",
+            "appstrate-redis"
+        ]
+    );
+    let dep = deployments.get("appstrate-api").await.unwrap();
+    assert_ne!(
+        hash(&dep),
+        before,
+        "the pod template changes, so the API rolls"
+    );
+    let env: Vec<String> = dep.spec.unwrap().template.spec.unwrap().containers[0]
+        .env
+        .clone()
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert!(env.contains(&"DATABASE_URL".to_string()) && env.contains(&"REDIS_URL".to_string()));
+    let app = get_app(&client, "appstrate").await;
+    assert_eq!(app.status.as_ref().unwrap().tier, Some(2));
+    assert_eq!(condition(&app, "RedisReady").reason, "StatefulSetNotReady");
+}
