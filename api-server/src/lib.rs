@@ -10,6 +10,8 @@ pub mod crypto;
 pub mod http;
 pub mod infra;
 pub mod metrics;
+pub mod packages;
+pub mod runs;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

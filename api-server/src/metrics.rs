@@ -20,6 +20,22 @@ pub struct RouteLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RunCreatedLabels {
+    pub kind: String,
+    pub origin: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabel {
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirectionLabel {
+    pub direction: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RouteOnly {
     pub route: String,
 }
@@ -34,6 +50,11 @@ pub struct Metrics {
     pub http_duration: Family<RouteLabels, Histogram, fn() -> Histogram>,
     pub rate_limited: Family<RouteOnly, Counter>,
     pub rate_limiter_errors: Counter,
+    pub runs_created_total: Family<RunCreatedLabels, Counter>,
+    pub runs_finished_total: Family<StatusLabel, Counter>,
+    pub runs_active: prometheus_client::metrics::gauge::Gauge,
+    pub run_duration: Histogram,
+    pub llm_tokens: Family<DirectionLabel, Counter>,
 }
 
 impl Default for Metrics {
@@ -66,8 +87,43 @@ impl Default for Metrics {
             "Rate limiter backend errors (the request was let through)",
             rate_limiter_errors.clone(),
         );
+        let runs_created_total = Family::<RunCreatedLabels, Counter>::default();
+        let runs_finished_total = Family::<StatusLabel, Counter>::default();
+        let runs_active = prometheus_client::metrics::gauge::Gauge::default();
+        let run_duration = Histogram::new(exponential_buckets(0.05, 2.0, 16));
+        let llm_tokens = Family::<DirectionLabel, Counter>::default();
+        registry.register(
+            "appstrate_runs_created",
+            "Runs created by kind and origin",
+            runs_created_total.clone(),
+        );
+        registry.register(
+            "appstrate_runs_finished",
+            "Runs finalized by status",
+            runs_finished_total.clone(),
+        );
+        registry.register(
+            "appstrate_runs_active",
+            "Runs whose workload runs on this instance",
+            runs_active.clone(),
+        );
+        registry.register(
+            "appstrate_run_duration_seconds",
+            "Run duration from start to finalize",
+            run_duration.clone(),
+        );
+        registry.register(
+            "appstrate_llm_tokens",
+            "LLM tokens by direction",
+            llm_tokens.clone(),
+        );
         Self {
             registry,
+            runs_created_total,
+            runs_finished_total,
+            runs_active,
+            run_duration,
+            llm_tokens,
             http_requests,
             http_duration,
             rate_limited,
@@ -77,6 +133,47 @@ impl Default for Metrics {
 }
 
 impl Metrics {
+    pub fn runs_created(&self, kind: &str, origin: &str) {
+        self.runs_created_total
+            .get_or_create(&RunCreatedLabels {
+                kind: kind.into(),
+                origin: origin.into(),
+            })
+            .inc();
+    }
+
+    pub fn runs_active_delta(&self, delta: i64) {
+        self.runs_active.inc_by(delta);
+    }
+
+    /// Records a finalized run; `was_running` says whether it counted as active.
+    pub fn run_finished(&self, run: &crate::infra::database::runs::RunRow, was_running: bool) {
+        self.runs_finished_total
+            .get_or_create(&StatusLabel {
+                status: run.status.clone(),
+            })
+            .inc();
+        if was_running {
+            self.runs_active.dec();
+        }
+        if let Some(ms) = run.duration {
+            self.run_duration.observe(ms as f64 / 1000.0);
+        }
+        for (direction, key) in [("input", "input_tokens"), ("output", "output_tokens")] {
+            let n = run
+                .token_usage
+                .0
+                .get(key)
+                .and_then(serde_json::Value::as_u64)
+                .unwrap_or(0);
+            self.llm_tokens
+                .get_or_create(&DirectionLabel {
+                    direction: direction.into(),
+                })
+                .inc_by(n);
+        }
+    }
+
     pub fn encode(&self) -> String {
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &self.registry)

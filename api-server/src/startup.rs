@@ -152,6 +152,9 @@ impl Application {
         tracing::info!("infrastructure tier={}", config.tier());
 
         let state = AppStateInner::new(config, infra);
+        crate::packages::sync_system_packages(&state).await;
+        crate::runs::runtime::cleanup_orphans(&state).await;
+        crate::runs::runtime::start_workers(&state).await;
         let router = crate::http::router(state.clone());
         let _ = gate_state.router.set(router);
         tracing::info!(
@@ -172,6 +175,7 @@ impl Application {
         let grace = Duration::from_secs(self.state.config.shutdown_grace_seconds);
         tracing::info!("shutting down");
         self.state.begin_shutdown();
+        crate::runs::runtime::shutdown(&self.state, grace).await;
         let lost = self.state.infra.queue.stop().await;
         if lost > 0 {
             tracing::warn!(jobs = lost, "in-process delayed jobs dropped at shutdown");

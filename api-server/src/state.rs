@@ -15,6 +15,7 @@ pub struct AppStateInner {
     pub infra: Infra,
     pub keyring: Keyring,
     pub metrics: Metrics,
+    pub runs: Arc<crate::runs::Runtime>,
     pub started_at: Instant,
     shutting_down: AtomicBool,
     /// Last `lastUsedAt` write per credential id, so it is written at most once a minute.
@@ -28,11 +29,13 @@ pub type AppState = Arc<AppStateInner>;
 impl AppStateInner {
     pub fn new(config: Config, infra: Infra) -> AppState {
         let keyring = Keyring::new(&config.keys);
+        let runs = Arc::new(crate::runs::Runtime::new(&config));
         Arc::new(AppStateInner {
             config,
             infra,
             keyring,
             metrics: Metrics::default(),
+            runs,
             started_at: Instant::now(),
             shutting_down: AtomicBool::new(false),
             touched: Mutex::new(HashMap::new()),

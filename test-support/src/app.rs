@@ -27,21 +27,77 @@ pub struct TestApp {
 
 /// The boot secrets and paths every test server gets, under `dir`.
 pub fn base_env(dir: &std::path::Path) -> HashMap<String, String> {
-    let system_packages = std::env::var("APPSTRATE_TEST_SYSTEM_PACKAGES").unwrap_or_else(|_| {
-        dir.join("system-packages").to_string_lossy().into_owned()
-    });
+    let system_packages = std::env::var("APPSTRATE_TEST_SYSTEM_PACKAGES")
+        .unwrap_or_else(|_| dir.join("system-packages").to_string_lossy().into_owned());
     [
         ("BETTER_AUTH_SECRET", "test-better-auth-secret".to_string()),
-        ("UPLOAD_SIGNING_SECRET", "test-upload-signing-secret".to_string()),
+        (
+            "UPLOAD_SIGNING_SECRET",
+            "test-upload-signing-secret".to_string(),
+        ),
         ("CONNECTION_ENCRYPTION_KEY", TEST_ENCRYPTION_KEY.to_string()),
         ("DATA_DIR", dir.join("data").to_string_lossy().into_owned()),
-        ("FS_STORAGE_PATH", dir.join("data/storage").to_string_lossy().into_owned()),
+        (
+            "FS_STORAGE_PATH",
+            dir.join("data/storage").to_string_lossy().into_owned(),
+        ),
         ("SYSTEM_PACKAGES_DIR", system_packages),
         ("APP_ENV", "test".to_string()),
+        ("RUNNER_BIN", runner_bin().to_string_lossy().into_owned()),
     ]
     .into_iter()
     .map(|(k, v)| (k.to_string(), v))
     .collect()
+}
+
+/// The path of the `appstrate-runner` binary of this workspace's target directory, building it first
+/// when a test runs before it exists (e.g. `cargo test -p api-server`).
+pub fn runner_bin() -> PathBuf {
+    static BIN: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        let exe = std::env::current_exe().expect("test executable");
+        // target/<profile>/deps/<test> → target/<profile>
+        let dir = exe
+            .parent()
+            .and_then(|d| {
+                if d.ends_with("deps") {
+                    d.parent()
+                } else {
+                    Some(d)
+                }
+            })
+            .expect("target directory")
+            .to_path_buf();
+        let bin = dir.join("appstrate-runner");
+        if bin.is_file() {
+            return bin;
+        }
+        // A separate target directory: the running `cargo test` may still hold the lock of its own.
+        let own = dir.join("runner-for-tests");
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = std::process::Command::new(cargo)
+            .args([
+                "build",
+                "-p",
+                "runner",
+                "--bin",
+                "appstrate-runner",
+                "--target-dir",
+            ])
+            .arg(&own)
+            .status()
+            .expect("cargo build -p runner");
+        assert!(status.success(), "building appstrate-runner failed");
+        let bin = own.join("debug/appstrate-runner");
+        assert!(bin.is_file(), "{} missing", bin.display());
+        bin
+    })
+    .clone()
+}
+
+/// The repository's `system-packages/` directory.
+pub fn system_packages_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../system-packages")
 }
 
 /// A server with the default test environment.
@@ -69,10 +125,7 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
 }
 
 async fn start(mut env: HashMap<String, String>, dir: Option<tempfile::TempDir>) -> TestApp {
-    let port: u16 = env
-        .get("PORT")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(0);
+    let port: u16 = env.get("PORT").and_then(|p| p.parse().ok()).unwrap_or(0);
     let listener = bind("127.0.0.1", port).await.expect("bind 127.0.0.1");
     let port = listener.local_addr().unwrap().port();
     let address = format!("http://127.0.0.1:{port}");

@@ -1,5 +1,8 @@
 //! Test support: fake LLM, fake upstream, spawn_app().
 
+pub mod app;
+pub mod bench;
 pub mod fake_llm;
 pub mod fake_sink;
 pub mod fake_upstream;
+pub use app::{spawn_app, spawn_app_with, TestApp};

@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi};
 
 use self::error::ApiError;
 use self::middleware::{idempotency, outer, rate_limit, record_route, Limit};
-use self::routes::{api_keys, applications, end_users, meta};
+use self::routes::{api_keys, applications, end_users, meta, packages, realtime, runs};
 use crate::state::AppState;
 
 struct BearerAuth;
@@ -45,8 +45,15 @@ impl Modify for BearerAuth {
         applications::list, applications::create, applications::get, applications::update, applications::delete,
         api_keys::list, api_keys::available_scopes, api_keys::create, api_keys::revoke,
         end_users::create, end_users::list, end_users::get, end_users::update, end_users::delete,
+        packages::import, packages::list, packages::get_package, packages::versions,
+        packages::put_connection, packages::get_connection, packages::delete_connection,
+        packages::list_agents,
+        runs::start_package_run, runs::start_inline_run, runs::list_runs, runs::list_agent_runs, runs::get_run,
+        runs::run_logs, runs::cancel_run, realtime::run_stream, realtime::runs_stream,
     ),
-    components(schemas(applications::ApplicationDto, api_keys::ApiKeyDto, end_users::EndUserDto)),
+    components(schemas(applications::ApplicationDto, api_keys::ApiKeyDto, end_users::EndUserDto,
+        packages::PackageDto, packages::VersionDto, crate::packages::ConnectionView,
+        crate::packages::AgentSummary)),
     modifiers(&BearerAuth),
     security(("bearer" = []))
 )]
@@ -125,6 +132,7 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .merge(public)
         .merge(api)
+        .merge(routes::sink::router())
         .route_layer(from_fn(record_route))
         .fallback(not_found)
         .layer(DefaultBodyLimit::max(state.config.api_body_limit_bytes))

@@ -5,6 +5,7 @@ pub mod database;
 pub mod pubsub;
 pub mod queue;
 pub mod ratelimit;
+pub mod run_adapter;
 pub mod storage;
 
 use std::sync::Arc;

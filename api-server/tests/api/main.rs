@@ -2,5 +2,7 @@
 
 mod boot;
 mod conventions;
+mod packages;
 mod ratelimit;
+mod runs;
 mod tenancy;

@@ -2,7 +2,7 @@
 //! SQLite (Tier 0) and PostgreSQL (Tier 1+). Callers only ever see `Arc<dyn Database>`.
 
 mod packages;
-mod runs;
+pub mod runs;
 mod sql;
 
 use async_trait::async_trait;
@@ -10,7 +10,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
-pub use packages::PackageRepo;
+pub use packages::{
+    ConnectionRow, NewPackageVersion, PackageFilter, PackageRepo, PackageRow, PackageVersionRow,
+    PackageWithManifest,
+};
 pub use runs::RunRepo;
 pub use sql::{connect_postgres, connect_sqlite, SqlDatabase};
 

@@ -101,7 +101,7 @@ macro_rules! impl_sql_database {
     ($db:ty, $kind:literal, $migrator:expr) => {
         impl SqlDatabase<$db> {
             /// One page of `table`, newest first, restricted by equality `filters`.
-            async fn list_page<T>(
+            pub(super) async fn list_page<T>(
                 &self,
                 table: &str,
                 cols: &str,

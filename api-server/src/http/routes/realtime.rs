@@ -1,0 +1,188 @@
+//! Server-sent events (§11.8): one run, or every run of the application, fed by the pub/sub adapter so
+//! events from every instance arrive.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use axum::extract::{Path, RawQuery, State};
+use axum::response::sse::{Event, Sse};
+use axum::response::{IntoResponse, Response};
+use axum::Extension;
+use futures::stream::{BoxStream, StreamExt};
+use serde_json::Value;
+use tokio::sync::mpsc;
+
+use crate::http::auth::Auth;
+use crate::http::error::ApiError;
+use crate::infra::pubsub::Topic;
+use crate::state::AppState;
+
+const IDLE_PING: Duration = Duration::from_secs(30);
+const MAX_QUEUED: usize = 2000;
+
+fn param(q: &Option<String>, name: &str) -> Option<String> {
+    url::form_urlencoded::parse(q.as_deref().unwrap_or("").as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// Frames queued for one subscriber; more than 2000 queued and it is dropped.
+struct Out {
+    tx: mpsc::Sender<Event>,
+    stream_id: String,
+    n: u64,
+}
+
+impl Out {
+    /// False when the subscriber is gone or too far behind.
+    fn send(&mut self, name: &str, data: &str) -> bool {
+        self.n += 1;
+        let ev = Event::default()
+            .event(name)
+            .data(data)
+            .id(format!("{}:{}", self.stream_id, self.n));
+        self.tx.try_send(ev).is_ok()
+    }
+}
+
+fn sse(rx: mpsc::Receiver<Event>) -> Response {
+    let stream = futures::stream::unfold(rx, |mut rx| async move {
+        rx.recv().await.map(|ev| (Ok::<_, Infallible>(ev), rx))
+    });
+    Sse::new(stream).into_response()
+}
+
+/// The `data` to send for a pub/sub frame, or `None` when this subscriber does not want it.
+fn filtered(frame: &Value, verbose: bool) -> Option<(String, String)> {
+    let event = frame["event"].as_str()?.to_string();
+    let mut data = frame["data"].clone();
+    if event == "run_log" && !verbose {
+        if let Some(o) = data.as_object_mut() {
+            o.remove("data");
+        }
+    }
+    Some((event, data.to_string()))
+}
+
+async fn subscribe(state: &AppState) -> Result<BoxStream<'static, String>, ApiError> {
+    state
+        .infra
+        .pubsub
+        .subscribe(Topic::RunEvents)
+        .await
+        .map_err(ApiError::internal)
+}
+
+/// `GET /api/realtime/runs/{id}`
+#[utoipa::path(get, path = "/api/realtime/runs/{id}", tag = "realtime",
+    params(("token" = Option<String>, Query), ("verbose" = Option<bool>, Query), ("appId" = Option<String>, Query)),
+    responses((status = 200, description = "text/event-stream"), (status = 401), (status = 403), (status = 404)))]
+pub async fn run_stream(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Auth>,
+    Path(id): Path<String>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    auth.require_scope("runs:read")?;
+    let verbose = param(&q, "verbose").is_some_and(|v| v == "true" || v == "1");
+    // Subscribe before the snapshot so nothing falls between them.
+    let mut frames = subscribe(&state).await?;
+    let run = super::runs::visible_run(&state, &auth, &id).await?;
+    let (tx, rx) = mpsc::channel(MAX_QUEUED);
+    let mut out = Out {
+        tx,
+        stream_id: uuid::Uuid::new_v4().simple().to_string(),
+        n: 0,
+    };
+    out.send("ping", "");
+    out.send("run_update", &crate::runs::run_update(&run).to_string());
+    let terminal = run.is_terminal();
+    let state2 = state.clone();
+    tokio::spawn(async move {
+        if terminal {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            return;
+        }
+        loop {
+            let next = tokio::time::timeout(IDLE_PING, frames.next());
+            tokio::select! {
+                f = next => match f {
+                    Err(_) => {
+                        if !out.send("ping", "") { return; }
+                    }
+                    Ok(None) => return,
+                    Ok(Some(raw)) => {
+                        let Ok(v) = serde_json::from_str::<Value>(&raw) else { continue };
+                        if v["runId"] != id.as_str() { continue; }
+                        let Some((name, data)) = filtered(&v, verbose) else { continue };
+                        if !out.send(&name, &data) { return; }
+                        if name == "run_update" && v["terminal"] == true {
+                            // Close shortly after the terminal update.
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            return;
+                        }
+                    }
+                },
+                _ = out.tx.closed() => return,
+            }
+            if state2.is_shutting_down() {
+                return;
+            }
+        }
+    });
+    Ok(sse(rx))
+}
+
+/// `GET /api/realtime/runs`
+#[utoipa::path(get, path = "/api/realtime/runs", tag = "realtime",
+    params(("status" = Option<String>, Query), ("verbose" = Option<bool>, Query)),
+    responses((status = 200, description = "text/event-stream of every run of the application"), (status = 401), (status = 403)))]
+pub async fn runs_stream(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Auth>,
+    RawQuery(q): RawQuery,
+) -> Result<Response, ApiError> {
+    auth.require_scope("runs:read")?;
+    let app_id = auth.app()?.id.clone();
+    let end_user = auth.end_user.as_ref().map(|e| e.id.clone());
+    let status = param(&q, "status").filter(|s| !s.is_empty());
+    let verbose = param(&q, "verbose").is_some_and(|v| v == "true" || v == "1");
+    let mut frames = subscribe(&state).await?;
+    let (tx, rx) = mpsc::channel(MAX_QUEUED);
+    let mut out = Out {
+        tx,
+        stream_id: uuid::Uuid::new_v4().simple().to_string(),
+        n: 0,
+    };
+    out.send("ping", "");
+    let state2 = state.clone();
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                f = tokio::time::timeout(IDLE_PING, frames.next()) => match f {
+                    Err(_) => {
+                        if !out.send("ping", "") { return; }
+                    }
+                    Ok(None) => return,
+                    Ok(Some(raw)) => {
+                        let Ok(v) = serde_json::from_str::<Value>(&raw) else { continue };
+                        if v["applicationId"] != app_id.as_str() { continue; }
+                        if let Some(eu) = &end_user {
+                            if v["endUserId"] != eu.as_str() { continue; }
+                        }
+                        if let Some(s) = &status {
+                            if v["status"] != s.as_str() { continue; }
+                        }
+                        let Some((name, data)) = filtered(&v, verbose) else { continue };
+                        if !out.send(&name, &data) { return; }
+                    }
+                },
+                _ = out.tx.closed() => return,
+            }
+            if state2.is_shutting_down() {
+                return;
+            }
+        }
+    });
+    Ok(sse(rx))
+}

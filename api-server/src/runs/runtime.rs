@@ -1,0 +1,535 @@
+//! The workload side of runs: starting a run's workload, supervising it until exit, stopping it on
+//! cancel, watchdog, timeout or shutdown, and the single terminal writer `finalize_run`.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::Rng;
+use serde_json::{json, Value};
+use tokio::sync::watch;
+
+use super::events::SinkState;
+use super::verdict::{self, Outcome};
+use crate::config::{Config, LlmApi};
+use crate::infra::database::now;
+use crate::infra::database::runs::{Finalization, RunRow};
+use crate::infra::pubsub::Topic;
+use crate::infra::run_adapter::{ProcessAdapter, RunAdapter, WorkloadSpec};
+use crate::packages::RunIntegration;
+use crate::state::AppState;
+
+/// How a stop was asked for.
+#[derive(Debug, Clone, PartialEq)]
+enum StopRequest {
+    /// Stop and finalize with this outcome (local timeout safety net).
+    Finalize(Outcome),
+    /// Stop only: whoever asked finalizes (cancel, watchdog, shutdown, on any instance).
+    External,
+}
+
+/// A workload held by this instance.
+struct ActiveRun {
+    stop: watch::Sender<Option<StopRequest>>,
+    done: watch::Receiver<bool>,
+}
+
+/// Per-instance run state: the adapter, the workloads held here and the event-sink memory.
+pub struct Runtime {
+    pub adapter: Arc<dyn RunAdapter>,
+    active: Mutex<HashMap<String, ActiveRun>>,
+    pub sink: SinkState,
+    waiters: Mutex<HashMap<String, usize>>,
+}
+
+impl Runtime {
+    pub fn new(config: &Config) -> Self {
+        Self {
+            adapter: Arc::new(ProcessAdapter::new(
+                config.runner_bin.as_deref(),
+                &config.data_dir,
+            )),
+            active: Mutex::new(HashMap::new()),
+            sink: SinkState::default(),
+            waiters: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn active_count(&self) -> usize {
+        self.active.lock().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    fn request_stop(&self, run_id: &str, req: StopRequest) -> Option<watch::Receiver<bool>> {
+        let active = self.active.lock().unwrap_or_else(|e| e.into_inner());
+        let run = active.get(run_id)?;
+        let _ = run.stop.send(Some(req));
+        Some(run.done.clone())
+    }
+
+    /// Takes one long-poll slot for `identity` (at most 10 at once); `None` when they are all taken.
+    pub fn enter_wait(self: &Arc<Self>, identity: &str) -> Option<WaitSlot> {
+        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+        let n = w.entry(identity.to_string()).or_insert(0);
+        if *n >= 10 {
+            return None;
+        }
+        *n += 1;
+        Some(WaitSlot {
+            runtime: self.clone(),
+            identity: identity.to_string(),
+        })
+    }
+}
+
+/// A held long-poll slot, released on drop.
+pub struct WaitSlot {
+    runtime: Arc<Runtime>,
+    identity: String,
+}
+
+impl Drop for WaitSlot {
+    fn drop(&mut self) {
+        let mut w = self
+            .runtime
+            .waiters
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = w.get_mut(&self.identity) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                w.remove(&self.identity);
+            }
+        }
+    }
+}
+
+/// What the creation pipeline resolved for the workload.
+pub struct LaunchContext {
+    pub integrations: Vec<RunIntegration>,
+    pub model: String,
+    pub llm_api: LlmApi,
+}
+
+fn platform_url(config: &Config) -> String {
+    config
+        .platform_api_url
+        .clone()
+        .unwrap_or_else(|| format!("http://127.0.0.1:{}", config.port))
+}
+
+fn workload_spec(
+    state: &AppState,
+    run: &RunRow,
+    ctx: &LaunchContext,
+) -> Result<WorkloadSpec, String> {
+    let config = &state.config;
+    let llm = config.llm.as_ref().ok_or("no model configured")?;
+    let secret = state
+        .keyring
+        .decrypt(&run.sink_secret_encrypted)
+        .map_err(|e| format!("sink secret: {e}"))?;
+    let secret = String::from_utf8(secret).map_err(|_| "sink secret is not UTF-8")?;
+    let platform = platform_url(config);
+    let base = format!("{platform}/api/runs/{}", run.id);
+    let (api, provider) = match ctx.llm_api {
+        LlmApi::OpenAiCompletions => ("openai-completions", "openai"),
+        LlmApi::AnthropicMessages => ("anthropic-messages", "anthropic"),
+    };
+    let agent_integrations: Vec<Value> = ctx
+        .integrations
+        .iter()
+        .map(|i| {
+            json!({
+                "id": i.id,
+                "authKey": i.auth_key,
+                "description": i.description.clone().or_else(|| i.display_name.clone()).unwrap_or_default(),
+                "authorizedUris": i.authorized_uris,
+            })
+        })
+        .collect();
+    let mut env = vec![
+        ("AGENT_RUN_ID", run.id.clone()),
+        ("APPSTRATE_SINK_URL", format!("{base}/events")),
+        (
+            "APPSTRATE_SINK_FINALIZE_URL",
+            format!("{base}/events/finalize"),
+        ),
+        ("APPSTRATE_WORKSPACE_URL", format!("{base}/workspace")),
+        ("APPSTRATE_SINK_SECRET", secret),
+        ("AGENT_INPUT", run.input.0.to_string()),
+        ("AGENT_TIMEOUT_SECONDS", run.timeout_seconds.to_string()),
+        ("MODEL_API", api.to_string()),
+        ("MODEL_ID", ctx.model.clone()),
+        ("MODEL_API_KEY", "sk-appstrate-placeholder".to_string()),
+        (
+            "RUN_HEARTBEAT_INTERVAL_SECONDS",
+            config.run_heartbeat_interval_seconds.to_string(),
+        ),
+    ];
+    if !agent_integrations.is_empty() {
+        env.push((
+            "AGENT_INTEGRATIONS",
+            Value::Array(agent_integrations).to_string(),
+        ));
+    }
+    let sidecar = sidecar::config::SidecarConfig {
+        run_id: run.id.clone(),
+        platform_url: platform,
+        llm: sidecar::config::LlmConfig {
+            provider: match ctx.llm_api {
+                LlmApi::OpenAiCompletions => sidecar::config::LlmProvider::Openai,
+                LlmApi::AnthropicMessages => sidecar::config::LlmProvider::Anthropic,
+            },
+            base_url: llm.base_url.clone(),
+            api_key: sidecar::config::Secret::new(llm.api_key.expose().clone()),
+        },
+        integrations: ctx.integrations.iter().map(|i| i.to_config()).collect(),
+        allow_internal_hosts: config.egress_allow_internal_hosts.clone(),
+    };
+    Ok(WorkloadSpec {
+        run_id: run.id.clone(),
+        env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
+        llm_provider: provider,
+        sidecar,
+    })
+}
+
+/// Starts the run's workload in the background and supervises it until it exits.
+pub fn launch(state: AppState, run: RunRow, ctx: LaunchContext) {
+    let (stop_tx, mut stop_rx) = watch::channel(None);
+    let (done_tx, done_rx) = watch::channel(false);
+    state
+        .runs
+        .active
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(
+            run.id.clone(),
+            ActiveRun {
+                stop: stop_tx,
+                done: done_rx,
+            },
+        );
+    tokio::spawn(async move {
+        supervise(&state, &run, ctx, &mut stop_rx).await;
+        state
+            .runs
+            .active
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&run.id);
+        let _ = done_tx.send(true);
+    });
+}
+
+async fn supervise(
+    state: &AppState,
+    run: &RunRow,
+    ctx: LaunchContext,
+    stop_rx: &mut watch::Receiver<Option<StopRequest>>,
+) {
+    let spec = match workload_spec(state, run, &ctx) {
+        Ok(s) => s,
+        Err(reason) => {
+            let _ = finalize_run(
+                state,
+                &run.id,
+                Outcome::synthetic("failed", format!("Failed to start run: {reason}")),
+            )
+            .await;
+            return;
+        }
+    };
+    super::create::breadcrumb(state, run, "workload starting").await;
+    let mut workload = match state.runs.adapter.start(spec).await {
+        Ok(w) => w,
+        Err(reason) => {
+            tracing::warn!(run_id = %run.id, %reason, "workload failed to start");
+            let _ = finalize_run(
+                state,
+                &run.id,
+                Outcome::synthetic("failed", format!("Failed to start run: {reason}")),
+            )
+            .await;
+            return;
+        }
+    };
+    if let Ok(true) = state.infra.db.mark_running(&run.id, now()).await {
+        if let Ok(Some(fresh)) = state.infra.db.get_run(&run.id).await {
+            super::publish_update(state, &fresh).await;
+            state.metrics.runs_active_delta(1);
+        }
+    }
+
+    let config = &state.config;
+    let safety_net =
+        Duration::from_secs(run.timeout_seconds as u64 + config.run_timeout_grace_seconds);
+    let deadline = tokio::time::sleep(safety_net);
+    tokio::pin!(deadline);
+    let mut heartbeat =
+        tokio::time::interval(Duration::from_secs(config.run_heartbeat_interval_seconds));
+    heartbeat.tick().await;
+    let mut stop: Option<StopRequest> = None;
+    let code = loop {
+        tokio::select! {
+            code = workload.wait() => break code,
+            changed = stop_rx.changed(), if stop.is_none() => {
+                if changed.is_ok() {
+                    stop = stop_rx.borrow().clone();
+                    workload.stop();
+                }
+            }
+            _ = &mut deadline, if stop.is_none() => {
+                stop = Some(StopRequest::Finalize(Outcome::synthetic(
+                    "timeout",
+                    format!("Run timed out after {}s", run.timeout_seconds),
+                )));
+                workload.stop();
+            }
+            _ = heartbeat.tick() => {
+                // Until the runner's first event, this instance vouches for the run's liveness.
+                if let Ok(Some(r)) = state.infra.db.get_run(&run.id).await {
+                    if r.first_event_at.is_none() && !r.is_terminal() {
+                        let _ = state.infra.db.heartbeat(&run.id, now()).await;
+                    }
+                }
+            }
+        }
+    };
+    let tail = workload.tail();
+    if code != 0 {
+        let last: Vec<&String> = tail
+            .iter()
+            .rev()
+            .take(50)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        tracing::warn!(run_id = %run.id, code, output = ?last, "runner exited with a non-zero code");
+    }
+    workload.teardown().await;
+    let outcome = match stop {
+        Some(StopRequest::External) => None,
+        Some(StopRequest::Finalize(o)) => Some(o),
+        None if code == 0 => Some(Outcome::synthetic(
+            "failed",
+            "Runner exited without reporting a result",
+        )),
+        None => Some(Outcome::synthetic(
+            "failed",
+            format!("Agent process exited with code {code}"),
+        )),
+    };
+    if let Some(o) = outcome {
+        // Loses silently when the runner already finalized.
+        let _ = finalize_run(state, &run.id, o).await;
+    }
+}
+
+/// The single terminal writer (§11.2). Returns true for the one caller that won; only the winner
+/// publishes `run_update`, writes the breadcrumb and updates metrics.
+pub async fn finalize_run(
+    state: &AppState,
+    run_id: &str,
+    outcome: Outcome,
+) -> anyhow::Result<bool> {
+    let Some(run) = state.infra.db.get_run(run_id).await? else {
+        return Ok(false);
+    };
+    if run.sink_closed_at.is_some() {
+        return Ok(false);
+    }
+    // Drain buffered events in order, accepting gaps, before the verdict.
+    super::events::drain_on_finalize(state, &run).await;
+    let run = state.infra.db.get_run(run_id).await?.unwrap_or(run);
+    let usage = match &outcome.usage {
+        Some(u) => verdict::max_usage(&run.token_usage.0, u),
+        None => verdict::normalize_usage(Some(&run.token_usage.0)),
+    };
+    let mut outcome = outcome;
+    if outcome.output.is_none() {
+        outcome.output = run.last_output.as_ref().map(|j| j.0.clone());
+    }
+    let (status, error, result) =
+        verdict::verdict(&outcome, run.output_schema.as_ref().map(|j| &j.0), &usage);
+    let (cost, pricing) = verdict::cost(&usage, state.config.llm_pricing.as_ref());
+    let completed = now();
+    let duration = outcome.duration_ms.or_else(|| {
+        run.started_at
+            .map(|s| (completed - s).num_milliseconds().max(0))
+    });
+    let won = state
+        .infra
+        .db
+        .finalize_run(
+            run_id,
+            &Finalization {
+                status: status.clone(),
+                result,
+                error,
+                completed_at: completed,
+                duration_ms: duration,
+                token_usage: usage.clone(),
+                cost,
+                cost_pricing_status: pricing.to_string(),
+            },
+        )
+        .await?;
+    if !won {
+        return Ok(false);
+    }
+    state.runs.sink.forget_buffers(run_id);
+    if let Some(fresh) = state.infra.db.get_run(run_id).await? {
+        super::create::breadcrumb(state, &fresh, "run completed").await;
+        super::publish_update(state, &fresh).await;
+        state.metrics.run_finished(&fresh, run.started_at.is_some());
+    }
+    Ok(true)
+}
+
+/// Stops a run wherever its workload lives and finalizes it with `outcome` (cancel, watchdog, shutdown).
+/// Waits at most 10 s for a local workload to exit.
+pub async fn stop_run(state: &AppState, run_id: &str, outcome: Outcome) -> anyhow::Result<bool> {
+    let local = state.runs.request_stop(run_id, StopRequest::External);
+    if let Err(e) = state
+        .infra
+        .pubsub
+        .publish(Topic::RunCancel, run_id.to_string())
+        .await
+    {
+        tracing::warn!(run_id, error = %e, "could not publish a cancellation");
+    }
+    if let Some(mut done) = local {
+        let _ = tokio::time::timeout(Duration::from_secs(10), done.wait_for(|d| *d)).await;
+    }
+    finalize_run(state, run_id, outcome).await
+}
+
+/// Background work of the run side: cross-instance cancellation and the watchdog.
+pub async fn start_workers(state: &AppState) {
+    match state.infra.pubsub.subscribe(Topic::RunCancel).await {
+        Ok(mut stream) => {
+            let s = state.clone();
+            tokio::spawn(async move {
+                while let Some(run_id) = stream.next().await {
+                    s.runs.request_stop(&run_id, StopRequest::External);
+                }
+            });
+        }
+        Err(e) => tracing::error!(error = %e, "cannot subscribe to run cancellations"),
+    }
+    let s = state.clone();
+    tokio::spawn(async move {
+        let base = s.config.run_watchdog_interval_seconds as f64;
+        loop {
+            let jitter = rand::thread_rng().gen_range(0.85..1.15);
+            tokio::time::sleep(Duration::from_secs_f64(base * jitter)).await;
+            if s.is_shutting_down() {
+                break;
+            }
+            watchdog_sweep(&s).await;
+        }
+    });
+}
+
+/// One watchdog pass (§11.4) over every open run.
+pub async fn watchdog_sweep(state: &AppState) {
+    let runs = match state.infra.db.open_runs().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %e, "watchdog could not list open runs");
+            return;
+        }
+    };
+    let at = now();
+    let stall = chrono::Duration::seconds(state.config.run_stall_threshold_seconds as i64);
+    for run in runs {
+        let outcome =
+            if run.first_event_at.is_none() && run.boot_deadline_at.is_some_and(|d| at > d) {
+                Some(Outcome::synthetic("failed", "Run never started executing"))
+            } else if let Some(hb) = run.last_heartbeat_at.filter(|hb| at - *hb > stall) {
+                Some(Outcome::synthetic(
+                    "failed",
+                    format!(
+                        "Runner stopped reporting — no heartbeat for {}s",
+                        (at - hb).num_seconds()
+                    ),
+                ))
+            } else {
+                None
+            };
+        if let Some(o) = outcome {
+            tracing::warn!(run_id = %run.id, reason = ?o.error, "watchdog stopping run");
+            let s = state.clone();
+            tokio::spawn(async move {
+                let _ = stop_run(&s, &run.id, o).await;
+            });
+        }
+    }
+}
+
+/// Boot step 6: runs left open by a previous process are failed, and its leftovers removed.
+pub async fn cleanup_orphans(state: &AppState) {
+    state.runs.adapter.cleanup_orphans().await;
+    let runs = match state.infra.db.open_runs().await {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::error!(error = %e, "orphan cleanup could not list open runs");
+            return;
+        }
+    };
+    let stall = chrono::Duration::seconds(state.config.run_stall_threshold_seconds as i64);
+    let shared = state.config.redis_url.is_some();
+    let mut n = 0;
+    for run in runs {
+        // With Redis, siblings may own fresh runs: only stale ones are orphans.
+        if shared && run.last_heartbeat_at.is_some_and(|hb| now() - hb <= stall) {
+            continue;
+        }
+        if let Ok(true) = finalize_run(
+            state,
+            &run.id,
+            Outcome::synthetic("failed", "Server restarted while run was in progress"),
+        )
+        .await
+        {
+            n += 1;
+        }
+    }
+    if n > 0 {
+        tracing::warn!(
+            runs = n,
+            "failed runs left in progress by a previous server process"
+        );
+    }
+}
+
+/// Shutdown step 3: active runs get the grace period, then are stopped and failed.
+pub async fn shutdown(state: &AppState, grace: Duration) {
+    let deadline = tokio::time::Instant::now() + grace;
+    while state.runs.active_count() > 0 && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let ids: Vec<String> = state
+        .runs
+        .active
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    let stops = ids.into_iter().map(|id| {
+        let s = state.clone();
+        async move {
+            let _ = stop_run(
+                &s,
+                &id,
+                Outcome::synthetic("failed", "Server shut down while run was in progress"),
+            )
+            .await;
+        }
+    });
+    futures::future::join_all(stops).await;
+}

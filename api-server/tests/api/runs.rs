@@ -1,0 +1,576 @@
+//! Runs end to end: the real runner process, the in-process sidecar and the scripted fake LLM.
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{json, Value};
+use test_support::app::{system_packages_dir, TestApp};
+use test_support::fake_llm::{system_prompt, FakeLlm, Turn};
+use test_support::spawn_app_with;
+
+const CANARY: &str = "sk-live-canary-4f1c2d9e";
+const BRIEFING: &str = "../../shared/fixtures/afps/agents/briefing-agent/agent.afps";
+
+fn fixture(path: &str) -> Vec<u8> {
+    std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect("fixture")
+}
+
+async fn llm_app(fake: &FakeLlm, extra: &[(&str, &str)]) -> TestApp {
+    let url = fake.url();
+    let packages = system_packages_dir().to_string_lossy().into_owned();
+    let mut env: Vec<(&str, &str)> = vec![
+        ("LLM_BASE_URL", url.as_str()),
+        ("LLM_API_KEY", CANARY),
+        ("LLM_MODEL", "fake-model"),
+        ("EGRESS_ALLOW_INTERNAL_HOSTS", "127.0.0.1"),
+        ("SYSTEM_PACKAGES_DIR", packages.as_str()),
+    ];
+    env.extend_from_slice(extra);
+    spawn_app_with(&env).await
+}
+
+async fn import(app: &TestApp, bytes: Vec<u8>) -> Value {
+    let r = app
+        .key(Method::POST, "/api/packages/import")
+        .header("content-type", "application/zip")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_success(),
+        "import failed: {}",
+        r.text().await.unwrap()
+    );
+    r.json().await.unwrap()
+}
+
+async fn start(app: &TestApp, path: &str, body: Value) -> Value {
+    let r = app
+        .key(Method::POST, path)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(status, 201, "{b}");
+    b
+}
+
+async fn wait_terminal(app: &TestApp, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r: Value = app
+            .key(Method::GET, &format!("/api/runs/{id}?wait=10"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if ["success", "failed", "timeout", "cancelled"].contains(&r["status"].as_str().unwrap()) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not finish: {r}");
+    }
+}
+
+async fn logs(app: &TestApp, id: &str) -> Vec<Value> {
+    let v: Value = app
+        .key(Method::GET, &format!("/api/runs/{id}/logs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    v["data"].as_array().unwrap().clone()
+}
+
+fn inline(manifest_extra: Value, prompt: &str) -> Value {
+    let mut manifest = json!({
+        "schema_version": "0.1",
+        "name": "@tests/inline",
+        "version": "1.0.0",
+        "type": "agent",
+        "display_name": "Inline test agent",
+    });
+    for (k, v) in manifest_extra.as_object().unwrap() {
+        manifest[k] = v.clone();
+    }
+    json!({"manifest": manifest, "prompt": prompt})
+}
+
+fn runner_pid(app: &TestApp, run_id: &str) -> Option<i32> {
+    std::fs::read_to_string(app.data_dir.join(format!("runs/{run_id}/runner.pid")))
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+}
+
+fn alive(pid: i32) -> bool {
+    // A zombie has exited; /proc/<pid>/stat field 3 is its state.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat.split_whitespace().nth(2).is_some_and(|s| s == "Z"),
+        Err(_) => false,
+    }
+}
+
+async fn wait_for_pid(app: &TestApp, run_id: &str) -> i32 {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Some(pid) = runner_pid(app, run_id) {
+            return pid;
+        }
+        assert!(Instant::now() < deadline, "runner never started");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn briefing_agent_runs_to_success_and_never_sees_the_key() {
+    let output = json!({"topic": "Rust", "keyFindings": ["fast"], "recommendation": "adopt", "confidence": "high"});
+    let fake = FakeLlm::start(vec![
+        // The first turn waits so the test can read the live runner's environment.
+        Turn::tool_call("output", json!({"data": output})).with_delay(1500),
+    ])
+    .await;
+    let app = llm_app(&fake, &[]).await;
+    let imported = import(&app, fixture(BRIEFING)).await;
+    assert_eq!(imported["created"], true);
+
+    let run = start(
+        &app,
+        "/api/agents/@examples/daily-briefing/run",
+        json!({"input": {"topic": "Rust", "priority": "high", "audience": "engineers"}}),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_string();
+    assert!(id.starts_with("run_"));
+    assert_eq!(run["status"], "pending");
+    assert_eq!(run["kind"], "package");
+    assert_eq!(run["runNumber"], 1);
+    assert_eq!(run["timeout_seconds"], 300);
+
+    // The live runner's environment holds no secret of the platform.
+    let pid = wait_for_pid(&app, &id).await;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let environ = String::from_utf8_lossy(&environ).into_owned();
+    assert!(environ.contains(&format!("AGENT_RUN_ID={id}")), "{environ}");
+    assert!(environ.contains("MODEL_API_KEY=sk-appstrate-placeholder"));
+    for secret in [
+        CANARY,
+        "CONNECTION_ENCRYPTION_KEY",
+        "DATABASE_URL",
+        "LLM_API_KEY",
+        test_support::app::TEST_ENCRYPTION_KEY,
+    ] {
+        assert!(
+            !environ.contains(secret),
+            "{secret} in the runner environment"
+        );
+    }
+
+    let done = wait_terminal(&app, &id).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(done["result"]["output"], output);
+    assert!(done["token_usage"]["input_tokens"].as_u64().unwrap() > 0);
+    assert_eq!(done["cost_pricing_status"], "unpriced");
+    assert!(done["started_at"].is_string() && done["completed_at"].is_string());
+
+    // The fake LLM saw the real key (through the sidecar) and the rendered prompt.
+    let reqs = fake.requests();
+    assert!(!reqs.is_empty());
+    assert!(fake
+        .authorizations()
+        .iter()
+        .all(|a| a == &format!("Bearer {CANARY}")));
+    let system = system_prompt(&reqs[0]).unwrap();
+    assert!(system.contains("**Rust**"), "{system}");
+    assert!(system.contains("_No prior context — this is the first run._"));
+    assert!(system.contains(&id));
+
+    // Logs: platform breadcrumbs, the runner's progress, the output; never the key.
+    let rows = logs(&app, &id).await;
+    let events: Vec<&str> = rows.iter().map(|l| l["event"].as_str().unwrap()).collect();
+    assert!(events.contains(&"output"), "{events:?}");
+    assert!(rows
+        .iter()
+        .any(|l| l["message"] == "run created" && l["data"]["platform"] == true));
+    assert!(rows.iter().any(|l| l["message"] == "run completed"));
+    let everything = format!("{done}{}", Value::Array(rows));
+    assert!(!everything.contains(CANARY));
+
+    // The runner and its workspace are gone.
+    assert!(!app.data_dir.join(format!("runs/{id}")).exists());
+    let ws = std::env::temp_dir().join(format!("appstrate-ws-{id}"));
+    assert!(!ws.exists());
+
+    // A second run of the same agent numbers 2; the agents list counts nothing running.
+    fake.push(Turn::tool_call("output", json!({"data": output})));
+    let second = start(
+        &app,
+        "/api/agents/@examples/daily-briefing/run",
+        json!({"input": {"topic": "Go"}}),
+    )
+    .await;
+    assert_eq!(second["runNumber"], 2);
+    wait_terminal(&app, second["id"].as_str().unwrap()).await;
+}
+
+#[tokio::test]
+async fn output_schema_rules_and_llm_retries() {
+    let schema = json!({"type": "object", "required": ["answer"], "properties": {"answer": {"type": "string"}}});
+    let fake = FakeLlm::start(vec![
+        // Run 1: the model never calls output (and ignores the corrective turn).
+        Turn::text("I am done."),
+        Turn::text("Still no output."),
+        // Run 2: an invalid output first, then a valid one.
+        Turn::tool_call("output", json!({"data": {"answer": 42}})),
+        Turn::tool_call("output", json!({"data": {"answer": "forty-two"}})),
+        // Run 3: a 429 with Retry-After: 1, then success.
+        Turn::error(429).retry_after(1),
+        Turn::tool_call("output", json!({"data": {"answer": "ok"}})),
+    ])
+    .await;
+    let app = llm_app(&fake, &[]).await;
+    let body = inline(
+        json!({"output": {"schema": schema}}),
+        "Answer the question.",
+    );
+
+    let r1 = start(&app, "/api/runs/inline", body.clone()).await;
+    assert_eq!(r1["kind"], "inline");
+    assert_eq!(r1["packageId"], Value::Null);
+    let r1 = wait_terminal(&app, r1["id"].as_str().unwrap()).await;
+    assert_eq!(r1["status"], "failed");
+    assert_eq!(
+        r1["error"],
+        "Agent finished without calling the required `output` tool"
+    );
+
+    let r2 = start(&app, "/api/runs/inline", body.clone()).await;
+    let r2 = wait_terminal(&app, r2["id"].as_str().unwrap()).await;
+    assert_eq!(r2["status"], "success", "{r2}");
+    assert_eq!(r2["result"]["output"]["answer"], "forty-two");
+
+    let r3 = start(&app, "/api/runs/inline", body).await;
+    let id3 = r3["id"].as_str().unwrap().to_string();
+    let r3 = wait_terminal(&app, &id3).await;
+    assert_eq!(r3["status"], "success", "{r3}");
+    let rows = logs(&app, &id3).await;
+    assert!(
+        rows.iter().any(|l| l["event"] == "adapter_error"),
+        "the 429 is reported: {rows:?}"
+    );
+}
+
+#[tokio::test]
+async fn timeouts_are_clamped_and_enforced() {
+    let fake = FakeLlm::start(vec![Turn::text("slow").with_delay(20_000)]).await;
+    let app = llm_app(&fake, &[]).await;
+    let long = start(
+        &app,
+        "/api/runs/inline",
+        inline(json!({"timeout": 5000}), "x"),
+    )
+    .await;
+    assert_eq!(long["timeout_seconds"], 1800);
+    let r = app
+        .key(
+            Method::POST,
+            &format!("/api/runs/{}/cancel", long["id"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let fake = FakeLlm::start(vec![Turn::text("slow").with_delay(20_000)]).await;
+    let app = llm_app(&fake, &[]).await;
+    let short = start(&app, "/api/runs/inline", inline(json!({"timeout": 2}), "x")).await;
+    let done = wait_terminal(&app, short["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "timeout", "{done}");
+    assert_eq!(done["error"], "Run timed out after 2s");
+}
+
+#[tokio::test]
+async fn cancel_stops_the_runner_and_wait_long_polls() {
+    let fake = FakeLlm::start(vec![Turn::text("slow").with_delay(60_000)]).await;
+    let app = llm_app(&fake, &[]).await;
+    let run = start(&app, "/api/runs/inline", inline(json!({}), "x")).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let pid = wait_for_pid(&app, &id).await;
+
+    // wait=-1 is refused; wait=1 on a running run returns after about a second.
+    let r = app
+        .key(Method::GET, &format!("/api/runs/{id}?wait=-1"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let t = Instant::now();
+    let r: Value = app
+        .key(Method::GET, &format!("/api/runs/{id}?wait=1"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(t.elapsed() >= Duration::from_millis(900) && t.elapsed() < Duration::from_secs(5));
+    assert!(r["status"] == "running" || r["status"] == "pending");
+
+    // A long-poll in flight wakes on the cancel.
+    let waiter = {
+        let client = app.client.clone();
+        let url = app.url(&format!("/api/runs/{id}?wait=30"));
+        let key = app.api_key.clone();
+        tokio::spawn(async move {
+            let t = Instant::now();
+            let v: Value = client
+                .get(url)
+                .bearer_auth(key)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            (v, t.elapsed())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let t = Instant::now();
+    let r = app
+        .key(Method::POST, &format!("/api/runs/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["status"], "cancelled");
+    assert_eq!(b["error"], "Cancelled by user");
+    while alive(pid) {
+        assert!(t.elapsed() < Duration::from_secs(6), "runner still alive");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (v, waited) = waiter.await.unwrap();
+    assert_eq!(v["status"], "cancelled");
+    assert!(waited < Duration::from_secs(15));
+
+    let r = app
+        .key(Method::POST, &format!("/api/runs/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["code"], "not_cancellable");
+}
+
+#[tokio::test]
+async fn a_runner_that_stops_reporting_is_failed_by_the_watchdog() {
+    let fake = FakeLlm::start(vec![Turn::text("slow").with_delay(60_000)]).await;
+    let app = llm_app(
+        &fake,
+        &[
+            ("RUN_HEARTBEAT_INTERVAL_SECONDS", "1"),
+            ("RUN_STALL_THRESHOLD_SECONDS", "3"),
+            ("RUN_WATCHDOG_INTERVAL_SECONDS", "1"),
+        ],
+    )
+    .await;
+    let run = start(&app, "/api/runs/inline", inline(json!({}), "x")).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let pid = wait_for_pid(&app, &id).await;
+    // Wait for the runner's first event, then freeze it.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !logs(&app, &id)
+        .await
+        .iter()
+        .any(|l| l["event"] == "progress")
+    {
+        assert!(Instant::now() < deadline, "no runner event");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    unsafe {
+        libc::kill(pid, libc::SIGSTOP);
+    }
+    let t = Instant::now();
+    let done = wait_terminal(&app, &id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert!(
+        done["error"]
+            .as_str()
+            .unwrap()
+            .starts_with("Runner stopped reporting — no heartbeat for"),
+        "{done}"
+    );
+    // stall (3 s) + 2 × watchdog interval (1 s), plus slack for a loaded machine.
+    assert!(t.elapsed() < Duration::from_secs(12), "{:?}", t.elapsed());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while alive(pid) {
+        assert!(Instant::now() < deadline, "frozen runner not killed");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn creation_errors_and_gates() {
+    // No model configured.
+    let app = test_support::spawn_app().await;
+    let r = app
+        .key(Method::POST, "/api/runs/inline")
+        .json(&inline(json!({}), "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "model_not_configured"
+    );
+
+    let fake = FakeLlm::start(vec![Turn::text("slow").with_delay(30_000)]).await;
+    let app = llm_app(
+        &fake,
+        &[("PLATFORM_RUN_LIMITS", r#"{"max_concurrent_per_org":1}"#)],
+    )
+    .await;
+    // Unknown agent and version.
+    let r = app
+        .key(Method::POST, "/api/agents/@nobody/nothing/run")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(r.json::<Value>().await.unwrap()["code"], "agent_not_found");
+    import(&app, fixture(BRIEFING)).await;
+    let r = app
+        .key(
+            Method::POST,
+            "/api/agents/@examples/daily-briefing/run?version=9.9.9",
+        )
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "version_not_found"
+    );
+    // Unknown body field.
+    let r = app
+        .key(Method::POST, "/api/agents/@examples/daily-briefing/run")
+        .json(&json!({"inputs": {}}))
+        .send()
+        .await
+        .unwrap();
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["errors"][0]["code"], "unknown_field");
+
+    // Idempotent creation: one row, replayed answer.
+    let send = || {
+        app.key(Method::POST, "/api/runs/inline")
+            .header("Idempotency-Key", "run-once")
+            .json(&inline(json!({}), "x"))
+            .send()
+    };
+    let first = send().await.unwrap();
+    assert_eq!(first.status(), 201);
+    let first: Value = first.json().await.unwrap();
+    let again = send().await.unwrap();
+    assert_eq!(again.status(), 201);
+    assert_eq!(again.headers()["idempotent-replayed"], "true");
+    assert_eq!(again.json::<Value>().await.unwrap()["id"], first["id"]);
+
+    // The org already has one open run: the next is refused without rate-limit headers.
+    let r = app
+        .key(Method::POST, "/api/runs/inline")
+        .json(&inline(json!({}), "y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(
+        r.headers().get("ratelimit-policy").is_some(),
+        "the route limit headers stay"
+    );
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "org_run_concurrency_exceeded"
+    );
+    let list: Value = app
+        .key(Method::GET, "/api/runs")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    let r = app
+        .key(Method::GET, "/api/runs?status=nope")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+}
+
+#[tokio::test]
+async fn sse_stream_of_one_run() {
+    let fake = FakeLlm::start(vec![
+        Turn::tool_call("log", json!({"level": "info", "message": "working"})).with_delay(800),
+        Turn::tool_call("output", json!({"data": {"ok": true}})),
+    ])
+    .await;
+    let app = llm_app(&fake, &[]).await;
+    let run = start(&app, "/api/runs/inline", inline(json!({}), "x")).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let url = app.url(&format!(
+        "/api/realtime/runs/{id}?token={}&verbose=true",
+        app.api_key
+    ));
+    let resp = app.client.get(url).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(resp.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/event-stream"));
+    // The stream ends by itself after the terminal update.
+    let body = tokio::time::timeout(Duration::from_secs(30), resp.text())
+        .await
+        .expect("stream closes")
+        .unwrap();
+    let events: Vec<&str> = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("event: "))
+        .collect();
+    assert_eq!(events[0], "ping");
+    assert_eq!(events[1], "run_update");
+    assert!(events.contains(&"run_log"), "{events:?}");
+    assert!(events.contains(&"run_metric"), "{events:?}");
+    assert_eq!(*events.last().unwrap(), "run_update");
+    let last_data = body
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .last()
+        .unwrap();
+    let last: Value = serde_json::from_str(last_data).unwrap();
+    assert_eq!(last["status"], "success");
+    assert!(body
+        .lines()
+        .any(|l| l.starts_with("id: ") && l.contains(':')));
+    assert!(!body.contains(CANARY));
+
+    // Bad credentials on the stream.
+    let r = app
+        .client
+        .get(app.url(&format!("/api/realtime/runs/{id}?token=ask_bad")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
