@@ -228,6 +228,7 @@ async fn sync_file(infra: &Infra, path: &Path) -> Result<bool, String> {
             .map_err(|e| e.to_string())?
         {
             if v.integrity == pkg.integrity {
+                restore_missing_artifact(infra, &v.storage_key, &bytes).await?;
                 return Ok(false);
             }
             return Err(format!(
@@ -238,8 +239,53 @@ async fn sync_file(infra: &Infra, path: &Path) -> Result<bool, String> {
     }
     match store_version(infra, &pkg, &bytes, None, existing.as_ref()).await {
         Ok(_) => Ok(true),
+        // A sibling instance booting at the same time inserted it first.
+        Err(e) if e.code == "conflict" => {
+            let stored = match db
+                .find_system_package(&id)
+                .await
+                .map_err(|e| e.to_string())?
+            {
+                Some(p) => db
+                    .get_package_version(&p.id, &version)
+                    .await
+                    .map_err(|e| e.to_string())?,
+                None => None,
+            };
+            match stored {
+                Some(v) if v.integrity == pkg.integrity => Ok(false),
+                Some(v) => Err(format!(
+                    "{id}@{version} is already stored with integrity {}; this file has {}; the stored bytes win",
+                    v.integrity, pkg.integrity
+                )),
+                None => Err(format!("{id}@{version}: {}", e.detail)),
+            }
+        }
         Err(e) => Err(format!("{id}@{version}: {}", e.detail)),
     }
+}
+
+/// Puts a system artifact back when its version row exists but the object store lost it (e.g. a fresh
+/// `FS_STORAGE_PATH`). Rows are never touched.
+async fn restore_missing_artifact(infra: &Infra, key: &str, bytes: &[u8]) -> Result<(), String> {
+    let present = infra
+        .storage
+        .get(key)
+        .await
+        .map_err(|e| format!("storage: {e}"))?
+        .is_some();
+    if !present {
+        tracing::warn!(
+            key,
+            "system package artifact missing from storage; restored"
+        );
+        infra
+            .storage
+            .put(key, Bytes::copy_from_slice(bytes))
+            .await
+            .map_err(|e| format!("storage: {e}"))?;
+    }
+    Ok(())
 }
 
 /// The package `@scope/name` as the caller's application sees it (installed, else system).

@@ -545,7 +545,11 @@ async fn system_sync_is_idempotent_and_read_only() {
     assert_eq!(before.len(), 24);
     pool.close().await;
 
+    // A lost artifact is put back at the next boot; rows stay untouched.
+    let key = "packages/_system/@appstrate/stripe/1.0.1.afps";
+    app.state().infra.storage.delete(key).await.unwrap();
     app.restart().await;
+    assert!(app.state().infra.storage.get(key).await.unwrap().is_some());
     let pool = raw_db(&app).await;
     assert_eq!(
         snapshot(&pool).await,
@@ -824,6 +828,49 @@ async fn connections_are_validated_encrypted_and_never_returned() {
     // The application's connection is untouched.
     let r = app.key(Method::GET, path).send().await.unwrap();
     assert_eq!(r.status(), 200);
+
+    // Deleting the end-user deletes its connections.
+    let r = app
+        .key(Method::PUT, path)
+        .header("Appstrate-User", eu_id)
+        .json(&json!({"credentials": {"api_key": "sk_end_user"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let count_sql = "SELECT COUNT(*) FROM connections WHERE end_user_id = $1";
+    let n: i64 = sqlx::query_scalar(count_sql)
+        .bind(eu_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 1);
+    let r = app
+        .key(Method::DELETE, &format!("/api/end-users/{eu_id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    let n: i64 = sqlx::query_scalar(count_sql)
+        .bind(eu_id)
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn import_is_rate_limited() {
+    let app = spawn_app().await;
+    for _ in 0..10 {
+        let r = import(&app, b"not a zip".to_vec()).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        assert_eq!(r.headers()["ratelimit-policy"], "10;w=60");
+    }
+    let r = import(&app, b"not a zip".to_vec()).await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(r.headers().contains_key("retry-after"));
+    assert_eq!(json_of(r).await["code"], "rate_limited");
 }
 
 #[tokio::test]
