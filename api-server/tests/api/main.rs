@@ -2,7 +2,9 @@
 
 mod boot;
 mod conventions;
+mod crash;
 mod packages;
 mod ratelimit;
 mod runs;
+mod sink;
 mod tenancy;

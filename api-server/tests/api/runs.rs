@@ -574,3 +574,122 @@ async fn sse_stream_of_one_run() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// `api_call` through the sidecar: the credential reaches the provider exactly as the integration's
+/// `delivery` says, never the agent; targets outside `authorized_uris` and private addresses are refused.
+#[tokio::test]
+async fn api_call_gets_the_credential_injected_by_the_sidecar() {
+    use appstrate::packages::afps::build_zip;
+    use test_support::fake_upstream::{FakeUpstream, UpstreamResponse};
+
+    let upstream = FakeUpstream::start().await;
+    upstream.on(
+        "/allowed/items",
+        UpstreamResponse::json(200, json!({"items": [1, 2]})),
+    );
+    let base = upstream.url();
+    let secret = "tok-canary-91b3";
+    let integration = json!({
+        "schema_version": "0.1", "name": "@tests/fakeapi", "version": "1.0.0", "type": "integration",
+        "display_name": "Fake API", "description": "A loopback provider",
+        "auths": {"main": {
+            "type": "api_key",
+            "authorized_uris": [format!("{base}/allowed/**")],
+            "credentials": {"schema": {"type": "object", "properties": {"token": {"type": "string"}}, "required": ["token"]}},
+            "delivery": {"http": {"in": "header", "name": "Authorization", "prefix": "Token", "value": "{$credential.token}"}}
+        }}
+    });
+    let agent = json!({
+        "schema_version": "0.1", "name": "@tests/caller", "version": "1.0.0", "type": "agent",
+        "display_name": "Caller", "dependencies": {"integrations": {"@tests/fakeapi": "^1.0.0"}}
+    });
+    let fake = FakeLlm::start(vec![
+        Turn::tool_call("api_call", json!({"integration": "@tests/fakeapi", "method": "GET", "url": format!("{base}/allowed/items"), "headers": {"Authorization": "Bearer forged"}})),
+        Turn::tool_call("api_call", json!({"integration": "@tests/fakeapi", "method": "GET", "url": format!("{base}/elsewhere")})),
+        Turn::tool_call("api_call", json!({"integration": "@tests/fakeapi", "method": "GET", "url": "http://169.254.169.254/latest/meta-data"})),
+        Turn::tool_call("output", json!({"data": {"done": true}})),
+    ])
+    .await;
+    let app = llm_app(&fake, &[]).await;
+    import(
+        &app,
+        build_zip(&[("manifest.json", integration.to_string().as_bytes())]),
+    )
+    .await;
+    import(
+        &app,
+        build_zip(&[
+            ("manifest.json", agent.to_string().as_bytes()),
+            ("prompt.md", b"Call the API."),
+        ]),
+    )
+    .await;
+
+    // Without a connection the run is refused up front.
+    let r = app
+        .key(Method::POST, "/api/agents/@tests/caller/run")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "missing_integration_connection"
+    );
+    let r = app
+        .key(Method::PUT, "/api/packages/@tests/fakeapi/connections/main")
+        .json(&json!({"credentials": {"token": secret}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(!r.text().await.unwrap().contains(secret));
+
+    let run = start(&app, "/api/agents/@tests/caller/run", json!({})).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let pid = wait_for_pid(&app, &id).await;
+    let environ =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default())
+            .into_owned();
+    assert!(!environ.contains(secret));
+    let done = wait_terminal(&app, &id).await;
+    assert_eq!(done["status"], "success", "{done}");
+
+    // Exactly one request reached the provider, with the rendered credential replacing the forged one.
+    let seen = upstream.requests();
+    assert_eq!(seen.len(), 1, "{seen:?}");
+    assert_eq!(seen[0].path, "/allowed/items");
+    assert_eq!(
+        seen[0].header("authorization"),
+        Some(format!("Token {secret}").as_str())
+    );
+
+    // The model saw the provider's answer, then the two refusals.
+    let reqs = fake.requests();
+    let bodies: Vec<String> = reqs
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert!(bodies[1].contains("items"), "{}", bodies[1]);
+    assert!(bodies[2].contains("target_not_authorized"), "{}", bodies[2]);
+    assert!(
+        bodies[3].contains("blocked_address") || bodies[3].contains("target_not_authorized"),
+        "{}",
+        bodies[3]
+    );
+    for b in &bodies {
+        assert!(!b.contains(secret), "the credential reached the model");
+    }
+    let rows = logs(&app, &id).await;
+    assert!(!Value::Array(rows).to_string().contains(secret));
+    let run_json = app
+        .key(Method::GET, &format!("/api/runs/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!run_json.contains(secret));
+}
