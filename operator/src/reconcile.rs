@@ -17,7 +17,7 @@ use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
-use crate::desired::{desired_objects, ChildKind, DesiredObject, Plan, API_PORT};
+use crate::desired::{desired_objects, ChildKind, Plan, API_PORT};
 use crate::health::HealthProbe;
 use crate::labels::{self, child_name, Component, MANAGER};
 use crate::metrics::Metrics;
@@ -742,11 +742,6 @@ pub fn is_subset(desired: &Value, current: &Value) -> bool {
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
         (a, b) => a == b,
     }
-}
-
-/// Desired objects by kind and name (used by tests and the bench).
-pub fn desired_index(objs: &[DesiredObject]) -> BTreeMap<(ChildKind, String), &DesiredObject> {
-    objs.iter().map(|o| ((o.kind, o.name.clone()), o)).collect()
 }
 
 #[cfg(test)]
