@@ -44,6 +44,8 @@ fn main() {
             .connect_timeout(Duration::from_secs(10))
             .pool_idle_timeout(Duration::from_secs(30))
             .hickory_dns(true)
+            // The sidecar follows (and re-checks) redirects for api_call; nothing else redirects.
+            .redirect(reqwest::redirect::Policy::none())
             .build()
         {
             Ok(c) => c,

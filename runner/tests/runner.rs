@@ -600,3 +600,53 @@ async fn api_call_goes_through_the_sidecar_proxy() {
     assert_eq!(seen["body"].as_str().unwrap().len(), 32 * 1024);
     s.assert_clean_event_stream();
 }
+
+/// Peak RSS of one briefing run (SPEC §23.3 target: ≤ 15 MB). A measurement, not a check:
+/// `RUNNER_BIN=<release binary> cargo test -p runner --test runner -- --ignored --nocapture peak_rss`
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "measurement; run with --ignored --nocapture"]
+async fn peak_rss() {
+    if !std::path::Path::new("/usr/bin/time").exists() {
+        println!("SKIPPED peak_rss: /usr/bin/time is not installed");
+        return;
+    }
+    let bin = std::env::var("RUNNER_BIN")
+        .unwrap_or_else(|_| env!("CARGO_BIN_EXE_appstrate-runner").to_string());
+    let mut peaks = Vec::new();
+    for _ in 0..3 {
+        let s = setup(
+            briefing_bundle(),
+            vec![
+                Turn::tool_call("log", json!({"level": "info", "message": "working"})),
+                Turn::text("Briefing done.").with_usage(1200, 300),
+            ],
+        )
+        .await;
+        let out = tokio::process::Command::new("/usr/bin/time")
+            .arg("-v")
+            .arg(&bin)
+            .env_clear()
+            .envs(s.env.iter().map(|(k, v)| (k, v)))
+            .output()
+            .await
+            .unwrap();
+        assert_eq!(s.finalize()["status"], "success");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let kib: u64 = stderr
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .strip_prefix("Maximum resident set size (kbytes): ")
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .expect("time -v output");
+        peaks.push(kib);
+    }
+    let max = *peaks.iter().max().unwrap();
+    println!(
+        "runner peak RSS over {} runs of {bin}: {:?} KiB, max {max} KiB ({:.1} MiB)",
+        peaks.len(),
+        peaks,
+        max as f64 / 1024.0
+    );
+}

@@ -86,13 +86,13 @@ pub fn cloud_event_errors(ev: &Value, run_id: &str) -> Vec<String> {
     if ev["specversion"] != "1.0" {
         errs.push("specversion must be \"1.0\"".into());
     }
-    if !ev["type"].as_str().is_some_and(|s| !s.is_empty()) {
+    if ev["type"].as_str().is_none_or(|s| s.is_empty()) {
         errs.push("type must be a non-empty string".into());
     }
     if ev["source"] != json!(format!("/afps/runs/{run_id}")) {
         errs.push(format!("source must be /afps/runs/{run_id}"));
     }
-    if !ev["id"].as_str().is_some_and(|s| !s.is_empty()) {
+    if ev["id"].as_str().is_none_or(|s| s.is_empty()) {
         errs.push("id must be a non-empty string".into());
     }
     let time_ok = ev["time"]
@@ -107,7 +107,7 @@ pub fn cloud_event_errors(ev: &Value, run_id: &str) -> Vec<String> {
     if !ev["data"].is_object() {
         errs.push("data must be an object".into());
     }
-    if !ev["sequence"].as_u64().is_some_and(|s| s >= 1) {
+    if ev["sequence"].as_u64().is_none_or(|s| s < 1) {
         errs.push("sequence must be an integer >= 1".into());
     }
     errs
