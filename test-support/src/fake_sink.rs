@@ -427,3 +427,83 @@ async fn handle(State(state): State<Arc<Mutex<SinkState>>>, req: Request) -> Res
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn signed(secret: &str, id: &str, ts: i64, body: &[u8], sig_prefix: &str) -> RecordedRequest {
+        let mut mac = Hmac::<Sha256>::new_from_slice(secret.as_bytes()).unwrap();
+        mac.update(format!("{id}.{ts}.").as_bytes());
+        mac.update(body);
+        let sig = base64::engine::general_purpose::STANDARD.encode(mac.finalize().into_bytes());
+        RecordedRequest {
+            method: "POST".into(),
+            path: "/".into(),
+            query: None,
+            headers: vec![
+                ("webhook-id".into(), id.into()),
+                ("webhook-timestamp".into(), ts.to_string()),
+                ("webhook-signature".into(), format!("{sig_prefix}v1,{sig}")),
+            ],
+            body: body.to_vec(),
+        }
+    }
+
+    fn now() -> i64 {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64
+    }
+
+    #[test]
+    fn signature_verification() {
+        let secret = "s".repeat(32);
+        assert_eq!(
+            verify_signature(&secret, &signed(&secret, "m1", now(), b"{}", "")),
+            Ok(())
+        );
+        // Several entries; other versions are skipped.
+        let multi = signed(&secret, "m1", now(), b"{}", "v2,abc v1,Zm9v ");
+        assert_eq!(verify_signature(&secret, &multi), Ok(()));
+        let other_key = signed("k".repeat(32).as_str(), "m1", now(), b"{}", "");
+        assert_eq!(
+            verify_signature(&secret, &other_key).unwrap_err(),
+            "invalid_signature"
+        );
+        let stale = signed(&secret, "m1", now() - 301, b"{}", "");
+        assert_eq!(
+            verify_signature(&secret, &stale).unwrap_err(),
+            "timestamp_out_of_tolerance"
+        );
+        let mut missing = signed(&secret, "m1", now(), b"{}", "");
+        missing.headers.pop();
+        assert_eq!(
+            verify_signature(&secret, &missing).unwrap_err(),
+            "missing_signature_headers"
+        );
+    }
+
+    #[test]
+    fn cloud_event_shape() {
+        let good = json!({"specversion": "1.0", "type": "log.written", "source": "/afps/runs/r1",
+            "id": "e1", "time": "2026-01-01T00:00:00.000Z", "datacontenttype": "application/json",
+            "data": {}, "sequence": 1});
+        assert!(cloud_event_errors(&good, "r1").is_empty());
+        assert_eq!(cloud_event_errors(&good, "r2").len(), 1);
+        let mut bad = good.clone();
+        bad["sequence"] = json!(0);
+        bad["data"] = json!([]);
+        bad["time"] = json!("yesterday");
+        assert_eq!(cloud_event_errors(&bad, "r1").len(), 3);
+    }
+
+    #[test]
+    fn bundle_zip_round_trips() {
+        let z = bundle_zip(&[("manifest.json", b"{}"), ("prompt.md", b"hi")]);
+        let mut a = zip::ZipArchive::new(std::io::Cursor::new(z)).unwrap();
+        assert_eq!(a.len(), 2);
+        assert_eq!(a.by_name("prompt.md").unwrap().size(), 2);
+    }
+}

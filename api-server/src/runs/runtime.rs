@@ -24,7 +24,7 @@ use crate::state::AppState;
 #[derive(Debug, Clone, PartialEq)]
 enum StopRequest {
     /// Stop and finalize with this outcome (local timeout safety net).
-    Finalize(Outcome),
+    Finalize(Box<Outcome>),
     /// Stop only: whoever asked finalizes (cancel, watchdog, shutdown, on any instance).
     External,
 }
@@ -281,10 +281,10 @@ async fn supervise(
                 }
             }
             _ = &mut deadline, if stop.is_none() => {
-                stop = Some(StopRequest::Finalize(Outcome::synthetic(
+                stop = Some(StopRequest::Finalize(Box::new(Outcome::synthetic(
                     "timeout",
                     format!("Run timed out after {}s", run.timeout_seconds),
-                )));
+                ))));
                 workload.stop();
             }
             _ = heartbeat.tick() => {
@@ -312,7 +312,7 @@ async fn supervise(
     workload.teardown().await;
     let outcome = match stop {
         Some(StopRequest::External) => None,
-        Some(StopRequest::Finalize(o)) => Some(o),
+        Some(StopRequest::Finalize(o)) => Some(*o),
         None if code == 0 => Some(Outcome::synthetic(
             "failed",
             "Runner exited without reporting a result",
@@ -449,16 +449,18 @@ pub async fn watchdog_sweep(state: &AppState) {
         let outcome =
             if run.first_event_at.is_none() && run.boot_deadline_at.is_some_and(|d| at > d) {
                 Some(Outcome::synthetic("failed", "Run never started executing"))
-            } else if let Some(hb) = run.last_heartbeat_at.filter(|hb| at - *hb > stall) {
-                Some(Outcome::synthetic(
-                    "failed",
-                    format!(
-                        "Runner stopped reporting — no heartbeat for {}s",
-                        (at - hb).num_seconds()
-                    ),
-                ))
             } else {
-                None
+                run.last_heartbeat_at
+                    .filter(|hb| at - *hb > stall)
+                    .map(|hb| {
+                        Outcome::synthetic(
+                            "failed",
+                            format!(
+                                "Runner stopped reporting — no heartbeat for {}s",
+                                (at - hb).num_seconds()
+                            ),
+                        )
+                    })
             };
         if let Some(o) = outcome {
             tracing::warn!(run_id = %run.id, reason = ?o.error, "watchdog stopping run");

@@ -38,6 +38,8 @@ fn command(dir: &std::path::Path, args: &[&str], env: &[(&'static str, String)])
 }
 
 async fn serve(dir: &std::path::Path, env: &[(&'static str, String)], port: u16) -> Child {
+    // The caller waits for the child (kill + wait, or SIGTERM + wait).
+    #[allow(clippy::zombie_processes)]
     let child = command(dir, &["serve"], env)
         .stderr(Stdio::null())
         .spawn()

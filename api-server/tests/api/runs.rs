@@ -111,7 +111,7 @@ fn runner_pid(app: &TestApp, run_id: &str) -> Option<i32> {
 fn alive(pid: i32) -> bool {
     // A zombie has exited; /proc/<pid>/stat field 3 is its state.
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(stat) => !stat.split_whitespace().nth(2).is_some_and(|s| s == "Z"),
+        Ok(stat) => stat.split_whitespace().nth(2).is_none_or(|s| s != "Z"),
         Err(_) => false,
     }
 }
@@ -556,7 +556,7 @@ async fn sse_stream_of_one_run() {
     let last_data = body
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
-        .last()
+        .next_back()
         .unwrap();
     let last: Value = serde_json::from_str(last_data).unwrap();
     assert_eq!(last["status"], "success");

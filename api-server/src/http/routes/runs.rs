@@ -62,10 +62,10 @@ fn query_param(q: &Option<String>, name: &str) -> Option<String> {
         .map(|(_, v)| v.into_owned())
 }
 
-fn parse_run_body(
-    body: &Value,
-    inline: bool,
-) -> Result<(Value, Option<String>, Option<(Value, String)>), ApiError> {
+/// A run-creation body: input, model, and for inline runs the manifest and prompt.
+type RunBody = (Value, Option<String>, Option<(Value, String)>);
+
+fn parse_run_body(body: &Value, inline: bool) -> Result<RunBody, ApiError> {
     let mut f = Fields::new(body, "");
     let input = match f.raw("input") {
         None | Some(Value::Null) => json!({}),
