@@ -650,3 +650,39 @@ async fn peak_rss() {
         max as f64 / 1024.0
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bundle_fetch_is_retried_then_the_run_fails() {
+    let s = setup(briefing_bundle(), vec![Turn::text("never")]).await;
+    s.sink.set_bundle_status(503);
+    let started = Instant::now();
+    let (code, _) = s.run().await;
+    assert_eq!(code, 0);
+    assert_eq!(s.sink.bundle_fetches(), 5);
+    // 200 + 400 + 800 + 1600 ms between the five attempts.
+    assert!(started.elapsed() >= Duration::from_millis(2900));
+    let fin = s.finalize();
+    assert_eq!(fin["status"], "failed");
+    assert_eq!(fin["error"]["code"], "bundle_unavailable");
+    assert!(s.llm.requests().is_empty());
+    s.assert_clean_event_stream();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn host_names_resolve_without_nss() {
+    // `localhost` goes through the pure-Rust resolver (static binaries have no NSS).
+    let mut s = setup(briefing_bundle(), vec![Turn::text("ok")]).await;
+    for key in [
+        "APPSTRATE_SINK_URL",
+        "APPSTRATE_SINK_FINALIZE_URL",
+        "APPSTRATE_WORKSPACE_URL",
+        "MODEL_BASE_URL",
+    ] {
+        let v = s.env.iter().find(|(k, _)| k == key).unwrap().1.clone();
+        s.set(key, &v.replace("127.0.0.1", "localhost"));
+    }
+    let (code, stderr) = s.run().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(s.finalize()["status"], "success");
+    s.assert_clean_event_stream();
+}
