@@ -643,6 +643,29 @@ async fn peak_rss() {
         peaks.push(kib);
     }
     let max = *peaks.iter().max().unwrap();
+    // Spawn → first event received by the sink (sequence 1), polled every millisecond.
+    let mut firsts = Vec::new();
+    for _ in 0..5 {
+        let s = setup(briefing_bundle(), vec![Turn::text("ok")]).await;
+        let started = Instant::now();
+        let child = tokio::process::Command::new(&bin)
+            .env_clear()
+            .envs(s.env.iter().map(|(k, v)| (k, v)))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        while s.sink.events().is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(10));
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        firsts.push(started.elapsed().as_micros() as f64 / 1000.0);
+        child.wait_with_output().await.unwrap();
+    }
+    firsts.sort_by(f64::total_cmp);
+    println!(
+        "runner spawn → first event: {firsts:?} ms (median {:.1} ms)",
+        firsts[2]
+    );
     println!(
         "runner peak RSS over {} runs of {bin}: {:?} KiB, max {max} KiB ({:.1} MiB)",
         peaks.len(),
