@@ -447,6 +447,21 @@ async fn stalled_llm_times_out() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_stop_at_410() {
+    let s = setup(
+        briefing_bundle(),
+        vec![Turn::text("slow").with_delay(3_500)],
+    )
+    .await;
+    s.sink.set_heartbeat_status(410);
+    let (code, _) = s.run().await;
+    assert_eq!(code, 0);
+    assert_eq!(s.finalize()["status"], "success");
+    // Three intervals passed, but the first 410 stopped the heartbeats.
+    assert_eq!(s.sink.heartbeat_attempts(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_turns_fails_the_run() {
     let log = || Turn::tool_call("log", json!({"level": "info", "message": "again"}));
     let mut s = setup(briefing_bundle(), vec![log(), log(), log()]).await;

@@ -127,6 +127,8 @@ struct SinkState {
     last_sequence: u64,
     seen_ids: HashSet<String>,
     heartbeats: usize,
+    heartbeat_attempts: usize,
+    heartbeat_status: Option<u16>,
     bundle_fetches: usize,
     finalize: Option<Value>,
     finalize_attempts: usize,
@@ -234,6 +236,16 @@ impl FakeSink {
 
     pub fn heartbeats(&self) -> usize {
         self.state.lock().unwrap().heartbeats
+    }
+
+    /// Signed heartbeat requests, accepted or not.
+    pub fn heartbeat_attempts(&self) -> usize {
+        self.state.lock().unwrap().heartbeat_attempts
+    }
+
+    /// Heartbeats get `status` (e.g. 410) while events and finalize go on as usual.
+    pub fn set_heartbeat_status(&self, status: u16) {
+        self.state.lock().unwrap().heartbeat_status = Some(status);
     }
 
     pub fn bundle_fetches(&self) -> usize {
@@ -355,6 +367,10 @@ async fn handle(State(state): State<Arc<Mutex<SinkState>>>, req: Request) -> Res
                 .unwrap()
         }
         "/events/heartbeat" => {
+            s.heartbeat_attempts += 1;
+            if let Some(st) = s.heartbeat_status {
+                return problem(st, "scripted_failure");
+            }
             if !rec.json().is_object() {
                 s.rejections
                     .push("heartbeat body is not a JSON object".into());
