@@ -296,6 +296,40 @@ async fn anthropic_and_non_streaming_shapes() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn anthropic_tool_loop_sends_tool_results_back() {
+    let mut s = setup(
+        schema_bundle(),
+        vec![
+            Turn::tool_call("log", json!({"level": "warn", "message": "thin sources"}))
+                .and_tool_call("output", output_args(json!({"topic": 1}))),
+            Turn::tool_call("output", output_args(json!({"topic": "ok"}))).with_usage(7, 3),
+        ],
+    )
+    .await;
+    s.set("MODEL_API", "anthropic-messages");
+    let (code, stderr) = s.run().await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(s.finalize()["output"], json!({"topic": "ok"}));
+    assert_eq!(s.finalize()["usage"]["input_tokens"], 17);
+    let second = s.llm.requests()[1].json();
+    let msgs = second["messages"].as_array().unwrap();
+    assert_eq!(msgs.len(), 3);
+    assert_eq!(msgs[1]["role"], "assistant");
+    assert_eq!(msgs[1]["content"][0]["type"], "tool_use");
+    assert_eq!(
+        msgs[1]["content"][1]["input"],
+        output_args(json!({"topic": 1}))
+    );
+    let results = msgs[2]["content"].as_array().unwrap();
+    assert_eq!(results.len(), 2, "both results in one user turn");
+    assert_eq!(results[0]["tool_use_id"], msgs[1]["content"][0]["id"]);
+    assert_eq!(results[0]["is_error"], false);
+    assert_eq!(results[1]["is_error"], true);
+    assert_eq!(s.sink.events_of("log.written")[0]["data"]["level"], "warn");
+    s.assert_clean_event_stream();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn missing_output_gets_one_corrective_turn_then_fails() {
     let s = setup(
         schema_bundle(),
