@@ -62,6 +62,8 @@ pub struct LoadSpec {
     pub duration: Duration,
     /// A hard cap on requests sent, warm-up included; the run ends early when it is reached.
     pub max_requests: Option<u64>,
+    /// The server's process id, to report the CPU it used during the measured window.
+    pub server_pid: Option<u32>,
 }
 
 /// What one run measured (the warm-up excluded).
@@ -82,6 +84,12 @@ pub struct LoadReport {
     pub latencies_us: Vec<u32>,
     /// True when `max_requests` ended the run before `duration`.
     pub budget_exhausted: bool,
+    /// CPU used during the measured window, in cores (1.0 = one core busy), by the server
+    /// (when `server_pid` was given) and by this process (the load generator).
+    pub server_cpu: Option<f64>,
+    pub client_cpu: Option<f64>,
+    /// The first non-2xx answer of the measured window: status and the start of its body.
+    pub first_error: Option<String>,
 }
 
 impl LoadReport {
@@ -147,6 +155,7 @@ struct WorkerResult {
     latencies_us: Vec<u32>,
     last_answer: Option<Instant>,
     budget_exhausted: bool,
+    first_error: Option<String>,
 }
 
 async fn connect(addr: SocketAddr) -> std::io::Result<SendRequest<Full<Bytes>>> {
@@ -174,6 +183,10 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
             worker(&spec, &counter, measure_from, until).await
         }));
     }
+    let cpu = |pid: Option<u32>| pid.and_then(super::proc::cpu_time);
+    let me = Some(std::process::id());
+    tokio::time::sleep_until(measure_from.into()).await;
+    let (server0, client0) = (cpu(spec.server_pid), cpu(me));
     let mut report = LoadReport {
         concurrency: spec.concurrency,
         ..LoadReport::default()
@@ -191,10 +204,20 @@ pub async fn run(spec: LoadSpec) -> LoadReport {
         }
         report.latencies_us.extend(w.latencies_us);
         report.budget_exhausted |= w.budget_exhausted;
+        if report.first_error.is_none() {
+            report.first_error = w.first_error;
+        }
         if let Some(t) = w.last_answer {
             last = last.max(t);
         }
     }
+    let wall = measure_from.elapsed().as_secs_f64();
+    let share = |a: Option<Duration>, b: Option<Duration>| match (a, b) {
+        (Some(a), Some(b)) if wall > 0.0 => Some(b.saturating_sub(a).as_secs_f64() / wall),
+        _ => None,
+    };
+    report.server_cpu = share(server0, cpu(spec.server_pid));
+    report.client_cpu = share(client0, cpu(me));
     report.latencies_us.sort_unstable();
     let started = counter.load(Ordering::Relaxed);
     report.sent = spec.max_requests.map_or(started, |max| started.min(max));
@@ -262,7 +285,7 @@ async fn worker(
             Ok(res) => {
                 let status = res.status();
                 match res.into_body().collect().await {
-                    Ok(_) => Some(status),
+                    Ok(body) => Some((status, body.to_bytes())),
                     Err(_) => None,
                 }
             }
@@ -273,13 +296,17 @@ async fn worker(
             continue;
         }
         match outcome {
-            Some(status) => {
+            Some((status, body)) => {
                 out.requests += 1;
                 out.last_answer = Some(done);
                 let us = done.duration_since(sent).as_micros().min(u32::MAX as u128) as u32;
                 out.latencies_us.push(us);
                 if !status.is_success() {
                     *out.non_2xx.entry(status.as_u16()).or_default() += 1;
+                    if out.first_error.is_none() {
+                        let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+                        out.first_error = Some(format!("{status}: {text}"));
+                    }
                 }
             }
             None => {
@@ -332,15 +359,22 @@ mod tests {
             warmup: Duration::from_millis(50),
             duration: Duration::from_millis(300),
             max_requests: None,
+            server_pid: None,
         };
         let ok = run(spec("/ok")).await;
         assert!(ok.requests > 10, "{ok:?}");
         assert_eq!(ok.errors(), 0);
         assert_eq!(ok.latencies_us.len() as u64, ok.requests);
         assert!(ok.elapsed >= Duration::from_millis(250));
+        assert!(ok.client_cpu.is_some_and(|c| c > 0.0) && ok.server_cpu.is_none());
+        assert!(ok.first_error.is_none());
 
         let limited = run(spec("/limited")).await;
         assert_eq!(limited.non_2xx.get(&429).copied(), Some(limited.requests));
+        assert_eq!(
+            limited.first_error.as_deref(),
+            Some("429 Too Many Requests: slow down")
+        );
 
         let mut capped = spec("/ok");
         capped.max_requests = Some(20);

@@ -59,3 +59,37 @@ mod tests {
         assert!(m.rss_kb > 0 && m.hwm_kb >= m.rss_kb);
     }
 }
+
+/// CPU time (user + system) process `pid` has used so far; `None` when `/proc` is unavailable.
+pub fn cpu_time(pid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let ticks = parse_stat_ticks(&stat)?;
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let hz = if hz > 0 { hz as u64 } else { 100 };
+    Some(std::time::Duration::from_micros(ticks * 1_000_000 / hz))
+}
+
+/// utime + stime (fields 14 and 15) of a `/proc/<pid>/stat` line, in clock ticks. The command name
+/// (field 2) may hold spaces and parentheses, so fields are counted after its last `)`.
+pub fn parse_stat_ticks(stat: &str) -> Option<u64> {
+    let rest = &stat[stat.rfind(')')? + 1..];
+    let mut fields = rest.split_whitespace();
+    // `rest` starts at field 3 (state): utime is the 12th field after it, stime the 13th.
+    let utime: u64 = fields.nth(11)?.parse().ok()?;
+    let stime: u64 = fields.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+#[cfg(test)]
+mod cpu_tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_ticks() {
+        let line = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 250 50 0 0 20 0 4 0 123 0 0";
+        assert_eq!(parse_stat_ticks(line), Some(300));
+        assert_eq!(parse_stat_ticks("garbage"), None);
+        assert!(cpu_time(std::process::id()).is_some());
+    }
+}

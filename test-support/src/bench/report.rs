@@ -117,18 +117,21 @@ impl Summary {
 pub fn load_table(title: &str, rows: &[LoadReport]) -> String {
     let mut out = format!("{title}\n");
     out.push_str(&format!(
-        "  {:>5}  {:>9}  {:>10}  {:>9}  {:>9}  {:>9}  errors\n",
-        "conc", "requests", "req/s", "p50 ms", "p99 ms", "max ms"
+        "  {:>5}  {:>9}  {:>10}  {:>9}  {:>9}  {:>9}  {:>10}  {:>10}  errors\n",
+        "conc", "requests", "req/s", "p50 ms", "p99 ms", "max ms", "server CPU", "client CPU"
     ));
+    let pct = |c: Option<f64>| c.map_or("-".to_string(), |c| format!("{:.0}%", c * 100.0));
     for r in rows {
         out.push_str(&format!(
-            "  {:>5}  {:>9}  {:>10.0}  {:>9.2}  {:>9.2}  {:>9.2}  {}{}\n",
+            "  {:>5}  {:>9}  {:>10.0}  {:>9.2}  {:>9.2}  {:>9.2}  {:>10}  {:>10}  {}{}\n",
             r.concurrency,
             r.requests,
             r.rps(),
             ms(r.p50()),
             ms(r.p99()),
             ms(r.max()),
+            pct(r.server_cpu),
+            pct(r.client_cpu),
             r.error_breakdown(),
             if r.budget_exhausted {
                 "  (request budget reached: run ended early)"
@@ -137,6 +140,12 @@ pub fn load_table(title: &str, rows: &[LoadReport]) -> String {
             },
         ));
     }
+    for r in rows {
+        if let Some(e) = &r.first_error {
+            out.push_str(&format!("  c={} first non-2xx: {e}\n", r.concurrency));
+        }
+    }
+    out.push_str("  (CPU in % of one core during the measured window)\n");
     out
 }
 

@@ -358,6 +358,7 @@ async fn http_bench(opts: &Opts, server: &Server, summary: &mut Summary) -> anyh
         warmup: opts.warmup,
         duration: opts.duration,
         max_requests: None,
+        server_pid: Some(server.pid()),
     };
     let announce = |what: &str, c: usize| {
         println!(
