@@ -123,8 +123,25 @@ pub fn main() -> i32 {
     }
 }
 
+/// Each run holds a few descriptors (runner pipes, sidecar listeners and connections): raise the soft
+/// open-files limit to the hard limit so hundreds of concurrent runs fit.
+fn raise_open_files_limit() {
+    #[cfg(unix)]
+    unsafe {
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            let _ = libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
+    }
+}
+
 async fn serve(config: Config) -> i32 {
     crate::telemetry::init(&config.log_level, config.log_format);
+    raise_open_files_limit();
     let host = std::env::var("HOST")
         .ok()
         .filter(|h| !h.is_empty())

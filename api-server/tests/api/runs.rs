@@ -693,3 +693,50 @@ async fn api_call_gets_the_credential_injected_by_the_sidecar() {
         .unwrap();
     assert!(!run_json.contains(secret));
 }
+
+/// The project's example agent (examples/agents/hello.afps) runs to success: its input default is applied
+/// and its output schema is enforced.
+#[tokio::test]
+async fn the_example_hello_agent_runs_to_success() {
+    let fake = FakeLlm::start(vec![Turn::tool_call(
+        "output",
+        json!({"data": {"greeting": "Hello, Ada!", "language": "en"}}),
+    )])
+    .await;
+    let app = llm_app(&fake, &[]).await;
+    import(&app, fixture("../examples/agents/hello.afps")).await;
+    // Input is validated against the manifest's schema first.
+    let r = app
+        .key(Method::POST, "/api/agents/@examples/hello/run")
+        .json(&json!({"input": {"name": ""}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["code"], "validation_failed");
+    assert!(
+        b["errors"][0]["field"]
+            .as_str()
+            .unwrap()
+            .starts_with("input."),
+        "{b}"
+    );
+
+    let run = start(
+        &app,
+        "/api/agents/@examples/hello/run",
+        json!({"input": {"name": "Ada"}}),
+    )
+    .await;
+    assert_eq!(
+        run["input"]["language"], "en",
+        "the schema default is applied"
+    );
+    assert_eq!(run["timeout_seconds"], 60);
+    let done = wait_terminal(&app, run["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(done["result"]["output"]["greeting"], "Hello, Ada!");
+    let system = system_prompt(&fake.requests()[0]).unwrap();
+    assert!(system.contains("Ada") || fake.requests()[0].body.windows(3).any(|w| w == b"Ada"));
+}
