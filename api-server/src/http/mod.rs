@@ -46,6 +46,7 @@ impl Modify for BearerAuth {
         api_keys::list, api_keys::available_scopes, api_keys::create, api_keys::revoke,
         end_users::create, end_users::list, end_users::get, end_users::update, end_users::delete,
         packages::import, packages::list, packages::get_package, packages::versions,
+        packages::create, packages::publish, packages::delete_package,
         packages::put_connection, packages::get_connection, packages::delete_connection,
         packages::list_agents,
         runs::start_package_run, runs::start_inline_run, runs::list_runs, runs::list_agent_runs, runs::get_run,

@@ -11,11 +11,13 @@
 //! | [`run_bundle`] / [`inline_bundle`] | §16.3: the ZIP served by `GET /api/runs/{id}/workspace` |
 //! | [`validate_manifest`] | inline runs: `invalid_package` errors with fields prefixed `manifest.` |
 //! | [`sync_system_packages`] | §5.2 step 5, called at boot |
+//! | [`archive_from_json`] / [`publish_version`] / [`delete_package`] | create from JSON, publish, delete |
 //! | [`agent_summaries`] | `GET /api/agents` items, given the running-run counts per agent id |
 //!
 //! Nothing here depends on axum; errors are [`ApiError`]s carrying the documented codes.
 
 pub mod afps;
+pub mod authoring;
 pub mod connections;
 pub mod manifest;
 pub mod run;
@@ -25,6 +27,9 @@ use http::StatusCode;
 use serde_json::Value;
 
 pub use afps::{integrity, parse, AfpsError, AfpsPackage};
+pub use authoring::{
+    archive_from_json, archive_from_zip, delete_package, mutable_package, publish_version, Archive,
+};
 pub use connections::{connection_for_actor, delete_connection, put_connection, ConnectionView};
 pub use manifest::{auth_required, validate_manifest, Manifest, PackageId, PackageType};
 pub use run::{
@@ -32,8 +37,8 @@ pub use run::{
     RunIntegration,
 };
 pub use store::{
-    agent_summaries, import_package, running_runs_by_agent, sync_dir, sync_system_packages,
-    visible_package, AgentSummary, ImportOutcome, SyncReport,
+    agent_summaries, import_package, import_parsed, running_runs_by_agent, sync_dir,
+    sync_system_packages, visible_package, AgentSummary, ImportOutcome, SyncReport,
 };
 
 use crate::http::error::{ApiError, FieldError};

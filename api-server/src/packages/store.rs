@@ -79,8 +79,21 @@ pub async fn import_package(
     auth: &Auth,
     bytes: &[u8],
 ) -> Result<ImportOutcome, ApiError> {
-    let app = auth.app()?;
+    auth.app()?;
     let pkg = afps::parse(bytes).map_err(afps_error)?;
+    import_parsed(state, auth, &pkg, bytes).await
+}
+
+/// Stores an archive already validated by [`afps::parse`] (`bytes` are its exact bytes) like an import:
+/// 403 for a system id, `created:false` for identical bytes, 409 `version_exists` for other bytes, then
+/// installs it into the caller's application.
+pub async fn import_parsed(
+    state: &AppState,
+    auth: &Auth,
+    pkg: &AfpsPackage,
+    bytes: &[u8],
+) -> Result<ImportOutcome, ApiError> {
+    let app = auth.app()?;
     let id = pkg.manifest.id.to_string();
     let version = pkg.manifest.version.to_string();
     let db = &state.infra.db;
@@ -113,7 +126,7 @@ pub async fn import_package(
     }
     let (package, version_row) = match store_version(
         &state.infra,
-        &pkg,
+        pkg,
         bytes,
         Some(&auth.org_id),
         existing.as_ref(),
@@ -356,11 +369,16 @@ pub fn agent_summaries(
 }
 
 /// Running (`pending` + `running`) runs per agent id in the caller's application, for `running_runs`.
-///
-/// The runs pipeline wires this to the runs table; until then every agent counts 0.
 pub async fn running_runs_by_agent(
-    _state: &AppState,
-    _auth: &Auth,
+    state: &AppState,
+    auth: &Auth,
 ) -> Result<HashMap<String, i64>, ApiError> {
-    Ok(HashMap::new())
+    let app = auth.app()?;
+    Ok(state
+        .infra
+        .db
+        .open_runs_by_package(&app.id)
+        .await?
+        .into_iter()
+        .collect())
 }

@@ -1128,3 +1128,541 @@ async fn resolve_agent_and_run_bundle() {
     .unwrap();
     assert_eq!(out, json!({"topic": "x", "n": 3}));
 }
+
+// ---- Authoring: create from JSON, publish versions, delete (issue 3, item 1) ----
+
+fn agent_body(name: &str, version: &str, prompt: &str) -> Value {
+    json!({"manifest": manifest(name, version), "files": {"prompt.md": prompt}})
+}
+
+async fn post_json(app: &TestApp, path: &str, body: &Value) -> reqwest::Response {
+    app.key(Method::POST, path).json(body).send().await.unwrap()
+}
+
+/// A 4xx with `code`, returning the body.
+async fn assert_code(r: reqwest::Response, status: u16, code: &str) -> Value {
+    assert_eq!(r.status().as_u16(), status);
+    let b = json_of(r).await;
+    assert_eq!(b["code"], code, "{b}");
+    b
+}
+
+fn has_error(b: &Value, field: &str, code: &str) -> bool {
+    b["errors"]
+        .as_array()
+        .is_some_and(|e| e.iter().any(|e| e["field"] == field && e["code"] == code))
+}
+
+/// The stripe system integration's manifest under another id.
+fn stripe_manifest_as(name: &str) -> Value {
+    let original =
+        std::fs::read(repo_root().join("system-packages/integration-stripe-1.0.1.afps")).unwrap();
+    let mut m = packages::parse(&original).unwrap().manifest.raw;
+    m["name"] = json!(name);
+    m
+}
+
+#[tokio::test]
+async fn create_from_json_agent_and_skill() {
+    let app = spawn_with_system().await;
+
+    // An agent: the archive is built server-side and stored like an import.
+    let body = agent_body("@authoring/writer", "1.0.0", "Write about {{input.topic}}");
+    let r = post_json(&app, "/api/packages", &body).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let b = json_of(r).await;
+    assert_eq!(b["created"], true);
+    assert_eq!(b["package"]["id"], "@authoring/writer");
+    assert_eq!(b["package"]["type"], "agent");
+    assert_eq!(b["package"]["source"], "local");
+    assert_eq!(b["package"]["latestVersion"], "1.0.0");
+    assert_eq!(b["version"]["version"], "1.0.0");
+    let key = format!("packages/{}/@authoring/writer/1.0.0.afps", app.org_id);
+    let stored = app.state().infra.storage.get(&key).await.unwrap().unwrap();
+    let parsed = packages::parse(&stored).unwrap();
+    assert_eq!(parsed.entries, ["manifest.json", "prompt.md"]);
+    assert_eq!(
+        parsed.prompt.as_deref(),
+        Some("Write about {{input.topic}}")
+    );
+    assert_eq!(b["version"]["integrity"], packages::integrity(&stored));
+    assert_eq!(b["version"]["size"], stored.len());
+    let agents = json_of(app.key(Method::GET, "/api/agents").send().await.unwrap()).await;
+    let agent = agents["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|a| a["id"] == "@authoring/writer")
+        .expect("listed as an agent");
+    assert_eq!(agent["running_runs"], 0);
+
+    // The same body again is the same archive; other content under the same version is a conflict.
+    let r = post_json(&app, "/api/packages", &body).await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(json_of(r).await["created"], false);
+    let r = post_json(
+        &app,
+        "/api/packages",
+        &agent_body("@authoring/writer", "1.0.0", "Something else"),
+    )
+    .await;
+    assert_code(r, 409, "version_exists").await;
+
+    // A skill with its SKILL.md.
+    let skill = json!({"manifest": {"schema_version": "0.1", "name": "@authoring/style", "version": "0.1.0",
+                                    "type": "skill", "display_name": "Style"},
+                       "files": {"SKILL.md": "# House style\nBe brief.", "examples/one.md": "Short."}});
+    let r = post_json(&app, "/api/packages", &skill).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let b = json_of(r).await;
+    assert_eq!(b["package"]["type"], "skill");
+    let key = format!("packages/{}/@authoring/style/0.1.0.afps", app.org_id);
+    let stored = app.state().infra.storage.get(&key).await.unwrap().unwrap();
+    let parsed = packages::parse(&stored).unwrap();
+    assert_eq!(
+        parsed.entries,
+        ["manifest.json", "SKILL.md", "examples/one.md"]
+    );
+    assert_eq!(parsed.skill.as_deref(), Some("# House style\nBe brief."));
+
+    // Import's rules: per-type files, manifest rules, path safety.
+    let mut no_skill_md = skill.clone();
+    no_skill_md["manifest"]["name"] = json!("@authoring/bare");
+    no_skill_md["files"] = json!({});
+    let b = assert_code(
+        post_json(&app, "/api/packages", &no_skill_md).await,
+        400,
+        "invalid_package",
+    )
+    .await;
+    assert!(has_error(&b, "files", "required"), "{b}");
+    let mut bad = agent_body("@authoring/bad", "1.0", "x");
+    bad["files"]["../escape.txt"] = json!("x");
+    let b = assert_code(
+        post_json(&app, "/api/packages", &bad).await,
+        400,
+        "invalid_package",
+    )
+    .await;
+    assert!(has_error(&b, "files.../escape.txt", "unsafe_path"), "{b}");
+    bad["files"] = json!({"prompt.md": "x"});
+    let b = assert_code(
+        post_json(&app, "/api/packages", &bad).await,
+        400,
+        "invalid_package",
+    )
+    .await;
+    assert!(has_error(&b, "manifest.version", "invalid_format"), "{b}");
+
+    // A strict body.
+    let mut extra = agent_body("@authoring/extra", "1.0.0", "x");
+    extra["prompt"] = json!("x");
+    let b = assert_code(
+        post_json(&app, "/api/packages", &extra).await,
+        400,
+        "validation_failed",
+    )
+    .await;
+    assert!(has_error(&b, "prompt", "unknown_field"), "{b}");
+
+    // A system id is read-only.
+    let r = post_json(
+        &app,
+        "/api/packages",
+        &agent_body("@appstrate/github", "9.0.0", "x"),
+    )
+    .await;
+    assert_code(r, 403, "system_package").await;
+
+    // Ten per minute, like import.
+    let r = post_json(
+        &app,
+        "/api/packages",
+        &agent_body("@authoring/tenth", "1.0.0", "x"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = post_json(
+        &app,
+        "/api/packages",
+        &agent_body("@authoring/eleventh", "1.0.0", "x"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
+}
+
+#[tokio::test]
+async fn publish_versions_forward_only() {
+    let app = spawn_with_system().await;
+    let versions_path = "/api/packages/@authoring/pub/versions";
+    let r = post_json(
+        &app,
+        "/api/packages",
+        &agent_body("@authoring/pub", "1.0.0", "v1"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    let r = post_json(
+        &app,
+        versions_path,
+        &agent_body("@authoring/pub", "1.1.0", "v1.1"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let b = json_of(r).await;
+    assert_eq!(b["created"], true);
+    assert_eq!(b["version"]["version"], "1.1.0");
+    assert_eq!(b["package"]["latestVersion"], "1.1.0");
+
+    // Not above the highest version.
+    let r = post_json(
+        &app,
+        versions_path,
+        &agent_body("@authoring/pub", "1.0.5", "old"),
+    )
+    .await;
+    let b = assert_code(r, 409, "version_not_forward").await;
+    let detail = b["detail"].as_str().unwrap();
+    assert!(
+        detail.contains("1.0.5") && detail.contains("1.1.0"),
+        "{detail}"
+    );
+    // An existing version: other bytes conflict, the same bytes are a no-op.
+    let r = post_json(
+        &app,
+        versions_path,
+        &agent_body("@authoring/pub", "1.1.0", "changed"),
+    )
+    .await;
+    assert_code(r, 409, "version_exists").await;
+    let r = post_json(
+        &app,
+        versions_path,
+        &agent_body("@authoring/pub", "1.1.0", "v1.1"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(json_of(r).await["created"], false);
+
+    // The manifest must name the package of the path.
+    let r = post_json(
+        &app,
+        versions_path,
+        &agent_body("@authoring/other", "2.0.0", "x"),
+    )
+    .await;
+    let b = assert_code(r, 400, "invalid_package").await;
+    assert!(has_error(&b, "manifest.name", "invalid_value"), "{b}");
+
+    // An archive body works too.
+    let r = app
+        .key(Method::POST, versions_path)
+        .header("Content-Type", "application/zip")
+        .body(agent_zip(&manifest("@authoring/pub", "1.2.0"), "v1.2"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let b = json_of(app.key(Method::GET, versions_path).send().await.unwrap()).await;
+    let listed: Vec<&str> = b["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(listed, ["1.2.0", "1.1.0", "1.0.0"]);
+
+    // Unknown to the application; system packages are read-only.
+    let r = post_json(
+        &app,
+        "/api/packages/@authoring/nope/versions",
+        &agent_body("@authoring/nope", "1.0.0", "x"),
+    )
+    .await;
+    assert_code(r, 404, "not_found").await;
+    let r = post_json(
+        &app,
+        "/api/packages/@appstrate/github/versions",
+        &json!({"manifest": stripe_manifest_as("@appstrate/github")}),
+    )
+    .await;
+    assert_code(r, 403, "system_package").await;
+
+    // A plain import may still add an older version (docs/decisions.md); the latest stays.
+    let r = import(
+        &app,
+        agent_zip(&manifest("@authoring/pub", "1.0.7"), "backfill"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let b = json_of(r).await;
+    assert_eq!(b["package"]["latestVersion"], "1.2.0");
+}
+
+#[tokio::test]
+async fn delete_removes_versions_connections_and_artifacts() {
+    let app = spawn_with_system().await;
+    let pool = raw_db(&app).await;
+
+    // An agent with two versions.
+    let r = post_json(
+        &app,
+        "/api/packages",
+        &agent_body("@authoring/gone", "1.0.0", "v1"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = post_json(
+        &app,
+        "/api/packages/@authoring/gone/versions",
+        &agent_body("@authoring/gone", "1.1.0", "v2"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let keys =
+        ["1.0.0", "1.1.0"].map(|v| format!("packages/{}/@authoring/gone/{v}.afps", app.org_id));
+    for k in &keys {
+        assert!(app.state().infra.storage.get(k).await.unwrap().is_some());
+    }
+    let r = app
+        .key(Method::DELETE, "/api/packages/@authoring/gone")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .key(Method::GET, "/api/packages/@authoring/gone")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = app
+        .key(Method::DELETE, "/api/packages/@authoring/gone")
+        .send()
+        .await
+        .unwrap();
+    assert_code(r, 404, "not_found").await;
+    for k in &keys {
+        assert!(
+            app.state().infra.storage.get(k).await.unwrap().is_none(),
+            "{k} removed from storage"
+        );
+    }
+    let n: i64 = sqlx::query_scalar(
+        "SELECT COUNT(*) FROM package_versions v JOIN packages p ON p.id = v.package_pk \
+         WHERE p.package_id = '@authoring/gone'",
+    )
+    .fetch_one(&pool)
+    .await
+    .unwrap();
+    assert_eq!(n, 0);
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM packages WHERE package_id = '@authoring/gone'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 0);
+    // It can be created again from scratch.
+    let r = post_json(
+        &app,
+        "/api/packages",
+        &agent_body("@authoring/gone", "0.1.0", "again"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+
+    // An integration installed in two applications, with a connection in each.
+    let integration = json!({"manifest": stripe_manifest_as("@authoring/pay")});
+    let r = post_json(&app, "/api/packages", &integration).await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let other = json_of(
+        app.admin(Method::POST, "/api/applications")
+            .json(&json!({"name": "Other"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let other_id = other["id"].as_str().unwrap().to_string();
+    let as_other = |m: Method, p: &str| {
+        app.client
+            .request(m, app.url(p))
+            .bearer_auth(&app.admin_token)
+            .header("X-App-Id", &other_id)
+    };
+    let r = as_other(Method::POST, "/api/packages")
+        .json(&integration)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        StatusCode::OK,
+        "installed into the other application"
+    );
+    let conn = "/api/packages/@authoring/pay/connections/primary";
+    let creds = json!({"credentials": {"api_key": "sk_test_1"}});
+    let r = app
+        .key(Method::PUT, conn)
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = as_other(Method::PUT, conn)
+        .json(&creds)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let count_conns = || async {
+        sqlx::query_scalar::<_, i64>(
+            "SELECT COUNT(*) FROM connections WHERE package_id = '@authoring/pay'",
+        )
+        .fetch_one(&pool)
+        .await
+        .unwrap()
+    };
+    assert_eq!(count_conns().await, 2);
+    let key = format!("packages/{}/@authoring/pay/1.0.1.afps", app.org_id);
+
+    // Removed from this application only: the other keeps it, its connection and the artifact.
+    let r = app
+        .key(Method::DELETE, "/api/packages/@authoring/pay")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    let r = app
+        .key(Method::GET, "/api/packages/@authoring/pay")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NOT_FOUND);
+    let r = as_other(Method::GET, "/api/packages/@authoring/pay")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert_eq!(count_conns().await, 1);
+    assert!(app.state().infra.storage.get(&key).await.unwrap().is_some());
+
+    // The last application removes it: everything goes.
+    let r = as_other(Method::DELETE, "/api/packages/@authoring/pay")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    assert_eq!(count_conns().await, 0);
+    assert!(app.state().infra.storage.get(&key).await.unwrap().is_none());
+    let n: i64 =
+        sqlx::query_scalar("SELECT COUNT(*) FROM packages WHERE package_id = '@authoring/pay'")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+    assert_eq!(n, 0);
+
+    // System packages are read-only.
+    let r = app
+        .key(Method::DELETE, "/api/packages/@appstrate/github")
+        .send()
+        .await
+        .unwrap();
+    assert_code(r, 403, "system_package").await;
+    let r = app
+        .key(Method::GET, "/api/packages/@appstrate/github")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn delete_is_refused_while_a_run_is_open_and_agents_count_it() {
+    use std::os::unix::fs::PermissionsExt;
+    use test_support::fake_llm::{FakeLlm, Turn};
+
+    // A "runner" that only sleeps keeps the run open.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("sleeping-runner");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 60\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let llm = FakeLlm::start(Vec::<Turn>::new()).await;
+    let url = llm.url();
+    let app = spawn_app_with(&[
+        ("RUNNER_BIN", script.to_str().unwrap()),
+        ("LLM_BASE_URL", &url),
+        ("LLM_API_KEY", "sk-test"),
+        ("LLM_MODEL", "m"),
+        ("EGRESS_ALLOW_INTERNAL_HOSTS", "127.0.0.1"),
+    ])
+    .await;
+    let r = post_json(
+        &app,
+        "/api/packages",
+        &agent_body("@authoring/busy", "1.0.0", "Work on {{input.topic}}"),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let r = post_json(
+        &app,
+        "/api/agents/@authoring/busy/run",
+        &json!({"input": {"topic": "x"}}),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::CREATED);
+    let run = json_of(r).await;
+    let run_id = run["id"].as_str().unwrap().to_string();
+
+    let running = |agents: &Value| {
+        agents["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["id"] == "@authoring/busy")
+            .map(|a| a["running_runs"].clone())
+    };
+    let agents = json_of(app.key(Method::GET, "/api/agents").send().await.unwrap()).await;
+    assert_eq!(running(&agents), Some(json!(1)), "{agents}");
+
+    let r = app
+        .key(Method::DELETE, "/api/packages/@authoring/busy")
+        .send()
+        .await
+        .unwrap();
+    let b = assert_code(r, 409, "package_in_use").await;
+    assert!(b["detail"].as_str().unwrap().contains("@authoring/busy"));
+
+    // Once the run is over the package can go.
+    let r = app
+        .key(Method::POST, &format!("/api/runs/{run_id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+    loop {
+        let r = json_of(
+            app.key(Method::GET, &format!("/api/runs/{run_id}"))
+                .send()
+                .await
+                .unwrap(),
+        )
+        .await;
+        if !["pending", "running"].contains(&r["status"].as_str().unwrap()) {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "run still open: {r}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let agents = json_of(app.key(Method::GET, "/api/agents").send().await.unwrap()).await;
+    assert_eq!(running(&agents), Some(json!(0)), "{agents}");
+    let r = app
+        .key(Method::DELETE, "/api/packages/@authoring/busy")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::NO_CONTENT);
+    drop(llm);
+}

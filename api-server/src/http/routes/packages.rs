@@ -5,7 +5,7 @@ use axum::http::header::CONTENT_TYPE;
 use axum::http::StatusCode;
 use axum::middleware::from_fn_with_state;
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, post, put};
+use axum::routing::{delete, get, post, put};
 use axum::{Extension, Json, Router};
 use bytes::Bytes;
 use serde::Serialize;
@@ -28,9 +28,18 @@ pub fn router(state: &AppState) -> Router<AppState> {
     };
     Router::new()
         .route("/api/packages/import", post(import).route_layer(rl(10, 60)))
-        .route("/api/packages", get(list))
-        .route("/api/packages/{scope}/{name}", get(get_package))
-        .route("/api/packages/{scope}/{name}/versions", get(versions))
+        .route(
+            "/api/packages",
+            get(list).merge(post(create).route_layer(rl(10, 60))),
+        )
+        .route(
+            "/api/packages/{scope}/{name}",
+            get(get_package).merge(delete(delete_package).route_layer(rl(10, 60))),
+        )
+        .route(
+            "/api/packages/{scope}/{name}/versions",
+            get(versions).merge(post(publish).route_layer(rl(10, 60))),
+        )
         .route(
             "/api/packages/{scope}/{name}/connections/{auth_key}",
             get(get_connection).merge(
@@ -186,6 +195,10 @@ pub async fn import(
     auth.require_scope("packages:write")?;
     let bytes = archive_bytes(&state, req).await?;
     let out = packages::import_package(&state, &auth, &bytes).await?;
+    Ok(import_response(out))
+}
+
+fn import_response(out: packages::ImportOutcome) -> Response {
     let status = if out.created {
         StatusCode::CREATED
     } else {
@@ -196,7 +209,79 @@ pub async fn import(
         "version": VersionDto::from(out.version),
         "created": out.created,
     });
-    Ok((status, Json(body)).into_response())
+    (status, Json(body)).into_response()
+}
+
+#[utoipa::path(post, path = "/api/packages", tag = "packages",
+    request_body(content = Object,
+        description = "{manifest:{…}, files?:{\"<path>\": \"<UTF-8 content>\"}}: the archive is built server-side \
+                       (manifest.json from `manifest`) and validated like an import"),
+    responses((status = 201, description = "{package, version, created:true}"),
+              (status = 200, description = "The same manifest and files were already stored: created:false"),
+              (status = 400, description = "validation_failed (body shape, unknown fields) or invalid_package with errors"),
+              (status = 403, description = "system_package"),
+              (status = 409, description = "version_exists"),
+              (status = 413, description = "payload_too_large")))]
+pub async fn create(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Auth>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    auth.require_scope("packages:write")?;
+    auth.app()?;
+    let archive = packages::archive_from_json(&body)?;
+    let out = packages::import_parsed(&state, &auth, &archive.package, &archive.bytes).await?;
+    Ok(import_response(out))
+}
+
+#[utoipa::path(post, path = "/api/packages/{scope}/{name}/versions", tag = "packages",
+    params(("scope" = String, Path), ("name" = String, Path)),
+    request_body(content = Object,
+        description = "The same JSON body as POST /api/packages, or an .afps archive (application/zip, or \
+                       multipart/form-data with the field `file`); the manifest must name this package"),
+    responses((status = 201, description = "{package, version, created:true}"),
+              (status = 200, description = "Identical bytes of an existing version: created:false"),
+              (status = 400, description = "invalid_package (manifest.name must be this package) or validation_failed"),
+              (status = 403, description = "system_package"),
+              (status = 404, description = "The application has no such package"),
+              (status = 409, description = "version_not_forward (not above the highest version) or version_exists"),
+              (status = 413, description = "payload_too_large")))]
+pub async fn publish(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Auth>,
+    Path((scope, name)): Path<(String, String)>,
+    req: Request,
+) -> Result<Response, ApiError> {
+    auth.require_scope("packages:write")?;
+    let id = package_id(&scope, &name)?;
+    let target = packages::mutable_package(&state, &auth, &id).await?;
+    let mt = media_type(&req);
+    let archive = if mt == "application/json" || mt.ends_with("+json") {
+        let JsonBody(body) = JsonBody::from_request(req, &state).await?;
+        packages::archive_from_json(&body)?
+    } else {
+        packages::archive_from_zip(archive_bytes(&state, req).await?.to_vec())?
+    };
+    let out = packages::publish_version(&state, &auth, &target, &archive).await?;
+    Ok(import_response(out))
+}
+
+#[utoipa::path(delete, path = "/api/packages/{scope}/{name}", tag = "packages",
+    params(("scope" = String, Path), ("name" = String, Path)),
+    responses((status = 204, description = "Removed from the application (and deleted with its versions, \
+                                             connections and artifacts when no other application has it)"),
+              (status = 403, description = "system_package"),
+              (status = 404),
+              (status = 409, description = "package_in_use: the application has pending or running runs of it")))]
+pub async fn delete_package(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Auth>,
+    Path((scope, name)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    auth.require_scope("packages:write")?;
+    let id = package_id(&scope, &name)?;
+    packages::delete_package(&state, &auth, &id).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 #[utoipa::path(get, path = "/api/packages", tag = "packages",

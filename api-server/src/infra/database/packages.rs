@@ -142,6 +142,16 @@ pub trait PackageRepo: Send + Sync {
         page: &Page,
     ) -> DbResult<Paged<PackageWithManifest>>;
 
+    /// Removes an organization package from an application in one transaction: its install and the
+    /// application's connections of it. When no other application has it installed any more, the package
+    /// row, its versions and every connection of it in the organization go too, and the storage keys of
+    /// its versions are returned (the caller deletes the artifacts). `NotFound` when it was not installed.
+    async fn remove_package(
+        &self,
+        application_id: &str,
+        package: &PackageRow,
+    ) -> DbResult<Option<Vec<String>>>;
+
     /// Inserts or replaces the credentials of (application, end-user or none, package, auth key).
     async fn upsert_connection(&self, row: &ConnectionRow) -> DbResult<ConnectionRow>;
     async fn get_connection(
@@ -413,6 +423,67 @@ macro_rules! impl_packages_repo {
                 let has_more = items.len() > page.limit as usize;
                 items.truncate(page.limit as usize);
                 Ok(Paged { items, has_more })
+            }
+
+            async fn remove_package(
+                &self,
+                application_id: &str,
+                package: &PackageRow,
+            ) -> DbResult<Option<Vec<String>>> {
+                let org_id = package.org_id.clone().ok_or(DbError::NotFound)?;
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let done = sqlx::query(
+                    "DELETE FROM package_installs WHERE application_id = $1 AND package_pk = $2",
+                )
+                .bind(application_id)
+                .bind(&package.id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
+                if done.rows_affected() == 0 {
+                    tx.rollback().await.map_err(map_err)?;
+                    return Err(DbError::NotFound);
+                }
+                sqlx::query("DELETE FROM connections WHERE application_id = $1 AND package_id = $2")
+                    .bind(application_id)
+                    .bind(&package.package_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                let (left,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM package_installs WHERE package_pk = $1")
+                        .bind(&package.id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                if left > 0 {
+                    tx.commit().await.map_err(map_err)?;
+                    return Ok(None);
+                }
+                let keys: Vec<(String,)> =
+                    sqlx::query_as("SELECT storage_key FROM package_versions WHERE package_pk = $1")
+                        .bind(&package.id)
+                        .fetch_all(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                sqlx::query("DELETE FROM connections WHERE org_id = $1 AND package_id = $2")
+                    .bind(&org_id)
+                    .bind(&package.package_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                sqlx::query("DELETE FROM package_versions WHERE package_pk = $1")
+                    .bind(&package.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                sqlx::query("DELETE FROM packages WHERE id = $1")
+                    .bind(&package.id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(Some(keys.into_iter().map(|(k,)| k).collect()))
             }
 
             async fn upsert_connection(&self, row: &ConnectionRow) -> DbResult<ConnectionRow> {

@@ -177,6 +177,9 @@ pub trait RunRepo: Send + Sync {
     ) -> DbResult<Vec<RunLogRow>>;
     /// Every `pending` or `running` run (watchdog and boot cleanup).
     async fn open_runs(&self) -> DbResult<Vec<RunRow>>;
+    /// `(package_id, count)` of the application's `pending` or `running` package runs, per package
+    /// (`GET /api/agents` `running_runs`, and the in-use check of a package delete).
+    async fn open_runs_by_package(&self, application_id: &str) -> DbResult<Vec<(String, i64)>>;
 }
 
 macro_rules! impl_run_repo {
@@ -438,6 +441,18 @@ macro_rules! impl_run_repo {
             async fn open_runs(&self) -> DbResult<Vec<RunRow>> {
                 let sql = format!("SELECT {RUN_COLS} FROM runs WHERE status IN {OPEN}");
                 Ok(sqlx::query_as::<_, RunRow>(&sql)
+                    .fetch_all(&self.pool)
+                    .await
+                    .map_err(map_err)?)
+            }
+
+            async fn open_runs_by_package(&self, application_id: &str) -> DbResult<Vec<(String, i64)>> {
+                let sql = format!(
+                    "SELECT package_id, COUNT(*) FROM runs WHERE application_id = $1 \
+                     AND package_id IS NOT NULL AND status IN {OPEN} GROUP BY package_id"
+                );
+                Ok(sqlx::query_as::<_, (String, i64)>(&sql)
+                    .bind(application_id)
                     .fetch_all(&self.pool)
                     .await
                     .map_err(map_err)?)
