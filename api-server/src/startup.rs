@@ -193,3 +193,43 @@ impl Application {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use http_body_util::BodyExt;
+
+    /// Until every boot step has run, `/health` answers 503 `starting` with `Retry-After: 1` and every other
+    /// route a `starting` problem; then the real router takes over.
+    #[tokio::test]
+    async fn the_gate_answers_starting_until_boot_completes() {
+        let gate_state = Arc::new(Gate::default());
+        let app = Router::new().fallback(gate).with_state(gate_state.clone());
+        let call = |path: &str| {
+            app.clone()
+                .oneshot(Request::builder().uri(path).body(Body::empty()).unwrap())
+        };
+        let res = call("/health").await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()["retry-after"], "1");
+        assert!(res.headers()["request-id"]
+            .to_str()
+            .unwrap()
+            .starts_with("req_"));
+        let body = res.into_body().collect().await.unwrap().to_bytes();
+        assert_eq!(&body[..], br#"{"status":"starting"}"#);
+        let res = call("/api/end-users").await.unwrap();
+        assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(res.headers()["content-type"], "application/problem+json");
+        let body: serde_json::Value =
+            serde_json::from_slice(&res.into_body().collect().await.unwrap().to_bytes()).unwrap();
+        assert_eq!(body["code"], "starting");
+
+        let _ = gate_state
+            .router
+            .set(Router::new().route("/health", axum::routing::get(|| async { "up" })));
+        let res = call("/health").await.unwrap();
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+}

@@ -390,3 +390,26 @@ fn dev_writes_env_once_with_private_mode() {
     assert!(!stderr(&out).contains("wrote ./.env"));
     assert_eq!(std::fs::read_to_string(&env_file).unwrap(), first);
 }
+
+#[test]
+fn help_and_version() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(dir.path(), &["--version"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    assert!(String::from_utf8_lossy(&out.stdout).contains(env!("CARGO_PKG_VERSION")));
+    let out = run(dir.path(), &["--help"], &[]);
+    assert_eq!(out.status.code(), Some(0));
+    let help = String::from_utf8_lossy(&out.stdout).into_owned();
+    for cmd in [
+        "serve",
+        "dev",
+        "bootstrap",
+        "check-config",
+        "db",
+        "admin-token",
+    ] {
+        assert!(help.contains(cmd), "{cmd} missing from --help");
+    }
+    let out = run(dir.path(), &["no-such-command"], &[]);
+    assert_eq!(out.status.code(), Some(2));
+}

@@ -38,6 +38,7 @@ async fn the_limit_plus_one_request_gets_429_with_exact_headers() {
     );
     assert_eq!(h["ratelimit-policy"], "10;w=60");
     assert!(h.keys().all(|k| !k.as_str().starts_with("x-ratelimit")));
+    assert!(h["request-id"].to_str().unwrap().starts_with("req_"));
     let b: Value = r.json().await.unwrap();
     assert_eq!(b["code"], "rate_limited");
     assert_eq!(b["title"], "Rate Limited");
