@@ -196,6 +196,20 @@ fn run(opts: &Opts, summary: &mut Summary) -> anyhow::Result<()> {
         "machine:         {cores} core(s), shared by the server and the load generator \
          ({cores} tokio worker threads) on loopback: client and server compete for CPU"
     );
+    let load_avg = std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next()?.parse::<f64>().ok());
+    if let Some(l) = load_avg {
+        println!(
+            "load average:    {l:.2} (1 min) before the bench{}",
+            if l > cores as f64 * 0.5 {
+                ": other work is running, figures will be lower and noisier"
+            } else {
+                ""
+            }
+        );
+        summary.note(format!("1-min load average before the bench: {l:.2}"));
+    }
     if !release {
         println!("warning:         the bench itself is a debug build; run it with --release");
     }
