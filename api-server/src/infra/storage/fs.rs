@@ -86,7 +86,10 @@ impl ObjectStore for FsObjectStore {
     }
 
     async fn check(&self) -> Result<(), StorageError> {
-        let probe = self.root.join(".health-probe");
+        // A name of its own per check: concurrent checks must not remove each other's probe.
+        let probe = self
+            .root
+            .join(format!(".health-probe-{}", uuid::Uuid::new_v4().simple()));
         tokio::fs::write(&probe, b"ok").await?;
         tokio::fs::remove_file(&probe).await?;
         Ok(())
@@ -117,5 +120,19 @@ mod tests {
             Err(StorageError::InvalidKey(..))
         ));
         store.check().await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn concurrent_health_checks_all_succeed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = std::sync::Arc::new(FsObjectStore::new(dir.path()).unwrap());
+        let checks = (0..64).map(|_| {
+            let s = store.clone();
+            tokio::spawn(async move { s.check().await })
+        });
+        for r in futures::future::join_all(checks).await {
+            r.unwrap().unwrap();
+        }
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no probe left behind");
     }
 }
