@@ -168,11 +168,14 @@ fn query_param(req: &RequestInfo, name: &str) -> Option<String> {
 }
 
 /// Resolves the credential. Unknown, revoked or expired → 401.
-async fn authenticate(state: &AppState, token: &str) -> Result<(String, Credential), ApiError> {
+/// The org, the credential and, for an API key, its pinned application.
+type Authenticated = (String, Credential, Option<ApplicationRow>);
+
+async fn authenticate(state: &AppState, token: &str) -> Result<Authenticated, ApiError> {
     let db = &state.infra.db;
     if token.starts_with("ask_") {
-        let key = db
-            .find_api_key(&sha256_hex(token))
+        let (key, pinned) = db
+            .find_api_key_with_application(&sha256_hex(token))
             .await?
             .ok_or_else(invalid_key)?;
         let at = now();
@@ -195,6 +198,7 @@ async fn authenticate(state: &AppState, token: &str) -> Result<(String, Credenti
                 application_id: key.application_id,
                 scopes: key.scopes.0,
             },
+            Some(pinned),
         ));
     }
     if token.starts_with("adm_") {
@@ -211,7 +215,7 @@ async fn authenticate(state: &AppState, token: &str) -> Result<(String, Credenti
                 }
             });
         }
-        return Ok((tok.org_id, Credential::Admin { id: tok.id }));
+        return Ok((tok.org_id, Credential::Admin { id: tok.id }, None));
     }
     Err(missing_credentials())
 }
@@ -222,6 +226,7 @@ async fn resolve_application(
     req: &RequestInfo,
     org_id: &str,
     credential: &Credential,
+    pinned: Option<ApplicationRow>,
 ) -> Result<ApplicationRow, ApiError> {
     let headers = &req.headers;
     let primary = header_str(headers, "x-app-id")?;
@@ -258,6 +263,10 @@ async fn resolve_application(
         }
         (Credential::Admin { .. }, Some(h)) => h,
     };
+    // An API key's pinned application came with the key.
+    if let Some(app) = pinned.filter(|a| a.id == app_id) {
+        return Ok(app);
+    }
     state
         .infra
         .db
@@ -295,14 +304,14 @@ pub async fn require_auth(
         query: req.uri().query().unwrap_or("").to_string(),
     };
     let token = bearer(&info).ok_or_else(missing_credentials)?;
-    let (org_id, credential) = authenticate(&state, &token).await?;
+    let (org_id, credential, pinned) = authenticate(&state, &token).await?;
     let path = info.path.clone();
 
     let application = if APP_SCOPED
         .iter()
         .any(|p| path == *p || path.starts_with(&format!("{p}/")))
     {
-        Some(resolve_application(&state, &info, &org_id, &credential).await?)
+        Some(resolve_application(&state, &info, &org_id, &credential, pinned).await?)
     } else {
         None
     };

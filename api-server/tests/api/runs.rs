@@ -201,10 +201,17 @@ async fn briefing_agent_runs_to_success_and_never_sees_the_key() {
     let everything = format!("{done}{}", Value::Array(rows));
     assert!(!everything.contains(CANARY));
 
-    // The runner and its workspace are gone.
-    assert!(!app.data_dir.join(format!("runs/{id}")).exists());
+    // The runner exits after its finalize; then its run directory and workspace are removed.
     let ws = std::env::temp_dir().join(format!("appstrate-ws-{id}"));
-    assert!(!ws.exists());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while app.data_dir.join(format!("runs/{id}")).exists() || ws.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "run directory or workspace left behind"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!alive(pid));
 
     // A second run of the same agent numbers 2; the agents list counts nothing running.
     fake.push(Turn::tool_call("output", json!({"data": output})));

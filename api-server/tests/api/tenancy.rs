@@ -304,7 +304,7 @@ async fn credentials_revocation_expiry_and_scopes() {
     assert_eq!(fields, vec!["scopes[1]", "expiresAt"]);
 
     // An expired key is refused: create one expiring in a second.
-    let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(1200)).to_rfc3339();
+    let soon = (chrono::Utc::now() + chrono::Duration::milliseconds(3000)).to_rfc3339();
     let r = app
         .admin(Method::POST, "/api/api-keys")
         .json(&json!({"name": "short", "expiresAt": soon}))
@@ -322,7 +322,7 @@ async fn credentials_revocation_expiry_and_scopes() {
             .send()
     };
     assert_eq!(get().await.unwrap().status(), 200);
-    tokio::time::sleep(std::time::Duration::from_millis(1500)).await;
+    tokio::time::sleep(std::time::Duration::from_millis(3200)).await;
     assert_eq!(get().await.unwrap().status(), 401);
 
     let scopes = body(

@@ -3,6 +3,7 @@
 
 mod packages;
 pub mod runs;
+pub mod schedules;
 mod sql;
 
 use async_trait::async_trait;
@@ -15,6 +16,7 @@ pub use packages::{
     PackageWithManifest,
 };
 pub use runs::RunRepo;
+pub use schedules::ScheduleRepo;
 pub use sql::{connect_postgres, connect_sqlite, SqlDatabase};
 
 pub type Timestamp = DateTime<Utc>;
@@ -162,7 +164,7 @@ pub enum IdempotencyState {
 
 /// The whole repository: tenancy here, other areas in their own files as supertraits.
 #[async_trait]
-pub trait Database: PackageRepo + RunRepo + Send + Sync {
+pub trait Database: PackageRepo + RunRepo + ScheduleRepo + Send + Sync {
     /// `sqlite` or `postgres`, as reported by `/health`.
     fn kind(&self) -> &'static str;
     async fn migrate(&self) -> DbResult<()>;
@@ -213,6 +215,12 @@ pub trait Database: PackageRepo + RunRepo + Send + Sync {
     async fn insert_api_key(&self, key: &NewApiKey) -> DbResult<ApiKeyRow>;
     /// The key with this hash, whatever its state; the caller checks revocation and expiry.
     async fn find_api_key(&self, hash: &str) -> DbResult<Option<ApiKeyRow>>;
+    /// The key with this hash together with its pinned application, in one query (the hot path of
+    /// every API-key request).
+    async fn find_api_key_with_application(
+        &self,
+        hash: &str,
+    ) -> DbResult<Option<(ApiKeyRow, ApplicationRow)>>;
     async fn list_api_keys(
         &self,
         org_id: &str,

@@ -87,6 +87,17 @@ fn slugify(name: &str) -> String {
     }
 }
 
+/// An API key row joined with its application's columns.
+#[derive(sqlx::FromRow)]
+struct KeyWithApplication {
+    #[sqlx(flatten)]
+    key: ApiKeyRow,
+    app_name: String,
+    app_is_default: bool,
+    app_created_at: Timestamp,
+    app_updated_at: Timestamp,
+}
+
 const APP_COLS: &str = "id, org_id, name, is_default, created_at, updated_at";
 const ORG_COLS: &str = "id, name, slug, created_at, updated_at";
 const ADMIN_COLS: &str = "id, org_id, token_prefix, created_at, last_used_at, revoked_at";
@@ -425,6 +436,34 @@ macro_rules! impl_sql_database {
                     .fetch_one(&self.pool)
                     .await
                     .map_err(map_err)?)
+            }
+
+            async fn find_api_key_with_application(
+                &self,
+                hash: &str,
+            ) -> DbResult<Option<(ApiKeyRow, ApplicationRow)>> {
+                let sql = format!(
+                    "SELECT k.id, k.org_id, k.application_id, k.name, k.key_prefix, k.scopes, k.expires_at, \
+                     k.revoked_at, k.last_used_at, k.created_at, a.name AS app_name, a.is_default AS app_is_default, \
+                     a.created_at AS app_created_at, a.updated_at AS app_updated_at \
+                     FROM api_keys k JOIN applications a ON a.id = k.application_id WHERE k.key_hash = $1"
+                );
+                let row = sqlx::query_as::<_, KeyWithApplication>(&sql)
+                    .bind(hash)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?;
+                Ok(row.map(|r| {
+                    let app = ApplicationRow {
+                        id: r.key.application_id.clone(),
+                        org_id: r.key.org_id.clone(),
+                        name: r.app_name,
+                        is_default: r.app_is_default,
+                        created_at: r.app_created_at,
+                        updated_at: r.app_updated_at,
+                    };
+                    (r.key, app)
+                }))
             }
 
             async fn find_api_key(&self, hash: &str) -> DbResult<Option<ApiKeyRow>> {
