@@ -12,6 +12,7 @@ pub mod infra;
 pub mod metrics;
 pub mod packages;
 pub mod runs;
+pub mod schedules;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

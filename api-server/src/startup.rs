@@ -155,6 +155,7 @@ impl Application {
         crate::packages::sync_system_packages(&state).await;
         crate::runs::runtime::cleanup_orphans(&state).await;
         crate::runs::runtime::start_workers(&state).await;
+        crate::schedules::start(&state).await;
         let router = crate::http::router(state.clone());
         let _ = gate_state.router.set(router);
         tracing::info!(

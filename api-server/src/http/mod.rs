@@ -17,7 +17,7 @@ use utoipa::{Modify, OpenApi};
 
 use self::error::ApiError;
 use self::middleware::{idempotency, outer, rate_limit, record_route, Limit};
-use self::routes::{api_keys, applications, end_users, meta, packages, realtime, runs};
+use self::routes::{api_keys, applications, end_users, meta, packages, realtime, runs, schedules};
 use crate::state::AppState;
 
 struct BearerAuth;
@@ -51,6 +51,8 @@ impl Modify for BearerAuth {
         packages::list_agents,
         runs::start_package_run, runs::start_inline_run, runs::list_runs, runs::list_agent_runs, runs::get_run,
         runs::run_logs, runs::cancel_run, realtime::run_stream, realtime::runs_stream,
+        schedules::create_schedule, schedules::list_schedules, schedules::list_agent_schedules,
+        schedules::get_schedule, schedules::update_schedule, schedules::delete_schedule,
     ),
     components(schemas(applications::ApplicationDto, api_keys::ApiKeyDto, end_users::EndUserDto,
         packages::PackageDto, packages::VersionDto, crate::packages::ConnectionView,
@@ -123,6 +125,7 @@ pub fn router(state: AppState) -> Router {
         )
         .merge(routes::packages::router(&state))
         .merge(routes::runs::router(&state))
+        .merge(routes::schedules::router(&state))
         .route_layer(from_fn_with_state(state.clone(), auth::require_auth));
 
     let public = Router::new()

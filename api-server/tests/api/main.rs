@@ -6,5 +6,6 @@ mod crash;
 mod packages;
 mod ratelimit;
 mod runs;
+mod schedules;
 mod sink;
 mod tenancy;

@@ -5,4 +5,5 @@ pub mod meta;
 pub mod packages;
 pub mod realtime;
 pub mod runs;
+pub mod schedules;
 pub mod sink;
