@@ -531,6 +531,18 @@ async fn a_vanished_agent_or_end_user_fails_the_run_and_disables_the_schedule() 
     let sid = created["id"].as_str().unwrap().to_string();
     let (s, _) = send(app.key(Method::DELETE, &format!("/api/end-users/{eu_id}"))).await;
     assert_eq!(s, 204);
+    // Deleting the end-user disables its schedules (§6).
+    let (_, b) = send(app.key(Method::GET, &format!("/api/schedules/{sid}"))).await;
+    assert_eq!(b["enabled"], false, "{b}");
+    assert_eq!(b["endUserId"], Value::Null, "{b}");
+    assert_eq!(b["next_run_at"], Value::Null, "{b}");
+    // Re-enabled, its next fire fails, naming why, and disables it again.
+    let (s, b) = send(
+        app.key(Method::PUT, &format!("/api/schedules/{sid}"))
+            .json(&json!({"enabled": true})),
+    )
+    .await;
+    assert_eq!(s, 200, "{b}");
     let row = state
         .infra
         .db

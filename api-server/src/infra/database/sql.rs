@@ -609,15 +609,29 @@ macro_rules! impl_sql_database {
             }
 
             async fn delete_end_user(&self, application_id: &str, id: &str) -> DbResult<()> {
+                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                // Its schedules are disabled (§6); the foreign key then clears their end_user_id.
+                sqlx::query(
+                    "UPDATE schedules SET enabled = $1, next_run_at = NULL, updated_at = $2 \
+                     WHERE application_id = $3 AND end_user_id = $4",
+                )
+                .bind(false)
+                .bind(now())
+                .bind(application_id)
+                .bind(id)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err)?;
                 let done = sqlx::query("DELETE FROM end_users WHERE application_id = $1 AND id = $2")
                     .bind(application_id)
                     .bind(id)
-                    .execute(&self.pool)
+                    .execute(&mut *tx)
                     .await
                     .map_err(map_err)?;
                 if done.rows_affected() == 0 {
                     return Err(DbError::NotFound);
                 }
+                tx.commit().await.map_err(map_err)?;
                 Ok(())
             }
 
