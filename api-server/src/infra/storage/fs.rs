@@ -133,6 +133,10 @@ mod tests {
         for r in futures::future::join_all(checks).await {
             r.unwrap().unwrap();
         }
-        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0, "no probe left behind");
+        assert_eq!(
+            std::fs::read_dir(dir.path()).unwrap().count(),
+            0,
+            "no probe left behind"
+        );
     }
 }
