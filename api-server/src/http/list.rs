@@ -56,6 +56,20 @@ impl ListQuery {
     }
 }
 
+/// The list answer for one page of rows: `id` names a row (the next-page cursor), `dto` renders it.
+pub fn paged_response<T, D: Serialize>(
+    app_url: &str,
+    path: &str,
+    query: &ListQuery,
+    page: crate::infra::database::Paged<T>,
+    id: impl Fn(&T) -> &str,
+    dto: impl Fn(T) -> D,
+) -> Response {
+    let last = page.items.last().map(|r| id(r).to_string());
+    let data: Vec<D> = page.items.into_iter().map(dto).collect();
+    list_response(app_url, path, query, data, page.has_more, last.as_deref())
+}
+
 /// Builds the list answer. `last_id` is the id of the last item, used for the next-page link.
 pub fn list_response<T: Serialize>(
     app_url: &str,

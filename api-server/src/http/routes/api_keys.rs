@@ -13,7 +13,7 @@ use crate::crypto::{new_token, sha256_hex};
 use crate::http::auth::{Auth, SCOPES};
 use crate::http::error::ApiError;
 use crate::http::json::{Fields, JsonBody};
-use crate::http::list::{list_response, ListQuery};
+use crate::http::list::{paged_response, ListQuery};
 use crate::infra::database::{now, ApiKeyRow, NewApiKey};
 use crate::state::AppState;
 
@@ -64,15 +64,13 @@ pub async fn list(
         .db
         .list_api_keys(&auth.org_id, &app.id, &query.page)
         .await?;
-    let last = page.items.last().map(|k| k.id.clone());
-    let data: Vec<ApiKeyDto> = page.items.into_iter().map(Into::into).collect();
-    Ok(list_response(
+    Ok(paged_response(
         &state.config.app_url,
         "/api/api-keys",
         &query,
-        data,
-        page.has_more,
-        last.as_deref(),
+        page,
+        |k| &k.id,
+        ApiKeyDto::from,
     ))
 }
 

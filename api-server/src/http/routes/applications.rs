@@ -10,7 +10,7 @@ use utoipa::ToSchema;
 use crate::http::auth::{Auth, Credential};
 use crate::http::error::ApiError;
 use crate::http::json::{Fields, JsonBody};
-use crate::http::list::{list_response, ListQuery};
+use crate::http::list::{paged_response, ListQuery};
 use crate::infra::database::ApplicationRow;
 use crate::state::AppState;
 
@@ -68,15 +68,13 @@ pub async fn list(
         .db
         .list_applications(&auth.org_id, pinned_app(&auth), &query.page)
         .await?;
-    let last = page.items.last().map(|a| a.id.clone());
-    let data: Vec<ApplicationDto> = page.items.into_iter().map(Into::into).collect();
-    Ok(list_response(
+    Ok(paged_response(
         &state.config.app_url,
         "/api/applications",
         &query,
-        data,
-        page.has_more,
-        last.as_deref(),
+        page,
+        |a| &a.id,
+        ApplicationDto::from,
     ))
 }
 

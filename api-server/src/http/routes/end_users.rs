@@ -12,7 +12,7 @@ use utoipa::ToSchema;
 use crate::http::auth::Auth;
 use crate::http::error::ApiError;
 use crate::http::json::{Fields, JsonBody};
-use crate::http::list::{list_response, ListQuery};
+use crate::http::list::{paged_response, ListQuery};
 use crate::infra::database::{now, DbError, EndUserFilter, EndUserPatch, EndUserRow};
 use crate::state::AppState;
 
@@ -188,15 +188,13 @@ pub async fn list(
         .db
         .list_end_users(&app.id, &filter, &query.page)
         .await?;
-    let last = page.items.last().map(|e| e.id.clone());
-    let data: Vec<EndUserDto> = page.items.into_iter().map(Into::into).collect();
-    Ok(list_response(
+    Ok(paged_response(
         &state.config.app_url,
         "/api/end-users",
         &query,
-        data,
-        page.has_more,
-        last.as_deref(),
+        page,
+        |e| &e.id,
+        EndUserDto::from,
     ))
 }
 

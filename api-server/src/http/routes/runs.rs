@@ -16,7 +16,7 @@ use serde_json::{json, Value};
 use crate::http::auth::Auth;
 use crate::http::error::ApiError;
 use crate::http::json::{Fields, JsonBody};
-use crate::http::list::{list_response, ListQuery};
+use crate::http::list::{paged_response, ListQuery};
 use crate::http::middleware::{idempotency, rate_limit, Limit};
 use crate::infra::database::runs::{RunFilter, RunRow};
 use crate::infra::pubsub::Topic;
@@ -200,15 +200,13 @@ async fn list_with(
         .db
         .list_runs(&app.id, &filter, &query.page)
         .await?;
-    let last = page.items.last().map(|r| r.id.clone());
-    let data: Vec<Value> = page.items.iter().map(run_dto).collect();
-    Ok(list_response(
+    Ok(paged_response(
         &state.config.app_url,
         path,
         &query,
-        data,
-        page.has_more,
-        last.as_deref(),
+        page,
+        |r| &r.id,
+        |r| run_dto(&r),
     ))
 }
 

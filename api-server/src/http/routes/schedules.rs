@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 use crate::http::auth::Auth;
 use crate::http::error::ApiError;
 use crate::http::json::{Fields, JsonBody};
-use crate::http::list::{list_response, ListQuery};
+use crate::http::list::{paged_response, ListQuery};
 use crate::http::middleware::{rate_limit, Limit};
 use crate::infra::database::schedules::{
     ScheduleFilter, ScheduleRow, ACTOR_ADMIN, ACTOR_API_KEY, ACTOR_END_USER,
@@ -198,15 +198,13 @@ async fn list_with(
         .db
         .list_schedules(&app.id, &filter, &query.page)
         .await?;
-    let last = page.items.last().map(|s| s.id.clone());
-    let data: Vec<Value> = page.items.iter().map(schedule_dto).collect();
-    Ok(list_response(
+    Ok(paged_response(
         &state.config.app_url,
         path,
         &query,
-        data,
-        page.has_more,
-        last.as_deref(),
+        page,
+        |s| &s.id,
+        |s| schedule_dto(&s),
     ))
 }
 
