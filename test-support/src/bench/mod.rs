@@ -8,6 +8,8 @@
 //! - [`report`]: tables and the final PASS/MISS summary;
 //! - [`proc`]: process memory from `/proc/<pid>/status`;
 //! - [`client`]: one-off HTTP requests for setting up fixtures;
+//! - [`runs`]: run benchmarks: keep-alive API calls, first runner events from the realtime stream,
+//!   runner peak memory;
 //! - [`fixtures`]: rows inserted straight into the server's SQLite database (e.g. many API keys).
 
 pub mod client;
@@ -15,6 +17,7 @@ pub mod fixtures;
 pub mod load;
 pub mod proc;
 pub mod report;
+pub mod runs;
 pub mod server;
 
 use std::time::Duration;

@@ -55,8 +55,8 @@ pub fn own_target_dir() -> anyhow::Result<(PathBuf, bool)> {
     Ok((target.to_path_buf(), release))
 }
 
-/// The newest modification time among the files that make up the `appstrate` binary.
-fn newest_source(repo: &Path) -> Option<SystemTime> {
+/// The newest modification time among `paths` (files, or directories walked recursively) under `repo`.
+fn newest_source(repo: &Path, paths: &[&str]) -> Option<SystemTime> {
     fn walk(p: &Path, newest: &mut Option<SystemTime>) {
         let Ok(meta) = std::fs::metadata(p) else {
             return;
@@ -74,12 +74,7 @@ fn newest_source(repo: &Path) -> Option<SystemTime> {
         }
     }
     let mut newest = None;
-    for p in [
-        "api-server/src",
-        "api-server/Cargo.toml",
-        "migrations",
-        "Cargo.lock",
-    ] {
+    for p in paths {
         walk(&repo.join(p), &mut newest);
     }
     newest
@@ -88,32 +83,59 @@ fn newest_source(repo: &Path) -> Option<SystemTime> {
 /// The release `appstrate` binary in the bench's own target directory. It is built (with cargo's
 /// progress on the terminal) when missing, or when a source of the API server is newer than it.
 pub fn locate_or_build_binary() -> anyhow::Result<PathBuf> {
+    locate_or_build(
+        "appstrate",
+        "api-server",
+        &[
+            "api-server/src",
+            "api-server/Cargo.toml",
+            "sidecar/src",
+            "sidecar/Cargo.toml",
+            "migrations",
+            "Cargo.lock",
+        ],
+    )
+}
+
+/// The release `appstrate-runner` binary, built like [`locate_or_build_binary`] when missing or older
+/// than the runner's sources.
+pub fn locate_or_build_runner() -> anyhow::Result<PathBuf> {
+    locate_or_build(
+        "appstrate-runner",
+        "runner",
+        &["runner/src", "runner/Cargo.toml", "Cargo.lock"],
+    )
+}
+
+/// `target/release/<name>`, built with `cargo build --release -p <package>` when missing or older than
+/// one of `sources`.
+pub fn locate_or_build(name: &str, package: &str, sources: &[&str]) -> anyhow::Result<PathBuf> {
     let (target, _) = own_target_dir()?;
-    let binary = target.join("release").join("appstrate");
+    let binary = target.join("release").join(name);
     let repo = repo_root();
     let reason = match std::fs::metadata(&binary).and_then(|m| m.modified()) {
-        Err(_) => Some("missing"),
-        Ok(built) => match newest_source(&repo) {
+        Err(_) => Some("missing".to_string()),
+        Ok(built) => match newest_source(&repo, sources) {
             Some(src) if src > built && repo.join("Cargo.toml").exists() => {
-                Some("older than the API server sources")
+                Some(format!("older than the {package} sources"))
             }
             _ => None,
         },
     };
     if let Some(reason) = reason {
         eprintln!(
-            "bench: {} is {reason}; running `cargo build --release -p api-server` …",
+            "bench: {} is {reason}; running `cargo build --release -p {package}` …",
             binary.display()
         );
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let status = Command::new(cargo)
-            .args(["build", "--release", "-p", "api-server"])
+            .args(["build", "--release", "-p", package])
             .current_dir(&repo)
             .env("CARGO_TARGET_DIR", &target)
             .status()
             .context("running cargo")?;
         if !status.success() {
-            bail!("`cargo build --release -p api-server` failed ({status})");
+            bail!("`cargo build --release -p {package}` failed ({status})");
         }
         if !binary.exists() {
             bail!("{} still missing after the build", binary.display());
@@ -212,6 +234,11 @@ impl Server {
             .tempdir()?;
         let port = free_port()?;
         let mut env = Self::bench_env(port, system_packages);
+        // Run workspaces (`$TMPDIR/appstrate-ws-*`) stay inside the directory removed at the end.
+        let tmp = dir.path().join("tmp");
+        std::fs::create_dir_all(&tmp)?;
+        env.retain(|(k, _)| k != "TMPDIR");
+        env.push(("TMPDIR".into(), tmp.to_string_lossy().into_owned()));
         for (k, v) in extra_env {
             env.retain(|(ek, _)| ek != k);
             env.push((k.to_string(), v.to_string()));

@@ -1,25 +1,30 @@
-//! `cargo run --release -p test-support --bin bench [all|boot|rss|http]... [options]`
+//! `cargo run --release -p test-support --bin bench [all|boot|rss|http|agents|runs]... [options]`
 //!
 //! Starts the release `appstrate` binary at Tier 0 and prints the figures of SPEC §23.3 with their
 //! targets. A report, not a test: it exits 0 whether the targets are met or missed, 1 when the
 //! harness itself could not run, 2 on a usage error. See docs/benchmarks.md.
 
+use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context};
+use appstrate::infra::database::Timestamp;
 use hyper::header::{HeaderValue, AUTHORIZATION};
 use hyper::{Method, StatusCode};
+use serde_json::Value;
 use test_support::bench::load::{self, LoadReport, LoadSpec, RequestTemplate, Rotation};
 use test_support::bench::report::{load_table, Summary, Target};
 use test_support::bench::server::{self, Server};
-use test_support::bench::{client, cores, fixtures, min_median_max, ms};
+use test_support::bench::{client, cores, fixtures, min_median_max, ms, runs};
+use test_support::fake_llm::{FakeLlm, Script, Turn};
 
 const USAGE: &str = "\
-usage: bench [all|boot|rss|http]... [options]
+usage: bench [all|boot|rss|http|agents|runs]... [options]
 
 sub-benchmarks (default: all)
   boot   spawn → first GET /health 200 on a fresh ./data, repeated (target ≤ 300 ms)
@@ -27,6 +32,11 @@ sub-benchmarks (default: all)
          test when http runs too
   http   req/s, p50/p99 for GET /health and GET /api/end-users (20 rows, API key) per concurrency
          (target at c=16 for the list: ≥ 5,000 req/s, p99 < 20 ms, no errors)
+  agents req/s, p50/p99 for GET /api/agents (API key, one imported agent) per concurrency
+         (target at c=16: ≥ 5,000 req/s, p99 < 20 ms, no errors)
+  runs   process mode against an in-process fake LLM, release appstrate-runner:
+         POST /api/runs/inline → first runner event persisted, sequential (target p50 ≤ 30 ms);
+         runner peak RSS (VmHWM, target ≤ 15 MB); N concurrent runs (target 0 errors, runs/s)
 
 options
   --duration SECS      measured seconds per load scenario (default 10)
@@ -34,7 +44,12 @@ options
   --concurrency LIST   comma-separated concurrencies (default 1,16)
   --boot-runs N        boots to time (default 7)
   --idle SECS          idle time before reading the idle RSS (default 3)
-  --bin PATH           the appstrate binary (default: target/release/appstrate, built if missing)";
+  --bin PATH           the appstrate binary (default: target/release/appstrate, built if missing)
+  --runner PATH        the runner binary (default: target/release/appstrate-runner, built if missing)
+  --runs N             sequential runs timed for the run-start latency (default 50, after 2 warm-up runs)
+  --concurrent-runs N  runs started at once for the throughput scenario (default 500; 0 skips it)
+  --llm-delay MS       the fake LLM waits this long before each answer (default 0)
+  --runs-timeout SECS  global limit of the concurrent-runs scenario (default 300)";
 
 /// Targets of SPEC §23.3.
 const BOOT_TARGET_MS: f64 = 300.0;
@@ -42,6 +57,12 @@ const IDLE_RSS_TARGET_MB: f64 = 30.0;
 const LIST_RPS_TARGET: f64 = 5_000.0;
 const LIST_P99_TARGET_MS: f64 = 20.0;
 const TARGET_CONCURRENCY: usize = 16;
+const RUN_START_TARGET_MS: f64 = 30.0;
+const RUNNER_RSS_TARGET_MB: f64 = 15.0;
+const WARMUP_RUNS: usize = 2;
+/// Connections that send the concurrent runs' POSTs, and that long-poll their results.
+const RUN_SENDERS: usize = 32;
+const RUN_WAITERS: usize = 16;
 
 /// `GET /api/end-users*` allows 300 requests per 60 s per API key; each key serves at most this many.
 const PER_KEY_BUDGET: u64 = 250;
@@ -55,12 +76,19 @@ struct Opts {
     boot: bool,
     rss: bool,
     http: bool,
+    agents: bool,
+    runs: bool,
     duration: Duration,
     warmup: Duration,
     concurrency: Vec<usize>,
     boot_runs: usize,
     idle: Duration,
     bin: Option<PathBuf>,
+    runner: Option<PathBuf>,
+    seq_runs: usize,
+    concurrent_runs: usize,
+    llm_delay_ms: u64,
+    runs_timeout: Duration,
 }
 
 impl Opts {
@@ -69,12 +97,29 @@ impl Opts {
             boot: false,
             rss: false,
             http: false,
+            agents: false,
+            runs: false,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(1),
             concurrency: vec![1, 16],
             boot_runs: 7,
             idle: Duration::from_secs(3),
             bin: None,
+            runner: None,
+            seq_runs: 50,
+            concurrent_runs: 500,
+            llm_delay_ms: 0,
+            runs_timeout: Duration::from_secs(300),
+        };
+        let count = |v: Option<String>, name: &str, max: usize| -> anyhow::Result<usize> {
+            let v = v.with_context(|| format!("{name} needs a value"))?;
+            let n: usize = v
+                .parse()
+                .with_context(|| format!("{name}: not a number: {v}"))?;
+            if n > max {
+                bail!("{name}: at most {max}");
+            }
+            Ok(n)
         };
         let secs = |v: Option<String>, name: &str| -> anyhow::Result<Duration> {
             let v = v.with_context(|| format!("{name} needs a value"))?;
@@ -95,7 +140,24 @@ impl Opts {
             };
             let mut value = || inline.clone().or_else(|| it.next());
             match flag.as_str() {
-                "all" => (o.boot, o.rss, o.http, any) = (true, true, true, true),
+                "all" => {
+                    (o.boot, o.rss, o.http, o.agents, o.runs, any) =
+                        (true, true, true, true, true, true)
+                }
+                "agents" => (o.agents, any) = (true, true),
+                "runs" => (o.runs, any) = (true, true),
+                "--runs" => {
+                    o.seq_runs = count(value(), "--runs", 10_000)?;
+                    if o.seq_runs == 0 {
+                        bail!("--runs must be at least 1");
+                    }
+                }
+                "--concurrent-runs" => {
+                    o.concurrent_runs = count(value(), "--concurrent-runs", 5_000)?
+                }
+                "--llm-delay" => o.llm_delay_ms = count(value(), "--llm-delay", 60_000)? as u64,
+                "--runs-timeout" => o.runs_timeout = secs(value(), "--runs-timeout")?,
+                "--runner" => o.runner = Some(value().context("--runner needs a path")?.into()),
                 "boot" => (o.boot, any) = (true, true),
                 "rss" => (o.rss, any) = (true, true),
                 "http" => (o.http, any) = (true, true),
@@ -131,7 +193,10 @@ impl Opts {
             bail!("--duration must be positive");
         }
         if !any {
-            (o.boot, o.rss, o.http) = (true, true, true);
+            (o.boot, o.rss, o.http, o.agents, o.runs) = (true, true, true, true, true);
+        }
+        if o.runs_timeout.is_zero() {
+            bail!("--runs-timeout must be positive");
         }
         Ok(o)
     }
@@ -270,6 +335,9 @@ fn run(opts: &Opts, summary: &mut Summary) -> anyhow::Result<()> {
             "\nserver stopped by SIGTERM in {:.0} ms ({status}); temp dir removed",
             ms(took)
         );
+    }
+    if opts.agents || opts.runs {
+        run_server_benches(opts, &rt, &binary, &packages_dir, summary)?;
     }
     Ok(())
 }
@@ -436,6 +504,625 @@ async fn http_bench(opts: &Opts, server: &Server, summary: &mut Summary) -> anyh
     Ok(())
 }
 
+/// One server in process mode, its platform model pointing at an in-process fake LLM, for the agents
+/// and runs sub-benchmarks.
+fn run_server_benches(
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    binary: &std::path::Path,
+    packages_dir: &std::path::Path,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let runner = match &opts.runner {
+        Some(r) => r.clone(),
+        None if opts.runs => server::locate_or_build_runner()?,
+        None => server::repo_root().join("target/release/appstrate-runner"),
+    };
+    let fake = rt.block_on(FakeLlm::start(Script::default()));
+    let llm_url = fake.url();
+    let runner_path = runner.to_string_lossy().into_owned();
+    let env = [
+        ("RUN_ADAPTER", "process"),
+        ("RUNNER_BIN", runner_path.as_str()),
+        ("LLM_BASE_URL", llm_url.as_str()),
+        ("LLM_API_KEY", "sk-bench"),
+        ("LLM_MODEL", "fake"),
+        ("EGRESS_ALLOW_INTERNAL_HOSTS", "127.0.0.1"),
+        (
+            "PLATFORM_RUN_LIMITS",
+            r#"{"max_concurrent_per_org":1000,"per_org_global_rate_per_min":100000}"#,
+        ),
+        ("INLINE_RUN_LIMITS", r#"{"rate_per_min":100000}"#),
+    ];
+    println!("\n== server for agents/runs (process mode, fake LLM) ==");
+    let server = Server::start(binary, packages_dir, &env)?;
+    println!(
+        "pid {} on {}, healthy after {:.1} ms; working dir {}",
+        server.pid(),
+        server.addr(),
+        ms(server.boot),
+        server.dir().display()
+    );
+    if opts.runs {
+        println!(
+            "runner: {} ({:.1} MB on disk); fake LLM on {llm_url} (OpenAI chat completions)",
+            runner.display(),
+            std::fs::metadata(&runner).map_or(0.0, |m| m.len() as f64 / 1_048_576.0)
+        );
+    }
+    let mut runner_pids = Vec::new();
+    let outcome = (|| -> anyhow::Result<()> {
+        let creds = server.bootstrap()?;
+        if opts.agents {
+            rt.block_on(agents_bench(opts, &server, &creds, summary))?;
+        }
+        if opts.runs {
+            rt.block_on(runs_bench(
+                opts,
+                &server,
+                &creds,
+                &fake,
+                summary,
+                &mut runner_pids,
+            ))?;
+        }
+        Ok(())
+    })();
+    if outcome.is_err() {
+        eprintln!("server log (last 30 lines):\n{}", server.log_tail(30));
+    }
+    let stopped = server.stop(Duration::from_secs(30));
+    let killed = runs::kill_leftover_runners(runner_pids);
+    drop(fake);
+    match &stopped {
+        Ok((status, took)) => println!(
+            "\nserver stopped by SIGTERM in {:.0} ms ({status}); temp dir removed; \
+             runner processes left behind: {killed}",
+            ms(*took)
+        ),
+        Err(e) => println!("\nserver stop: {e:#}; runner processes left behind: {killed}"),
+    }
+    outcome?;
+    stopped?;
+    Ok(())
+}
+
+/// `GET /api/agents` with one API key (the route has no rate limit) after importing an agent.
+async fn agents_bench(
+    opts: &Opts,
+    server: &Server,
+    creds: &server::Credentials,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let addr = server.addr();
+    println!("\n== agents: setup ==");
+    let afps = server::repo_root().join("examples/agents/hello.afps");
+    let zip = std::fs::read(&afps).with_context(|| format!("reading {}", afps.display()))?;
+    let mut conn = runs::Conn::new(addr);
+    let a = conn
+        .send(
+            Method::POST,
+            "/api/packages/import",
+            &creds.api_key,
+            Some(("application/zip", zip.into())),
+            || {},
+        )
+        .await?;
+    if !a.status.is_success() {
+        bail!(
+            "POST /api/packages/import {}: {} {}",
+            afps.display(),
+            a.status,
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+    let imported = a.json()?;
+    let list = conn
+        .send(Method::GET, "/api/agents", &creds.api_key, None, || {})
+        .await?;
+    let list = list.json()?;
+    let rows = list["data"].as_array().map_or(0, Vec::len);
+    println!(
+        "imported {} {}; GET /api/agents answers {rows} row(s), {} bytes",
+        imported["package"]["id"].as_str().unwrap_or("?"),
+        imported["version"]["version"].as_str().unwrap_or(""),
+        list.to_string().len()
+    );
+    if rows == 0 {
+        bail!("GET /api/agents is empty after the import: {list}");
+    }
+    let auth = HeaderValue::from_str(&format!("Bearer {}", creds.api_key))?;
+    let mut reports = Vec::new();
+    for &c in &opts.concurrency {
+        println!(
+            "running GET /api/agents at c={c} for {:.0} s (+{:.0} s warm-up) …",
+            opts.duration.as_secs_f64(),
+            opts.warmup.as_secs_f64()
+        );
+        flush();
+        reports.push(
+            load::run(LoadSpec {
+                addr,
+                request: RequestTemplate::get("/api/agents").header(AUTHORIZATION, auth.clone()),
+                rotation: None,
+                concurrency: c,
+                warmup: opts.warmup,
+                duration: opts.duration,
+                max_requests: None,
+                server_pid: Some(server.pid()),
+            })
+            .await,
+        );
+    }
+    print!(
+        "{}",
+        load_table(
+            &format!("GET /api/agents (one API key, {rows} agent(s))"),
+            &reports
+        )
+    );
+    for r in &reports {
+        add_load_figures(summary, "GET /api/agents", r, true);
+    }
+    Ok(())
+}
+
+/// Run start latency, runner peak RSS and N concurrent runs.
+async fn runs_bench(
+    opts: &Opts,
+    server: &Server,
+    creds: &server::Credentials,
+    fake: &FakeLlm,
+    summary: &mut Summary,
+    runner_pids: &mut Vec<u32>,
+) -> anyhow::Result<()> {
+    let addr = server.addr();
+    let key = creds.api_key.as_str();
+    let body = runs::inline_run_body();
+
+    // --- sequential runs: start latency and runner RSS ---
+    println!(
+        "\n== runs: start latency, {} sequential inline runs (+{WARMUP_RUNS} warm-up) ==",
+        opts.seq_runs
+    );
+    println!(
+        "each run: POST /api/runs/inline on a keep-alive connection; the first runner event \
+         (progress \"runtime starting\") arrives on GET /api/realtime/runs?verbose=true, opened before \
+         the first run; then GET /api/runs/{{id}}?wait=30 until terminal before the next run"
+    );
+    flush();
+    let mut events = runs::first_events(addr, key).await?;
+    let sampler =
+        runs::RunnerSampler::start(runs::runs_dir(server.dir()), Duration::from_millis(1));
+    let mut post_conn = runs::Conn::new(addr);
+    let mut wait_conn = runs::Conn::new(addr);
+    let mut early: HashMap<String, runs::FirstEvent> = HashMap::new();
+    let (mut persisted, mut observed, mut created) = (Vec::new(), Vec::new(), Vec::new());
+    let mut seq_errors = Vec::new();
+    for i in 0..WARMUP_RUNS + opts.seq_runs {
+        let (mut sent_wall, mut sent) = (SystemTime::now(), Instant::now());
+        let a = post_conn
+            .post_json("/api/runs/inline", key, &body, || {
+                sent_wall = SystemTime::now();
+                sent = Instant::now();
+            })
+            .await?;
+        let answered = sent.elapsed();
+        if a.status != StatusCode::CREATED {
+            bail!(
+                "POST /api/runs/inline: {} {}",
+                a.status,
+                String::from_utf8_lossy(&a.body)
+            );
+        }
+        let id = a.json()?["id"]
+            .as_str()
+            .context("run without id")?
+            .to_string();
+        let first = match early.remove(&id) {
+            Some(f) => Some(f),
+            None => {
+                let deadline = Instant::now() + Duration::from_secs(30);
+                let mut found = None;
+                while let Ok(Some(f)) =
+                    tokio::time::timeout_at(deadline.into(), events.recv()).await
+                {
+                    if f.run_id == id {
+                        found = Some(f);
+                        break;
+                    }
+                    early.insert(f.run_id.clone(), f);
+                }
+                found
+            }
+        };
+        let run = wait_conn
+            .wait_terminal(&id, key, Instant::now() + Duration::from_secs(60))
+            .await?;
+        let status = run["status"].as_str().unwrap_or("?").to_string();
+        if status != "success" {
+            seq_errors.push(format!("{id}: {status}: {}", run["error"]));
+        }
+        let Some(first) = first else {
+            seq_errors.push(format!("{id}: no runner event within 30 s ({status})"));
+            continue;
+        };
+        if i < WARMUP_RUNS {
+            continue;
+        }
+        created.push(answered);
+        observed.push(first.received.saturating_duration_since(sent));
+        if let Some(at) = first.persisted_at {
+            let delta = at - Timestamp::from(sent_wall);
+            persisted.push(Duration::from_micros(
+                delta.num_microseconds().unwrap_or(0).max(0) as u64,
+            ));
+        }
+        if i == WARMUP_RUNS {
+            println!("first runner event: \"{}\"", first.message);
+        }
+    }
+    let peaks = sampler.finish();
+    runner_pids.extend(peaks.peaks_kb.keys().copied());
+    for v in [&mut persisted, &mut observed, &mut created] {
+        v.sort();
+    }
+    let row = |what: &str, v: &[Duration]| {
+        println!(
+            "  {what:<52} {:>5}  {:>8.2}  {:>8.2}  {:>8.2}  {:>8.2}",
+            v.len(),
+            ms(v.first().copied().unwrap_or_default()),
+            ms(runs::quantile(v, 0.5)),
+            ms(runs::quantile(v, 0.99)),
+            ms(v.last().copied().unwrap_or_default())
+        )
+    };
+    println!(
+        "  {:<52} {:>5}  {:>8}  {:>8}  {:>8}  {:>8}",
+        "from the POST being sent to …", "runs", "min ms", "p50 ms", "p99 ms", "max ms"
+    );
+    row(
+        "… the first runner event persisted (server clock)",
+        &persisted,
+    );
+    row("… its SSE frame read by the bench (bench clock)", &observed);
+    row(
+        "… the 201 answer read (run created, runner spawning)",
+        &created,
+    );
+    println!(
+        "  (\"persisted\" = createdAt of the event's log row, i.e. the run's first_event_at, minus the \
+         wall-clock time taken right before the request was written; same host, same clock)"
+    );
+    if !seq_errors.is_empty() {
+        println!("  runs not successful: {}", seq_errors.len());
+        for e in seq_errors.iter().take(5) {
+            println!("    {e}");
+        }
+    }
+    match peaks.max_kb() {
+        Some(max) => println!(
+            "runner peak RSS (VmHWM): max {:.1} MB, median {:.1} MB over {} runner processes \
+             ({} /proc samples, every 1 ms)",
+            max as f64 / 1024.0,
+            peaks.median_kb().unwrap_or(0) as f64 / 1024.0,
+            peaks.peaks_kb.len(),
+            peaks.samples
+        ),
+        None => println!("runner peak RSS: no runner process was sampled"),
+    }
+    summary.add(
+        format!(
+            "run start → first event persisted p50 ({} runs)",
+            persisted.len()
+        ),
+        ms(runs::quantile(&persisted, 0.5)),
+        "ms",
+        Target::AtMost(RUN_START_TARGET_MS),
+    );
+    summary.add(
+        "run start → first event persisted p99",
+        ms(runs::quantile(&persisted, 0.99)),
+        "ms",
+        Target::None,
+    );
+    summary.add(
+        "run start → first event on SSE p50",
+        ms(runs::quantile(&observed, 0.5)),
+        "ms",
+        Target::None,
+    );
+    summary.add(
+        "sequential runs not successful",
+        seq_errors.len() as f64,
+        "",
+        Target::AtMost(0.0),
+    );
+    if let Some(max) = peaks.max_kb() {
+        summary.add(
+            "runner peak RSS (max VmHWM, sequential runs)",
+            max as f64 / 1024.0,
+            "MB",
+            Target::AtMost(RUNNER_RSS_TARGET_MB),
+        );
+    }
+    drop(events);
+
+    if opts.concurrent_runs > 0 {
+        concurrent_runs(opts, server, creds, fake, summary, runner_pids).await?;
+    }
+    Ok(())
+}
+
+/// Outcome of one of the concurrent runs.
+struct RunOutcome {
+    id: Option<String>,
+    /// `success`, another terminal status, `pending`/`running` at the deadline, or `POST <status>`.
+    status: String,
+    error: String,
+    completed_at: Option<Timestamp>,
+}
+
+async fn concurrent_runs(
+    opts: &Opts,
+    server: &Server,
+    creds: &server::Credentials,
+    fake: &FakeLlm,
+    summary: &mut Summary,
+    runner_pids: &mut Vec<u32>,
+) -> anyhow::Result<()> {
+    let n = opts.concurrent_runs;
+    let addr = server.addr();
+    println!(
+        "\n== runs: {n} concurrent inline runs (fake LLM: one `output` tool call each{}) ==",
+        if opts.llm_delay_ms > 0 {
+            format!(", answered after {} ms", opts.llm_delay_ms)
+        } else {
+            String::new()
+        }
+    );
+    for i in 0..n {
+        let turn = Turn::tool_call("output", serde_json::json!({"data": {"ok": true, "n": i}}));
+        fake.push(if opts.llm_delay_ms > 0 {
+            turn.with_delay(opts.llm_delay_ms)
+        } else {
+            turn
+        });
+    }
+    println!(
+        "{RUN_SENDERS} connections send the POSTs back to back; {RUN_WAITERS} connections long-poll \
+         GET /api/runs/{{id}}?wait=30; global limit {:.0} s",
+        opts.runs_timeout.as_secs_f64()
+    );
+    flush();
+    let sampler =
+        runs::RunnerSampler::start(runs::runs_dir(server.dir()), Duration::from_millis(20));
+    let deadline = Instant::now() + opts.runs_timeout;
+    let start_wall = SystemTime::now();
+    let start = Instant::now();
+    let key: Arc<str> = Arc::from(creds.api_key.as_str());
+    let body = Arc::new(runs::inline_run_body());
+    let next = Arc::new(AtomicUsize::new(0));
+    let posted = Arc::new(Mutex::new(Vec::<RunOutcome>::with_capacity(n)));
+    let mut tasks = Vec::new();
+    for _ in 0..RUN_SENDERS.min(n) {
+        let (key, body, next, posted) = (key.clone(), body.clone(), next.clone(), posted.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut conn = runs::Conn::new(addr);
+            while next.fetch_add(1, Ordering::Relaxed) < n {
+                let out = match conn.post_json("/api/runs/inline", &key, &body, || {}).await {
+                    Ok(a) if a.status == StatusCode::CREATED => RunOutcome {
+                        id: a
+                            .json()
+                            .ok()
+                            .and_then(|v| v["id"].as_str().map(str::to_string)),
+                        status: "pending".into(),
+                        error: String::new(),
+                        completed_at: None,
+                    },
+                    Ok(a) => RunOutcome {
+                        id: None,
+                        status: format!("POST {}", a.status.as_u16()),
+                        error: String::from_utf8_lossy(&a.body[..a.body.len().min(300)])
+                            .into_owned(),
+                        completed_at: None,
+                    },
+                    Err(e) => RunOutcome {
+                        id: None,
+                        status: "POST transport error".into(),
+                        error: format!("{e:#}"),
+                        completed_at: None,
+                    },
+                };
+                posted.lock().unwrap_or_else(|e| e.into_inner()).push(out);
+            }
+        }));
+    }
+    let all_posted = tokio::time::timeout_at(deadline.into(), futures::future::join_all(tasks))
+        .await
+        .is_ok();
+    let posting = start.elapsed();
+    let outcomes = std::mem::take(&mut *posted.lock().unwrap_or_else(|e| e.into_inner()));
+    let created = outcomes.iter().filter(|o| o.id.is_some()).count();
+    println!(
+        "{created} of {n} runs created (201) in {:.2} s{}",
+        posting.as_secs_f64(),
+        if all_posted {
+            ""
+        } else {
+            " (global limit reached while posting)"
+        }
+    );
+    flush();
+
+    // Wait for every created run to be terminal.
+    let queue = Arc::new(Mutex::new(outcomes));
+    let done = Arc::new(Mutex::new(Vec::<RunOutcome>::with_capacity(n)));
+    let dropped = Arc::new(Mutex::new(Vec::<String>::new()));
+    let mut waiters = Vec::new();
+    for _ in 0..RUN_WAITERS {
+        let (queue, done, key, dropped) =
+            (queue.clone(), done.clone(), key.clone(), dropped.clone());
+        waiters.push(tokio::spawn(async move {
+            let mut conn = runs::Conn::new(addr);
+            loop {
+                let Some(mut o) = queue.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+                    return;
+                };
+                if let Some(id) = o.id.clone() {
+                    match conn.wait_terminal(&id, &key, deadline).await {
+                        Ok(run) => {
+                            o.status = run["status"].as_str().unwrap_or("?").to_string();
+                            o.error = match &run["error"] {
+                                Value::Null => String::new(),
+                                e => e.to_string(),
+                            };
+                            o.completed_at = run["completed_at"]
+                                .as_str()
+                                .and_then(|s| s.parse::<Timestamp>().ok());
+                        }
+                        Err(e) => o.error = format!("waiting: {e:#}"),
+                    }
+                }
+                done.lock().unwrap_or_else(|e| e.into_inner()).push(o);
+                let lost = std::mem::take(&mut conn.dropped);
+                dropped
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .extend(lost);
+            }
+        }));
+    }
+    let margin = Duration::from_secs(35); // one long-poll past the deadline at most
+    let all_waited = tokio::time::timeout_at(
+        (deadline + margin).into(),
+        futures::future::join_all(waiters),
+    )
+    .await
+    .is_ok();
+    let observed_wall = start.elapsed();
+    let peaks = sampler.finish();
+    runner_pids.extend(peaks.peaks_kb.keys().copied());
+    let outcomes = std::mem::take(&mut *done.lock().unwrap_or_else(|e| e.into_inner()));
+
+    let mut by_status: BTreeMap<String, usize> = BTreeMap::new();
+    for o in &outcomes {
+        *by_status.entry(o.status.clone()).or_default() += 1;
+    }
+    let missing = n.saturating_sub(outcomes.len());
+    if missing > 0 {
+        *by_status.entry("not awaited (limit)".into()).or_default() += missing;
+    }
+    let successes = by_status.get("success").copied().unwrap_or(0);
+    let errors = n - successes;
+    // Wall time on the server's clock: first POST sent → last completed_at.
+    let last_completed = outcomes.iter().filter_map(|o| o.completed_at).max();
+    let server_wall = last_completed
+        .and_then(|t| (t - Timestamp::from(start_wall)).to_std().ok())
+        .filter(|_| errors == 0);
+    let wall = server_wall.unwrap_or(observed_wall);
+    let rps = successes as f64 / wall.as_secs_f64();
+    println!(
+        "statuses: {}",
+        by_status
+            .iter()
+            .map(|(s, c)| format!("{s} × {c}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    println!(
+        "errors: {errors}; wall time {:.2} s (first POST sent → last run completed_at{}); \
+         {rps:.1} runs/s; the bench saw the last run terminal after {:.2} s",
+        wall.as_secs_f64(),
+        if server_wall.is_some() {
+            ""
+        } else {
+            ", bench clock"
+        },
+        observed_wall.as_secs_f64()
+    );
+    if let Some(max) = peaks.max_kb() {
+        println!(
+            "runner peak RSS during the concurrent runs: max {:.1} MB over {} processes sampled \
+             (every 20 ms; short-lived runners can be missed); at most {} runners alive at once",
+            max as f64 / 1024.0,
+            peaks.peaks_kb.len(),
+            peaks.max_live
+        );
+    }
+    println!(
+        "fake LLM: {} model requests served, {} scripted turns left",
+        fake.requests().len(),
+        fake.remaining()
+    );
+    let dropped = std::mem::take(&mut *dropped.lock().unwrap_or_else(|e| e.into_inner()));
+    if !dropped.is_empty() {
+        println!(
+            "long-polls retried on a new connection after a transport error: {} (first: {})",
+            dropped.len(),
+            dropped[0]
+        );
+    }
+    if !all_waited {
+        println!("the global limit ended the wait: runs still open are counted as errors");
+    }
+    if errors > 0 {
+        println!("first failures:");
+        for o in outcomes.iter().filter(|o| o.status != "success").take(10) {
+            println!(
+                "  {}: {} {}",
+                o.id.as_deref().unwrap_or("(no run)"),
+                o.status,
+                o.error
+            );
+        }
+    }
+    if errors > 0 || !dropped.is_empty() {
+        let log = server.log_tail(1_000_000);
+        let interesting: Vec<&str> = log
+            .lines()
+            .filter(|l| {
+                l.contains("WARN")
+                    || l.contains("ERROR")
+                    || l.contains("error")
+                    || l.contains("panic")
+            })
+            .collect();
+        println!(
+            "server log, warnings, errors and panics (the last {}):",
+            interesting.len().min(20)
+        );
+        for l in &interesting[interesting.len().saturating_sub(20)..] {
+            println!("  {l}");
+        }
+    }
+    summary.add(
+        format!("{n} concurrent runs: errors (not success)"),
+        errors as f64,
+        "",
+        Target::AtMost(0.0),
+    );
+    summary.add(
+        format!("{n} concurrent runs: long-polls retried (transport)"),
+        dropped.len() as f64,
+        "",
+        Target::None,
+    );
+    summary.add(
+        format!("{n} concurrent runs: wall time"),
+        wall.as_secs_f64(),
+        "s",
+        Target::None,
+    );
+    summary.add(
+        format!("{n} concurrent runs: throughput"),
+        (rps * 10.0).round() / 10.0,
+        "runs/s",
+        Target::None,
+    );
+    Ok(())
+}
+
 fn add_load_figures(summary: &mut Summary, what: &str, r: &LoadReport, targeted: bool) {
     let at_target = targeted && r.concurrency == TARGET_CONCURRENCY;
     let c = r.concurrency;
@@ -479,7 +1166,7 @@ mod tests {
     #[test]
     fn defaults_to_everything() {
         let o = parse(&[]).unwrap();
-        assert!(o.boot && o.rss && o.http);
+        assert!(o.boot && o.rss && o.http && o.agents && o.runs);
         assert_eq!(o.duration, Duration::from_secs(10));
         assert_eq!(o.concurrency, vec![1, 16]);
         assert_eq!(o.boot_runs, 7);
@@ -494,6 +1181,39 @@ mod tests {
         assert!(parse(&["--duration"]).is_err());
         assert!(parse(&["--concurrency", "0"]).is_err());
         assert!(parse(&["fast"]).is_err());
+    }
+
+    #[test]
+    fn run_options() {
+        let o = parse(&[]).unwrap();
+        assert!(o.agents && o.runs);
+        assert_eq!(
+            (o.seq_runs, o.concurrent_runs, o.llm_delay_ms),
+            (50, 500, 0)
+        );
+        assert_eq!(o.runs_timeout, Duration::from_secs(300));
+        let o = parse(&[
+            "runs",
+            "--runs=20",
+            "--concurrent-runs",
+            "0",
+            "--llm-delay",
+            "100",
+            "--runs-timeout",
+            "60",
+        ])
+        .unwrap();
+        assert!(o.runs && !o.agents && !o.boot && !o.http);
+        assert_eq!(
+            (o.seq_runs, o.concurrent_runs, o.llm_delay_ms),
+            (20, 0, 100)
+        );
+        assert_eq!(o.runs_timeout, Duration::from_secs(60));
+        assert!(parse(&["--runs", "0"]).is_err());
+        assert!(parse(&["--runs-timeout", "0"]).is_err());
+        assert!(parse(&["--concurrent-runs", "x"]).is_err());
+        let o = parse(&["agents"]).unwrap();
+        assert!(o.agents && !o.runs);
     }
 
     #[test]
