@@ -286,3 +286,40 @@ async fn signatures_ordering_replay_and_single_finalize() {
         .count();
     assert_eq!(completed, 1, "one terminal write");
 }
+
+/// A long-poll whose pub/sub subscription falls behind (and is dropped) still answers, from the 2 s
+/// re-reads, instead of dropping the connection.
+#[tokio::test]
+async fn long_poll_survives_a_dropped_subscription() {
+    use appstrate::infra::pubsub::Topic;
+    let s = silent_run().await;
+    let waiter = {
+        let client = s.app.client.clone();
+        let url = s.app.url(&format!("/api/runs/{}?wait=20", s.run_id));
+        let key = s.app.api_key.clone();
+        tokio::spawn(async move { client.get(url).bearer_auth(key).send().await })
+    };
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    // Flood the channel past its capacity so the waiter's subscription lags and ends.
+    for i in 0..3000 {
+        s.app
+            .state()
+            .infra
+            .pubsub
+            .publish(Topic::RunEvents, format!("{{\"n\":{i}}}"))
+            .await
+            .unwrap();
+    }
+    let fin = json!({"status": "failed", "error": {"message": "stopped by the test"}});
+    let (code, _) = s.post("/events/finalize", &fin, "fin", now(), None).await;
+    assert_eq!(code, 200);
+    let r = tokio::time::timeout(std::time::Duration::from_secs(10), waiter)
+        .await
+        .expect("the long-poll answers")
+        .unwrap()
+        .expect("an answer, not a dropped connection");
+    assert_eq!(r.status(), 200);
+    let run: Value = r.json().await.unwrap();
+    assert_eq!(run["status"], "failed");
+    assert_eq!(run["error"], "stopped by the test");
+}

@@ -290,12 +290,8 @@ async fn wait_terminal(state: &AppState, run: RunRow, wait: Duration) -> Result<
     if run.is_terminal() {
         return Ok(run);
     }
-    let mut frames = state
-        .infra
-        .pubsub
-        .subscribe(Topic::RunEvents)
-        .await
-        .map_err(ApiError::internal)?;
+    // A subscriber that falls behind is dropped by the pub/sub adapter: then the 2 s re-reads carry on.
+    let mut frames = state.infra.pubsub.subscribe(Topic::RunEvents).await.ok();
     let deadline = tokio::time::Instant::now() + wait;
     let mut reread = tokio::time::interval(Duration::from_secs(2));
     loop {
@@ -308,18 +304,21 @@ async fn wait_terminal(state: &AppState, run: RunRow, wait: Duration) -> Result<
         if fresh.is_terminal() {
             return Ok(fresh);
         }
-        tokio::select! {
-            _ = tokio::time::sleep_until(deadline) => return Ok(fresh),
-            _ = reread.tick() => {}
-            frame = frames.next() => {
-                match frame {
-                    Some(f) => {
-                        let v: Value = serde_json::from_str(&f).unwrap_or(Value::Null);
-                        if v["runId"] != run.id.as_str() || v["terminal"] != true {
-                            continue;
+        // Wait for the next reason to look again: a terminal frame of this run, a re-read tick, or the end.
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep_until(deadline) => return Ok(fresh),
+                _ = reread.tick() => break,
+                frame = async { frames.as_mut().expect("guarded").next().await }, if frames.is_some() => {
+                    match frame {
+                        Some(f) => {
+                            let v: Value = serde_json::from_str(&f).unwrap_or(Value::Null);
+                            if v["runId"] == run.id.as_str() && v["terminal"] == true {
+                                break;
+                            }
                         }
+                        None => frames = None,
                     }
-                    None => tokio::time::sleep(Duration::from_millis(200)).await,
                 }
             }
         }
