@@ -7,31 +7,18 @@ ROOT=$(pwd)
 
 log() { printf '\n==> %s\n' "$*" >&2; }
 
-APT_UPDATED=0
-apt_install() {
-  # Installs the Debian packages given that are not installed yet.
-  local missing=()
-  for pkg in "$@"; do
-    dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
-  done
-  [ ${#missing[@]} -eq 0 ] && return 0
-  if [ "$(id -u)" != 0 ]; then
-    echo "missing packages: ${missing[*]} (run this script as root to install them)" >&2
-    return 1
-  fi
-  if [ "$APT_UPDATED" = 0 ]; then
-    apt-get update -qq
-    APT_UPDATED=1
-  fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-}
-
 # Chart tests render the Helm chart with the real Helm library (PyPI helm-python-sdk) in a virtualenv.
 if [ -x scripts/helm-venv.sh ] || [ -f scripts/helm-venv.sh ]; then
   log "Helm chart test environment"
   HELM_PYTHON=$(bash scripts/helm-venv.sh | tail -n 1)
   export HELM_PYTHON
 fi
+
+# PostgreSQL, redis-server, an S3 server (moto) and a Docker engine, on loopback; stopped on exit.
+log "services"
+# shellcheck source=scripts/services.sh
+. scripts/services.sh
+services_start
 
 log "cargo fmt --check"
 cargo fmt --all -- --check

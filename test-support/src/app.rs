@@ -196,6 +196,30 @@ impl TestApp {
         self.app = fresh.app;
     }
 
+    /// A second server sharing this one's database, Redis and object storage (the environment minus the
+    /// port and data directory, plus `extra`), with the same organization, keys and tokens: a replica.
+    pub async fn sibling(&self, extra: &[(&str, &str)]) -> TestApp {
+        let dir = tempfile::tempdir().expect("temporary directory");
+        let mut env = self.env.clone();
+        env.remove("PORT");
+        env.insert(
+            "DATA_DIR".into(),
+            dir.path().join("data").to_string_lossy().into_owned(),
+        );
+        if self.env.get("DATABASE_URL").is_none() {
+            panic!("a sibling shares the database: start the first server with DATABASE_URL");
+        }
+        for (k, v) in extra {
+            env.insert(k.to_string(), v.to_string());
+        }
+        let mut app = start(env, Some(dir)).await;
+        app.org_id = self.org_id.clone();
+        app.app_id = self.app_id.clone();
+        app.admin_token = self.admin_token.clone();
+        app.api_key = self.api_key.clone();
+        app
+    }
+
     pub async fn shutdown(mut self) -> bool {
         match self.app.take() {
             Some(app) => app.shutdown().await,

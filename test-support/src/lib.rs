@@ -5,4 +5,5 @@ pub mod bench;
 pub mod fake_llm;
 pub mod fake_sink;
 pub mod fake_upstream;
+pub mod services;
 pub use app::{spawn_app, spawn_app_with, TestApp};
