@@ -27,6 +27,8 @@ log "cargo clippy (warnings are errors)"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 log "tests"
+# The panic message, not a backtrace, is what a failing test shows last.
+export RUST_BACKTRACE=0
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --locked --no-fail-fast
 else

@@ -61,18 +61,25 @@ async fn start(app: &TestApp, path: &str, body: Value) -> Value {
 async fn wait_terminal(app: &TestApp, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        let r: Value = app
+        let resp = app
             .key(Method::GET, &format!("/api/runs/{id}?wait=10"))
             .send()
             .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        if ["success", "failed", "timeout", "cancelled"].contains(&r["status"].as_str().unwrap()) {
+            .unwrap_or_else(|e| panic!("GET /api/runs/{id}: {e}"));
+        let code = resp.status();
+        let text = resp.text().await.unwrap_or_default();
+        let r: Value = serde_json::from_str(&text)
+            .unwrap_or_else(|e| panic!("GET /api/runs/{id} answered {code} {text:?}: {e}"));
+        let status = r["status"]
+            .as_str()
+            .unwrap_or_else(|| panic!("GET /api/runs/{id} answered {code}: {r}"));
+        if ["success", "failed", "timeout", "cancelled"].contains(&status) {
             return r;
         }
-        assert!(Instant::now() < deadline, "run {id} did not finish: {r}");
+        if Instant::now() >= deadline {
+            let logs = logs(app, id).await;
+            panic!("run {id} did not finish: {r}\nlogs: {logs:#?}");
+        }
     }
 }
 
