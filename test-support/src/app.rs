@@ -206,7 +206,7 @@ impl TestApp {
             "DATA_DIR".into(),
             dir.path().join("data").to_string_lossy().into_owned(),
         );
-        if self.env.get("DATABASE_URL").is_none() {
+        if !self.env.contains_key("DATABASE_URL") {
             panic!("a sibling shares the database: start the first server with DATABASE_URL");
         }
         for (k, v) in extra {
