@@ -16,3 +16,4 @@ pub mod schedules;
 pub mod startup;
 pub mod state;
 pub mod telemetry;
+pub mod webhooks;

@@ -55,6 +55,12 @@ pub struct Metrics {
     pub runs_active: prometheus_client::metrics::gauge::Gauge,
     pub run_duration: Histogram,
     pub llm_tokens: Family<DirectionLabel, Counter>,
+    pub webhook_deliveries: Family<ResultLabel, Counter>,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: String,
 }
 
 impl Default for Metrics {
@@ -117,8 +123,15 @@ impl Default for Metrics {
             "LLM tokens by direction",
             llm_tokens.clone(),
         );
+        let webhook_deliveries = Family::<ResultLabel, Counter>::default();
+        registry.register(
+            "appstrate_webhook_deliveries",
+            "Webhook delivery attempts by result (success, retrying, failed)",
+            webhook_deliveries.clone(),
+        );
         Self {
             registry,
+            webhook_deliveries,
             runs_created_total,
             runs_finished_total,
             runs_active,

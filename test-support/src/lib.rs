@@ -6,4 +6,5 @@ pub mod fake_llm;
 pub mod fake_sink;
 pub mod fake_upstream;
 pub mod services;
+pub mod webhook_receiver;
 pub use app::{spawn_app, spawn_app_with, TestApp};

@@ -17,7 +17,9 @@ use utoipa::{Modify, OpenApi};
 
 use self::error::ApiError;
 use self::middleware::{idempotency, outer, rate_limit, record_route, Limit};
-use self::routes::{api_keys, applications, end_users, meta, packages, realtime, runs, schedules};
+use self::routes::{
+    api_keys, applications, end_users, meta, packages, realtime, runs, schedules, webhooks,
+};
 use crate::state::AppState;
 
 struct BearerAuth;
@@ -53,6 +55,9 @@ impl Modify for BearerAuth {
         runs::run_logs, runs::cancel_run, realtime::run_stream, realtime::runs_stream,
         schedules::create_schedule, schedules::list_schedules, schedules::list_agent_schedules,
         schedules::get_schedule, schedules::update_schedule, schedules::delete_schedule,
+        webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook,
+        webhooks::update_webhook, webhooks::delete_webhook, webhooks::rotate_secret,
+        webhooks::list_deliveries,
     ),
     components(schemas(applications::ApplicationDto, api_keys::ApiKeyDto, end_users::EndUserDto,
         packages::PackageDto, packages::VersionDto, crate::packages::ConnectionView,
@@ -126,6 +131,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::packages::router(&state))
         .merge(routes::runs::router(&state))
         .merge(routes::schedules::router(&state))
+        .merge(routes::webhooks::router(&state))
         .route_layer(from_fn_with_state(state.clone(), auth::require_auth));
 
     let public = Router::new()

@@ -259,6 +259,7 @@ async fn supervise(
         if let Ok(Some(fresh)) = state.infra.db.get_run(&run.id).await {
             super::publish_update(state, &fresh).await;
             state.metrics.runs_active_delta(1);
+            crate::webhooks::emit(state, &fresh, "run.started").await;
         }
     }
 
@@ -385,6 +386,7 @@ pub async fn finalize_run(
         super::create::breadcrumb(state, &fresh, "run completed").await;
         super::publish_update(state, &fresh).await;
         state.metrics.run_finished(&fresh, run.started_at.is_some());
+        crate::webhooks::emit(state, &fresh, &format!("run.{}", fresh.status)).await;
     }
     Ok(true)
 }

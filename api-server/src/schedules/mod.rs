@@ -302,6 +302,7 @@ async fn record_failed(
     tracing::warn!(schedule_id = %s.id, run_id = %run.id, reason, "scheduled run failed before starting");
     if let Ok(Some(run)) = state.infra.db.get_run(&run.id).await {
         crate::runs::publish_update(state, &run).await;
+        crate::webhooks::emit(state, &run, "run.failed").await;
     }
     FireOutcome::Failed(reason.to_string())
 }
@@ -385,9 +386,17 @@ pub struct Jobs {
 #[async_trait]
 impl JobHandler for Jobs {
     async fn handle(&self, job: Job) -> anyhow::Result<()> {
-        let _ = &self.state;
-        tracing::warn!(kind = %job.kind, "unknown job kind; dropped");
-        Ok(())
+        match job.kind.as_str() {
+            crate::webhooks::JOB_KIND => {
+                let delivery: crate::webhooks::DeliveryJob = serde_json::from_value(job.payload)
+                    .map_err(|e| anyhow::anyhow!("malformed webhook job: {e}"))?;
+                crate::webhooks::deliver(&self.state, delivery).await
+            }
+            other => {
+                tracing::warn!(kind = %other, "unknown job kind; dropped");
+                Ok(())
+            }
+        }
     }
 }
 

@@ -9,3 +9,4 @@ mod runs;
 mod schedules;
 mod sink;
 mod tenancy;
+mod webhooks;

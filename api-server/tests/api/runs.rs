@@ -15,7 +15,7 @@ fn fixture(path: &str) -> Vec<u8> {
     std::fs::read(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path)).expect("fixture")
 }
 
-async fn llm_app(fake: &FakeLlm, extra: &[(&str, &str)]) -> TestApp {
+pub(crate) async fn llm_app(fake: &FakeLlm, extra: &[(&str, &str)]) -> TestApp {
     let url = fake.url();
     let packages = system_packages_dir().to_string_lossy().into_owned();
     let mut env: Vec<(&str, &str)> = vec![
@@ -45,7 +45,7 @@ async fn import(app: &TestApp, bytes: Vec<u8>) -> Value {
     r.json().await.unwrap()
 }
 
-async fn start(app: &TestApp, path: &str, body: Value) -> Value {
+pub(crate) async fn start(app: &TestApp, path: &str, body: Value) -> Value {
     let r = app
         .key(Method::POST, path)
         .json(&body)
@@ -58,7 +58,7 @@ async fn start(app: &TestApp, path: &str, body: Value) -> Value {
     b
 }
 
-async fn wait_terminal(app: &TestApp, id: &str) -> Value {
+pub(crate) async fn wait_terminal(app: &TestApp, id: &str) -> Value {
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let resp = app
@@ -95,7 +95,7 @@ async fn logs(app: &TestApp, id: &str) -> Vec<Value> {
     v["data"].as_array().unwrap().clone()
 }
 
-fn inline(manifest_extra: Value, prompt: &str) -> Value {
+pub(crate) fn inline(manifest_extra: Value, prompt: &str) -> Value {
     let mut manifest = json!({
         "schema_version": "0.1",
         "name": "@tests/inline",

@@ -7,3 +7,4 @@ pub mod realtime;
 pub mod runs;
 pub mod schedules;
 pub mod sink;
+pub mod webhooks;

@@ -5,6 +5,7 @@ mod packages;
 pub mod runs;
 pub mod schedules;
 mod sql;
+pub mod webhooks;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
@@ -18,6 +19,7 @@ pub use packages::{
 pub use runs::RunRepo;
 pub use schedules::ScheduleRepo;
 pub use sql::{connect_postgres, connect_sqlite, SqlDatabase};
+pub use webhooks::WebhookRepo;
 
 pub type Timestamp = DateTime<Utc>;
 
@@ -164,7 +166,7 @@ pub enum IdempotencyState {
 
 /// The whole repository: tenancy here, other areas in their own files as supertraits.
 #[async_trait]
-pub trait Database: PackageRepo + RunRepo + ScheduleRepo + Send + Sync {
+pub trait Database: PackageRepo + RunRepo + ScheduleRepo + WebhookRepo + Send + Sync {
     /// `sqlite` or `postgres`, as reported by `/health`.
     fn kind(&self) -> &'static str;
     async fn migrate(&self) -> DbResult<()>;

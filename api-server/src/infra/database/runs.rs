@@ -12,6 +12,7 @@ use super::sql::{map_err, SqlDatabase};
 use super::*;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
+#[cfg_attr(test, derive(serde::Deserialize))]
 pub struct RunRow {
     pub id: String,
     pub org_id: String,
