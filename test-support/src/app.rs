@@ -124,7 +124,21 @@ pub async fn spawn_app_with(extra: &[(&str, &str)]) -> TestApp {
     app
 }
 
+/// Server logs go to the test's captured output (shown for failing tests only): warnings and errors by
+/// default, or the filter in `APPSTRATE_TEST_LOG` (e.g. `debug`).
+pub fn init_test_logs() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        let filter = std::env::var("APPSTRATE_TEST_LOG").unwrap_or_else(|_| "warn".into());
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_test_writer()
+            .try_init();
+    });
+}
+
 async fn start(mut env: HashMap<String, String>, dir: Option<tempfile::TempDir>) -> TestApp {
+    init_test_logs();
     let port: u16 = env.get("PORT").and_then(|p| p.parse().ok()).unwrap_or(0);
     let listener = bind("127.0.0.1", port).await.expect("bind 127.0.0.1");
     let port = listener.local_addr().unwrap().port();

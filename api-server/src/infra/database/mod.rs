@@ -5,6 +5,7 @@ mod packages;
 pub mod runs;
 pub mod schedules;
 mod sql;
+mod tx;
 pub mod webhooks;
 
 use async_trait::async_trait;

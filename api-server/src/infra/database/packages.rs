@@ -4,6 +4,7 @@
 //! system packages), `package_versions` (immutable), `package_installs` (package ↔ application) and
 //! `connections` (encrypted integration credentials per application or end-user).
 
+use super::tx::BeginWrite;
 use async_trait::async_trait;
 use sqlx::types::Json;
 use sqlx::{Postgres, QueryBuilder, Sqlite};
@@ -278,7 +279,7 @@ macro_rules! impl_packages_repo {
                 new: &NewPackageVersion,
             ) -> DbResult<(PackageRow, PackageVersionRow)> {
                 let at = now();
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.pool.begin_write().await.map_err(map_err)?;
                 let existing: Option<(String,)> = match &new.org_id {
                     Some(org) => sqlx::query_as(
                         "SELECT id FROM packages WHERE org_id = $1 AND package_id = $2",
@@ -431,7 +432,7 @@ macro_rules! impl_packages_repo {
                 package: &PackageRow,
             ) -> DbResult<Option<Vec<String>>> {
                 let org_id = package.org_id.clone().ok_or(DbError::NotFound)?;
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.pool.begin_write().await.map_err(map_err)?;
                 let done = sqlx::query(
                     "DELETE FROM package_installs WHERE application_id = $1 AND package_pk = $2",
                 )

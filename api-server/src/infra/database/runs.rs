@@ -3,6 +3,7 @@
 //! The terminal write (`finalize`) and the event write (`persist_event`) are compare-and-set updates, so
 //! concurrent finalizers, cancels and watchdogs produce exactly one winner.
 
+use super::tx::BeginWrite;
 use async_trait::async_trait;
 use serde_json::Value;
 use sqlx::types::Json;
@@ -188,7 +189,7 @@ macro_rules! impl_run_repo {
         #[async_trait]
         impl RunRepo for SqlDatabase<$db> {
             async fn insert_run(&self, run: &RunRow, max_active: i64) -> Result<RunRow, InsertRunError> {
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.pool.begin_write().await.map_err(map_err)?;
                 let lock: Option<&str> = $lock;
                 if let Some(lock) = lock {
                     sqlx::query(lock)
@@ -326,7 +327,7 @@ macro_rules! impl_run_repo {
                 effects: &EventEffects,
                 at: Timestamp,
             ) -> DbResult<(bool, Option<RunLogRow>)> {
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.pool.begin_write().await.map_err(map_err)?;
                 let mut qb = QueryBuilder::<$db>::new("UPDATE runs SET last_event_sequence = ");
                 qb.push_bind(sequence)
                     .push(", last_heartbeat_at = ")

@@ -4,6 +4,7 @@
 //! `ON CONFLICT`, and column types that both drivers map the same way (`TEXT` ids, chrono timestamps,
 //! `Json<T>`, `bool`). The macro keeps one copy of the logic without generic bounds on every call.
 
+use super::tx::BeginWrite;
 use std::path::Path;
 use std::time::Duration;
 
@@ -196,7 +197,7 @@ macro_rules! impl_sql_database {
             }
 
             async fn ensure_org(&self, org_name: &str, app_name: &str) -> DbResult<BootstrapResult> {
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.pool.begin_write().await.map_err(map_err)?;
                 let sql = format!(
                     "SELECT {ORG_COLS} FROM organizations WHERE name = $1 ORDER BY created_at LIMIT 1"
                 );
@@ -609,7 +610,7 @@ macro_rules! impl_sql_database {
             }
 
             async fn delete_end_user(&self, application_id: &str, id: &str) -> DbResult<()> {
-                let mut tx = self.pool.begin().await.map_err(map_err)?;
+                let mut tx = self.pool.begin_write().await.map_err(map_err)?;
                 // Its schedules are disabled (§6); the foreign key then clears their end_user_id.
                 sqlx::query(
                     "UPDATE schedules SET enabled = $1, next_run_at = NULL, updated_at = $2 \
