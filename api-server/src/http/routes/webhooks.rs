@@ -187,6 +187,14 @@ fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("Webhook {id} not found"))
 }
 
+/// A write that found no row: the webhook was deleted meanwhile.
+fn gone(id: &str) -> impl Fn(DbError) -> ApiError + '_ {
+    move |e| match e {
+        DbError::NotFound => not_found(id),
+        other => other.into(),
+    }
+}
+
 async fn visible_webhook(state: &AppState, auth: &Auth, id: &str) -> Result<WebhookRow, ApiError> {
     let app = auth.app()?;
     state
@@ -310,15 +318,7 @@ pub async fn update_webhook(
         w.enabled = e;
     }
     w.updated_at = now();
-    let row = state
-        .infra
-        .db
-        .update_webhook(&w)
-        .await
-        .map_err(|e| match e {
-            DbError::NotFound => not_found(&id),
-            other => other.into(),
-        })?;
+    let row = state.infra.db.update_webhook(&w).await.map_err(gone(&id))?;
     Ok(Json(webhook_dto(&row)).into_response())
 }
 
@@ -338,10 +338,7 @@ pub async fn delete_webhook(
         .db
         .delete_webhook(&w.application_id, &w.id)
         .await
-        .map_err(|e| match e {
-            DbError::NotFound => not_found(&id),
-            other => other.into(),
-        })?;
+        .map_err(gone(&id))?;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
@@ -388,15 +385,7 @@ pub async fn rotate_secret(
     }
     w.secret_enc = state.keyring.encrypt(secret.as_bytes());
     w.updated_at = at;
-    let row = state
-        .infra
-        .db
-        .update_webhook(&w)
-        .await
-        .map_err(|e| match e {
-            DbError::NotFound => not_found(&id),
-            other => other.into(),
-        })?;
+    let row = state.infra.db.update_webhook(&w).await.map_err(gone(&id))?;
     let mut dto = webhook_dto(&row);
     dto["secret"] = json!(secret);
     Ok(Json(dto).into_response())
