@@ -65,12 +65,39 @@ enum AdminTokenCommand {
 enum DbCommand {
     /// Apply migrations and exit
     Migrate,
+    /// Copy every table of a stopped Tier 0 SQLite database into an empty PostgreSQL database
+    #[command(
+        long_about = "Copy every table of a stopped Tier 0 SQLite database into an empty PostgreSQL \
+                      database, in one transaction, then verify the row counts. Stop the Tier 0 server \
+                      first. Object storage (FS_STORAGE_PATH) is not copied. Progress goes to stderr; \
+                      on success one `<table> <rows>` line per table is printed to stdout. Exit 2 when \
+                      the inputs are refused, 1 when the copy failed (nothing is committed then)."
+    )]
+    MigrateData {
+        /// The Tier 0 database: sqlite:PATH or a plain path (e.g. ./data/appstrate.db)
+        #[arg(long, value_name = "SQLITE")]
+        from: String,
+        /// The PostgreSQL database: postgres://user:password@host:port/db (migrated first)
+        #[arg(long, value_name = "POSTGRES_URL")]
+        to: String,
+        /// Delete every row of the target first (in the same transaction) instead of refusing a
+        /// non-empty target
+        #[arg(long)]
+        replace: bool,
+    },
 }
 
 /// Runs the command line; returns the process exit code.
 pub fn main() -> i32 {
     let cli = Cli::parse();
     let command = cli.command.unwrap_or(Command::Serve);
+    // migrate-data reads its two databases from its flags: it needs none of the server's configuration.
+    if let Command::Db {
+        command: DbCommand::MigrateData { from, to, replace },
+    } = &command
+    {
+        return migrate_data(from, to, *replace);
+    }
     if let Command::Dev = command {
         if let Err(e) = prepare_dev_env() {
             eprintln!("appstrate dev: {e}");
@@ -106,6 +133,9 @@ pub fn main() -> i32 {
         }
         Command::AdminToken { command } => runtime.block_on(admin_token(config, command)),
         Command::Db {
+            command: DbCommand::MigrateData { .. },
+        } => unreachable!("handled before the configuration is read"),
+        Command::Db {
             command: DbCommand::Migrate,
         } => runtime.block_on(async {
             crate::telemetry::init(&config.log_level, config.log_format);
@@ -120,6 +150,43 @@ pub fn main() -> i32 {
                 }
             }
         }),
+    }
+}
+
+/// `appstrate db migrate-data`: returns the exit code (0, 1 after a failed copy, 2 for refused inputs).
+fn migrate_data(from: &str, to: &str, replace: bool) -> i32 {
+    crate::telemetry::init("warn", LogFormat::Text);
+    let runtime = match tokio::runtime::Runtime::new() {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return 1;
+        }
+    };
+    let mut progress = |line: String| eprintln!("{line}");
+    match runtime.block_on(crate::infra::database::migrate_data::migrate_data(
+        from,
+        to,
+        replace,
+        &mut progress,
+    )) {
+        Ok(report) => {
+            let total: i64 = report.iter().map(|(_, n)| n).sum();
+            let mut out = std::io::stdout().lock();
+            for (table, rows) in &report {
+                let _ = writeln!(out, "{table} {rows}");
+            }
+            eprintln!(
+                "copied {total} rows in {} tables into {}; row counts verified",
+                report.len(),
+                crate::infra::database::describe_postgres_url(to)
+            );
+            0
+        }
+        Err(e) => {
+            eprintln!("migrate-data: {e}");
+            e.exit_code()
+        }
     }
 }
 

@@ -182,7 +182,7 @@ impl Application {
             tracing::warn!(jobs = lost, "in-process delayed jobs dropped at shutdown");
         }
         let _ = self.stop.send(true);
-        match tokio::time::timeout(grace + Duration::from_secs(10), self.server).await {
+        let done = match tokio::time::timeout(grace + Duration::from_secs(10), self.server).await {
             Ok(_) => {
                 tracing::info!("shutdown complete");
                 true
@@ -191,7 +191,16 @@ impl Application {
                 tracing::error!("shutdown grace period exceeded");
                 false
             }
+        };
+        // Connections close last (SPEC §5.3 step 5); a connection still held by a stuck task is not waited
+        // for longer than 5 s.
+        if tokio::time::timeout(Duration::from_secs(5), self.state.infra.db.close())
+            .await
+            .is_err()
+        {
+            tracing::warn!("database connections still in use at shutdown");
         }
+        done
     }
 }
 

@@ -100,6 +100,40 @@ pub fn system_packages_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../system-packages")
 }
 
+/// The database a test server runs on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// Tier 0: a SQLite file in the server's temporary data directory.
+    Sqlite,
+    /// Tier 1: a fresh database of its own in the PostgreSQL cluster at `TEST_DATABASE_URL`.
+    Postgres,
+}
+
+/// A bootstrapped server on `backend`, or `None` (the test is skipped; under CI it fails) when
+/// PostgreSQL is asked for and not available. Use with `test_support::require!`.
+pub async fn spawn_app_on(backend: Backend, extra: &[(&str, &str)]) -> Option<TestApp> {
+    match backend {
+        Backend::Sqlite => Some(spawn_app_with(extra).await),
+        Backend::Postgres => {
+            let url = crate::services::postgres_database().await?;
+            let mut env: Vec<(&str, &str)> = vec![("DATABASE_URL", url.as_str())];
+            env.extend_from_slice(extra);
+            Some(spawn_app_with(&env).await)
+        }
+    }
+}
+
+/// A server with the default test environment plus `extra`, without bootstrapping an organization
+/// (e.g. several replicas booting together on one database).
+pub async fn start_with(extra: &[(&str, &str)]) -> TestApp {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut env = base_env(dir.path());
+    for (k, v) in extra {
+        env.insert(k.to_string(), v.to_string());
+    }
+    start(env, Some(dir)).await
+}
+
 /// A server with the default test environment.
 pub async fn spawn_app() -> TestApp {
     spawn_app_with(&[]).await
@@ -208,6 +242,33 @@ impl TestApp {
         }
         let fresh = start(self.env.clone(), None).await;
         self.app = fresh.app;
+    }
+
+    /// Graceful shutdown, keeping the data directory; [`TestApp::start_again`] boots it again.
+    pub async fn stop(&mut self) {
+        if let Some(app) = self.app.take() {
+            assert!(app.shutdown().await, "graceful shutdown");
+        }
+    }
+
+    /// Boots a stopped server again on the same data directory and port, with its environment changed:
+    /// `set` added or replaced, `unset` removed (e.g. promoting a deployment by adding variables).
+    pub async fn start_again(&mut self, set: &[(&str, &str)], unset: &[&str]) {
+        assert!(self.app.is_none(), "stop() the server first");
+        for k in unset {
+            self.env.remove(*k);
+        }
+        for (k, v) in set {
+            self.env.insert(k.to_string(), v.to_string());
+        }
+        let fresh = start(self.env.clone(), None).await;
+        self.app = fresh.app;
+    }
+
+    /// [`TestApp::stop`] then [`TestApp::start_again`] with the changed environment.
+    pub async fn restart_with(&mut self, set: &[(&str, &str)], unset: &[&str]) {
+        self.stop().await;
+        self.start_again(set, unset).await;
     }
 
     /// A second server sharing this one's database, Redis and object storage (the environment minus the

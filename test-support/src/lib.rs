@@ -7,4 +7,4 @@ pub mod fake_sink;
 pub mod fake_upstream;
 pub mod services;
 pub mod webhook_receiver;
-pub use app::{spawn_app, spawn_app_with, TestApp};
+pub use app::{spawn_app, spawn_app_on, spawn_app_with, Backend, TestApp};

@@ -10,7 +10,7 @@ use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
 use sqlx::sqlite::SqlitePoolOptions;
 use sqlx::{Row, SqlitePool};
-use test_support::{spawn_app, spawn_app_with, TestApp};
+use test_support::{spawn_app, spawn_app_on, spawn_app_with, Backend, TestApp};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -28,6 +28,10 @@ fn system_dir() -> String {
 
 async fn spawn_with_system() -> TestApp {
     spawn_app_with(&[("SYSTEM_PACKAGES_DIR", &system_dir())]).await
+}
+
+async fn spawn_with_system_on(backend: Backend) -> Option<TestApp> {
+    spawn_app_on(backend, &[("SYSTEM_PACKAGES_DIR", &system_dir())]).await
 }
 
 /// A deflated ZIP of `(name, bytes)` entries.
@@ -172,9 +176,9 @@ fn dir_size(p: &Path) -> u64 {
     total
 }
 
-#[tokio::test]
-async fn import_reimport_conflict_and_versions() {
-    let app = spawn_app().await;
+on_both_backends!(import_reimport_conflict_and_versions);
+async fn import_reimport_conflict_and_versions(backend: Backend) {
+    let app = test_support::require!(spawn_app_on(backend, &[]).await);
     let hello = std::fs::read(repo_root().join("examples/agents/hello.afps")).unwrap();
 
     let r = import(&app, hello.clone()).await;
@@ -989,9 +993,9 @@ async fn run_integrations_render_the_fixture_delivery() {
         .is_empty());
 }
 
-#[tokio::test]
-async fn resolve_agent_and_run_bundle() {
-    let app = spawn_app().await;
+on_both_backends!(resolve_agent_and_run_bundle);
+async fn resolve_agent_and_run_bundle(backend: Backend) {
+    let app = test_support::require!(spawn_app_on(backend, &[]).await);
     let state = app.state();
     let auth = api_key_auth(&app, None).await;
 
@@ -1162,9 +1166,9 @@ fn stripe_manifest_as(name: &str) -> Value {
     m
 }
 
-#[tokio::test]
-async fn create_from_json_agent_and_skill() {
-    let app = spawn_with_system().await;
+on_both_backends!(create_from_json_agent_and_skill);
+async fn create_from_json_agent_and_skill(backend: Backend) {
+    let app = test_support::require!(spawn_with_system_on(backend).await);
 
     // An agent: the archive is built server-side and stored like an import.
     let body = agent_body("@authoring/writer", "1.0.0", "Write about {{input.topic}}");
@@ -1291,9 +1295,9 @@ async fn create_from_json_agent_and_skill() {
     assert_eq!(r.status(), StatusCode::TOO_MANY_REQUESTS);
 }
 
-#[tokio::test]
-async fn publish_versions_forward_only() {
-    let app = spawn_with_system().await;
+on_both_backends!(publish_versions_forward_only);
+async fn publish_versions_forward_only(backend: Backend) {
+    let app = test_support::require!(spawn_with_system_on(backend).await);
     let versions_path = "/api/packages/@authoring/pub/versions";
     let r = post_json(
         &app,

@@ -6,7 +6,7 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use test_support::app::{system_packages_dir, TestApp};
 use test_support::fake_llm::{system_prompt, FakeLlm, Turn};
-use test_support::spawn_app_with;
+use test_support::{spawn_app_on, Backend};
 
 const CANARY: &str = "sk-live-canary-4f1c2d9e";
 const BRIEFING: &str = "../../shared/fixtures/afps/agents/briefing-agent/agent.afps";
@@ -16,6 +16,12 @@ fn fixture(path: &str) -> Vec<u8> {
 }
 
 pub(crate) async fn llm_app(fake: &FakeLlm, extra: &[(&str, &str)]) -> TestApp {
+    llm_app_on(Backend::Sqlite, fake, extra)
+        .await
+        .expect("SQLite is always available")
+}
+
+async fn llm_app_on(backend: Backend, fake: &FakeLlm, extra: &[(&str, &str)]) -> Option<TestApp> {
     let url = fake.url();
     let packages = system_packages_dir().to_string_lossy().into_owned();
     let mut env: Vec<(&str, &str)> = vec![
@@ -26,7 +32,7 @@ pub(crate) async fn llm_app(fake: &FakeLlm, extra: &[(&str, &str)]) -> TestApp {
         ("SYSTEM_PACKAGES_DIR", packages.as_str()),
     ];
     env.extend_from_slice(extra);
-    spawn_app_with(&env).await
+    spawn_app_on(backend, &env).await
 }
 
 async fn import(app: &TestApp, bytes: Vec<u8>) -> Value {
@@ -134,15 +140,15 @@ async fn wait_for_pid(app: &TestApp, run_id: &str) -> i32 {
     }
 }
 
-#[tokio::test]
-async fn briefing_agent_runs_to_success_and_never_sees_the_key() {
+on_both_backends!(briefing_agent_runs_to_success_and_never_sees_the_key);
+async fn briefing_agent_runs_to_success_and_never_sees_the_key(backend: Backend) {
     let output = json!({"topic": "Rust", "keyFindings": ["fast"], "recommendation": "adopt", "confidence": "high"});
     let fake = FakeLlm::start(vec![
         // The first turn waits so the test can read the live runner's environment.
         Turn::tool_call("output", json!({"data": output})).with_delay(1500),
     ])
     .await;
-    let app = llm_app(&fake, &[]).await;
+    let app = test_support::require!(llm_app_on(backend, &fake, &[]).await);
     let imported = import(&app, fixture(BRIEFING)).await;
     assert_eq!(imported["created"], true);
 
@@ -430,10 +436,10 @@ async fn a_runner_that_stops_reporting_is_failed_by_the_watchdog() {
     }
 }
 
-#[tokio::test]
-async fn creation_errors_and_gates() {
+on_both_backends!(creation_errors_and_gates);
+async fn creation_errors_and_gates(backend: Backend) {
     // No model configured.
-    let app = test_support::spawn_app().await;
+    let app = test_support::require!(test_support::spawn_app_on(backend, &[]).await);
     let r = app
         .key(Method::POST, "/api/runs/inline")
         .json(&inline(json!({}), "x"))

@@ -11,11 +11,17 @@ use reqwest::Method;
 use serde_json::{json, Value};
 use test_support::app::TestApp;
 use test_support::fake_llm::FakeLlm;
-use test_support::spawn_app_with;
+use test_support::{spawn_app_on, Backend};
 
 const LIMITS: &str = r#"{"per_org_global_rate_per_min": 10000, "max_concurrent_per_org": 500}"#;
 
 async fn llm_app(fake: &FakeLlm, extra: &[(&str, &str)]) -> TestApp {
+    llm_app_on(Backend::Sqlite, fake, extra)
+        .await
+        .expect("SQLite is always available")
+}
+
+async fn llm_app_on(backend: Backend, fake: &FakeLlm, extra: &[(&str, &str)]) -> Option<TestApp> {
     let url = fake.url();
     let mut env: Vec<(&str, &str)> = vec![
         ("LLM_BASE_URL", url.as_str()),
@@ -25,7 +31,7 @@ async fn llm_app(fake: &FakeLlm, extra: &[(&str, &str)]) -> TestApp {
         ("PLATFORM_RUN_LIMITS", LIMITS),
     ];
     env.extend_from_slice(extra);
-    spawn_app_with(&env).await
+    spawn_app_on(backend, &env).await
 }
 
 fn agent_body(name: &str, input_schema: Value) -> Value {
@@ -99,10 +105,10 @@ fn assert_problem(status: u16, b: &Value, want_status: u16, code: &str) {
     assert_eq!(b["code"], code, "{b}");
 }
 
-#[tokio::test]
-async fn crud_validation_and_impersonation() {
+on_both_backends!(crud_validation_and_impersonation);
+async fn crud_validation_and_impersonation(backend: Backend) {
     let fake = FakeLlm::start(vec![]).await;
-    let app = llm_app(&fake, &[]).await;
+    let app = test_support::require!(llm_app_on(backend, &fake, &[]).await);
     create_agent(&app, "@sched/crud").await;
     let path = "/api/agents/@sched/crud/schedules";
     // Validation (with the admin token: its own rate-limit bucket, the key's holds 10 creations a minute).
@@ -413,10 +419,10 @@ async fn every_two_seconds_fires_until_disabled() {
     assert_eq!(scheduled_runs(&app, &id).await.len(), count);
 }
 
-#[tokio::test]
-async fn one_poll_fires_at_most_five_and_a_duplicate_is_a_no_op() {
+on_both_backends!(one_poll_fires_at_most_five_and_a_duplicate_is_a_no_op);
+async fn one_poll_fires_at_most_five_and_a_duplicate_is_a_no_op(backend: Backend) {
     let fake = FakeLlm::start(vec![]).await;
-    let app = llm_app(&fake, &[]).await; // the default 30 s poll stays out of the way
+    let app = test_support::require!(llm_app_on(backend, &fake, &[]).await); // the default 30 s poll stays out of the way
     create_agent(&app, "@sched/burst").await;
     let created = create_schedule(
         &app,

@@ -2,15 +2,15 @@
 
 use reqwest::{Method, StatusCode};
 use serde_json::{json, Value};
-use test_support::spawn_app;
+use test_support::{spawn_app_on, Backend};
 
 async fn body(r: reqwest::Response) -> Value {
     r.json().await.unwrap()
 }
 
-#[tokio::test]
-async fn application_context_rules() {
-    let app = spawn_app().await;
+on_both_backends!(application_context_rules);
+async fn application_context_rules(backend: Backend) {
+    let app = test_support::require!(spawn_app_on(backend, &[]).await);
     // Admin token without X-App-Id on an app-scoped route.
     let r = app
         .client
@@ -169,9 +169,9 @@ async fn application_context_rules() {
     assert_eq!(r.status(), 404);
 }
 
-#[tokio::test]
-async fn credentials_revocation_expiry_and_scopes() {
-    let app = spawn_app().await;
+on_both_backends!(credentials_revocation_expiry_and_scopes);
+async fn credentials_revocation_expiry_and_scopes(backend: Backend) {
+    let app = test_support::require!(spawn_app_on(backend, &[]).await);
     // No credentials; an unknown key.
     let r = app
         .client
@@ -343,9 +343,9 @@ fn regex_like_key(k: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
-#[tokio::test]
-async fn impersonation_header_rules() {
-    let app = spawn_app().await;
+on_both_backends!(impersonation_header_rules);
+async fn impersonation_header_rules(backend: Backend) {
+    let app = test_support::require!(spawn_app_on(backend, &[]).await);
     let eu = body(
         app.key(Method::POST, "/api/end-users")
             .json(&json!({"name": "Ann"}))
@@ -384,9 +384,9 @@ async fn impersonation_header_rules() {
     assert_eq!(body(r).await["code"], "header_not_allowed");
 }
 
-#[tokio::test]
-async fn end_user_crud_conflicts_and_persistence() {
-    let mut app = spawn_app().await;
+on_both_backends!(end_user_crud_conflicts_and_persistence);
+async fn end_user_crud_conflicts_and_persistence(backend: Backend) {
+    let mut app = test_support::require!(spawn_app_on(backend, &[]).await);
     let r = app
         .key(Method::POST, "/api/end-users")
         .json(&json!({"name": "Ann", "email": "ann@example.com", "externalId": "ext-1", "metadata": {"plan": "pro", "seats": 3}}))

@@ -1,9 +1,11 @@
 //! The `Database` concern: one repository trait, implemented once in SQL (`sql.rs`) and instantiated for
 //! SQLite (Tier 0) and PostgreSQL (Tier 1+). Callers only ever see `Arc<dyn Database>`.
 
+pub mod migrate_data;
 mod packages;
 pub mod runs;
 pub mod schedules;
+pub mod schema;
 mod sql;
 mod tx;
 pub mod webhooks;
@@ -19,7 +21,10 @@ pub use packages::{
 };
 pub use runs::RunRepo;
 pub use schedules::ScheduleRepo;
-pub use sql::{connect_postgres, connect_sqlite, SqlDatabase};
+pub use sql::{
+    connect_postgres, connect_postgres_within, connect_sqlite, describe_postgres_url, SqlDatabase,
+    PG_CONNECT_WINDOW, POSTGRES_MIGRATOR, SQLITE_MIGRATOR,
+};
 pub use webhooks::WebhookRepo;
 
 pub type Timestamp = DateTime<Utc>;
@@ -172,6 +177,9 @@ pub trait Database: PackageRepo + RunRepo + ScheduleRepo + WebhookRepo + Send + 
     fn kind(&self) -> &'static str;
     async fn migrate(&self) -> DbResult<()>;
     async fn ping(&self) -> DbResult<()>;
+    /// Closes the pool at shutdown (SPEC §5.3): waits for connections in use to come back, and releases
+    /// the SQLite file so that e.g. `appstrate db migrate-data` can open it.
+    async fn close(&self);
 
     // Organizations and bootstrap
     async fn find_org_by_name(&self, name: &str) -> DbResult<Option<OrgRow>>;

@@ -6,13 +6,14 @@
 
 use super::tx::BeginWrite;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use sqlx::postgres::PgPoolOptions;
+use sqlx::migrate::Migrator;
+use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
 use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
 use sqlx::types::Json;
-use sqlx::{Pool, Postgres, QueryBuilder, Sqlite};
+use sqlx::{ConnectOptions, Pool, Postgres, QueryBuilder, Sqlite};
 
 use super::*;
 
@@ -48,14 +49,81 @@ pub async fn connect_sqlite(path: &Path) -> Result<SqlDatabase<Sqlite>, sqlx::Er
     Ok(SqlDatabase { pool })
 }
 
+/// The embedded migration sets (SPEC §4.3), applied at every boot.
+pub static SQLITE_MIGRATOR: Migrator = sqlx::migrate!("../migrations/sqlite");
+pub static POSTGRES_MIGRATOR: Migrator = sqlx::migrate!("../migrations/postgres");
+
+/// How long a PostgreSQL server that refuses connections is waited for at boot (it may still be starting,
+/// e.g. under docker compose).
+pub const PG_CONNECT_WINDOW: Duration = Duration::from_secs(10);
+
 /// Connects to PostgreSQL with a pool of at most 20 connections.
 pub async fn connect_postgres(url: &str) -> Result<SqlDatabase<Postgres>, sqlx::Error> {
+    connect_postgres_within(url, PG_CONNECT_WINDOW, 20).await
+}
+
+/// Connects to PostgreSQL. A refused connection is retried for `window`; any other failure (bad
+/// password, unknown database, no answer) is returned at once. The first connection is made directly
+/// rather than through the pool, so that the caller sees the server's real error instead of a pool
+/// timeout.
+pub async fn connect_postgres_within(
+    url: &str,
+    window: Duration,
+    max_connections: u32,
+) -> Result<SqlDatabase<Postgres>, sqlx::Error> {
+    let opts: PgConnectOptions = url.parse()?;
+    let opts = opts.application_name("appstrate");
+    let deadline = Instant::now() + window;
+    let mut backoff = Duration::from_millis(50);
+    loop {
+        match tokio::time::timeout(Duration::from_secs(10), opts.connect()).await {
+            Ok(Ok(conn)) => {
+                let _ = sqlx::Connection::close(conn).await;
+                break;
+            }
+            Ok(Err(sqlx::Error::Io(e)))
+                if e.kind() == std::io::ErrorKind::ConnectionRefused
+                    && Instant::now() + backoff < deadline =>
+            {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(1));
+            }
+            Ok(Err(e)) => return Err(e),
+            Err(_) => {
+                return Err(sqlx::Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "the server did not answer within 10 s",
+                )))
+            }
+        }
+    }
     let pool = PgPoolOptions::new()
-        .max_connections(20)
+        .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(10))
-        .connect(url)
+        .connect_with(opts)
         .await?;
     Ok(SqlDatabase { pool })
+}
+
+/// `postgres://user@host:port/db` for messages: the password and query are never shown.
+pub fn describe_postgres_url(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(u) => {
+            let user = if u.username().is_empty() {
+                String::new()
+            } else {
+                format!("{}@", u.username())
+            };
+            let port = u.port().map(|p| format!(":{p}")).unwrap_or_default();
+            format!(
+                "{}://{user}{}{port}{}",
+                u.scheme(),
+                u.host_str().unwrap_or(""),
+                u.path()
+            )
+        }
+        Err(_) => "(an unparsable URL)".into(),
+    }
 }
 
 pub(super) fn map_err(e: sqlx::Error) -> DbError {
@@ -175,6 +243,10 @@ macro_rules! impl_sql_database {
             async fn migrate(&self) -> DbResult<()> {
                 $migrator.run(&self.pool).await?;
                 Ok(())
+            }
+
+            async fn close(&self) {
+                self.pool.close().await;
             }
 
             async fn ping(&self) -> DbResult<()> {
@@ -743,16 +815,27 @@ macro_rules! impl_sql_database {
     };
 }
 
-impl_sql_database!(Sqlite, "sqlite", sqlx::migrate!("../migrations/sqlite"));
-impl_sql_database!(
-    Postgres,
-    "postgres",
-    sqlx::migrate!("../migrations/postgres")
-);
+impl_sql_database!(Sqlite, "sqlite", SQLITE_MIGRATOR);
+impl_sql_database!(Postgres, "postgres", POSTGRES_MIGRATOR);
 
 #[cfg(test)]
 mod tests {
-    use super::slugify;
+    use super::{describe_postgres_url, slugify};
+
+    #[test]
+    fn postgres_urls_are_described_without_their_password() {
+        assert_eq!(
+            describe_postgres_url(
+                "postgres://app:s3cret@db.internal:5433/appstrate?sslmode=require"
+            ),
+            "postgres://app@db.internal:5433/appstrate"
+        );
+        assert_eq!(
+            describe_postgres_url("postgresql://db/x"),
+            "postgresql://db/x"
+        );
+        assert!(!describe_postgres_url("postgres://u:p%40ss@h/d").contains("p%40ss"));
+    }
 
     #[test]
     fn slugs() {
