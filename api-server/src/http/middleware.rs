@@ -112,7 +112,8 @@ fn finish_problem(res: &mut Response, request_id: &str, method: &Method, path: &
         Some(e) => e,
         None => {
             let status = res.status();
-            if status.as_u16() < 400 {
+            // `/health` answers 503 with its own JSON report (SPEC §22.3), not a problem document.
+            if status.as_u16() < 400 || path == "/health" {
                 return;
             }
             let is_problem = res

@@ -1,12 +1,38 @@
 //! The API server's integration tests: one binary, one module per area.
 
+/// Runs test functions written once on SQLite (Tier 0) and on PostgreSQL (Tier 1), so that the tiers
+/// cannot drift: `on_both_backends!(f);` next to `async fn f(backend: Backend)` expands to a module `f`
+/// with a `sqlite` and a `postgres` test (`f::sqlite`, `f::postgres`). The function passes the backend
+/// to `test_support::spawn_app_on`.
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[tokio::test]
+                async fn sqlite() {
+                    super::$name(test_support::Backend::Sqlite).await
+                }
+
+                #[tokio::test]
+                async fn postgres() {
+                    super::$name(test_support::Backend::Postgres).await
+                }
+            }
+        )*
+    };
+}
+
 mod boot;
 mod conventions;
 mod crash;
+mod database;
+mod migrate_data;
 mod packages;
 mod ratelimit;
 mod runs;
 mod schedules;
 mod sink;
+mod storage;
 mod tenancy;
+mod tiers;
 mod webhooks;

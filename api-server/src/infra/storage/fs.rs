@@ -72,6 +72,8 @@ impl ObjectStore for FsObjectStore {
         match tokio::fs::read(&path).await {
             Ok(data) => Ok(Some(Bytes::from(data))),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            // A key prefix ("a/b" of "a/b/c") is not an object, as on S3.
+            Err(_) if path.is_dir() => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -81,6 +83,7 @@ impl ObjectStore for FsObjectStore {
         match tokio::fs::remove_file(&path).await {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(_) if path.is_dir() => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

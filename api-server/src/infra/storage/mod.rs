@@ -2,11 +2,15 @@
 //! is set.
 
 mod fs;
+mod s3;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use bytes::Bytes;
 
 pub use fs::FsObjectStore;
+pub use s3::S3ObjectStore;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -27,6 +31,57 @@ pub trait ObjectStore: Send + Sync {
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
     /// A cheap liveness probe: a write for the filesystem, `HeadBucket` for S3.
     async fn check(&self) -> Result<(), StorageError>;
+}
+
+/// S3 storage promoted from a filesystem deployment (Tier 2 → 3 with the same `FS_STORAGE_PATH`):
+/// objects written before `S3_BUCKET` was set stay readable. A key missing from S3 is read from the
+/// filesystem and, when found there, copied into S3 so that replicas without that directory see it too.
+/// Writes go to S3 only; deletes remove both copies so that a deleted object never reappears.
+pub struct PromotedStore {
+    primary: Arc<dyn ObjectStore>,
+    legacy: FsObjectStore,
+}
+
+impl PromotedStore {
+    pub fn new(primary: Arc<dyn ObjectStore>, legacy: FsObjectStore) -> Self {
+        Self { primary, legacy }
+    }
+}
+
+#[async_trait]
+impl ObjectStore for PromotedStore {
+    fn kind(&self) -> &'static str {
+        self.primary.kind()
+    }
+
+    async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError> {
+        self.primary.put(key, data).await
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>, StorageError> {
+        if let Some(data) = self.primary.get(key).await? {
+            return Ok(Some(data));
+        }
+        let Some(data) = self.legacy.get(key).await? else {
+            return Ok(None);
+        };
+        match self.primary.put(key, data.clone()).await {
+            Ok(()) => tracing::debug!(key, "copied a filesystem object into object storage"),
+            Err(e) => {
+                tracing::warn!(key, error = %e, "could not copy a filesystem object into object storage")
+            }
+        }
+        Ok(Some(data))
+    }
+
+    async fn delete(&self, key: &str) -> Result<(), StorageError> {
+        self.primary.delete(key).await?;
+        self.legacy.delete(key).await
+    }
+
+    async fn check(&self) -> Result<(), StorageError> {
+        self.primary.check().await
+    }
 }
 
 /// Object keys are relative, `/`-separated, and never climb out of the store.
@@ -52,7 +107,41 @@ pub fn validate_key(key: &str) -> Result<(), StorageError> {
 
 #[cfg(test)]
 mod tests {
-    use super::validate_key;
+    use super::*;
+
+    #[tokio::test]
+    async fn a_promoted_store_reads_old_objects_from_the_filesystem_and_forgets_deleted_ones() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = FsObjectStore::new(&dir.path().join("old")).unwrap();
+        old.put("packages/a/1.afps", Bytes::from_static(b"before"))
+            .await
+            .unwrap();
+        // Stands in for S3: another filesystem store.
+        let primary: Arc<dyn ObjectStore> =
+            Arc::new(FsObjectStore::new(&dir.path().join("new")).unwrap());
+        let store = PromotedStore::new(
+            primary.clone(),
+            FsObjectStore::new(&dir.path().join("old")).unwrap(),
+        );
+        assert_eq!(
+            store.get("packages/a/1.afps").await.unwrap().unwrap(),
+            "before"
+        );
+        // Copied on first read.
+        assert_eq!(
+            primary.get("packages/a/1.afps").await.unwrap().unwrap(),
+            "before"
+        );
+        store
+            .put("packages/b/1.afps", Bytes::from_static(b"after"))
+            .await
+            .unwrap();
+        assert!(old.get("packages/b/1.afps").await.unwrap().is_none());
+        store.delete("packages/a/1.afps").await.unwrap();
+        assert!(store.get("packages/a/1.afps").await.unwrap().is_none());
+        assert!(old.get("packages/a/1.afps").await.unwrap().is_none());
+        assert!(store.get("missing").await.unwrap().is_none());
+    }
 
     #[test]
     fn keys() {
