@@ -60,12 +60,9 @@ pub(crate) fn strip_volatile(v: &mut Value) {
 
 /// Every GET answer a user of this deployment would look at, with the API key (and, for the org-level
 /// routes, the admin token).
-pub(crate) async fn snapshot(
-    app: &TestApp,
-    run_id: &str,
-    schedule_id: &str,
-    end_user: &str,
-) -> Vec<(String, Value)> {
+pub(crate) async fn snapshot(app: &TestApp, p: &Populated) -> Vec<(String, Value)> {
+    let (run_id, schedule_id, end_user, webhook) =
+        (&p.run_id, &p.schedule_id, &p.eu_id, &p.webhook_id);
     let key_paths = [
         "/api/end-users".to_string(),
         format!("/api/end-users/{end_user}"),
@@ -79,17 +76,19 @@ pub(crate) async fn snapshot(
         "/api/schedules".to_string(),
         format!("/api/schedules/{schedule_id}"),
         "/api/packages/@appstrate/stripe/connections/primary".to_string(),
+        "/api/webhooks".to_string(),
+        format!("/api/webhooks/{webhook}"),
     ];
     let mut out = Vec::new();
-    for p in key_paths {
-        let mut v = send(app.key(Method::GET, &p)).await;
+    for path in key_paths {
+        let mut v = send(app.key(Method::GET, &path)).await;
         strip_volatile(&mut v);
-        out.push((p, v));
+        out.push((path, v));
     }
-    for p in ["/api/applications", "/api/api-keys"] {
-        let mut v = send(app.admin(Method::GET, p)).await;
+    for path in ["/api/applications", "/api/api-keys"] {
+        let mut v = send(app.admin(Method::GET, path)).await;
         strip_volatile(&mut v);
-        out.push((format!("admin {p}"), v));
+        out.push((format!("admin {path}"), v));
     }
     out
 }
@@ -159,6 +158,7 @@ pub(crate) struct Populated {
     pub eu_id: String,
     pub second_app: Value,
     pub new_key: Value,
+    pub webhook_id: String,
 }
 
 /// Data of every kind, created through the API: a second application, an API key, an end-user, the
@@ -207,12 +207,18 @@ pub(crate) async fn populate(app: &TestApp) -> Populated {
     )
     .await;
     let schedule_id = schedule["id"].as_str().unwrap().to_string();
+    // Only failures are delivered (to a closed loopback port): the successful runs send nothing.
+    let webhook = send(app.key(Method::POST, "/api/webhooks").json(&json!({
+        "url": "http://127.0.0.1:9/in", "events": ["run.failed"]
+    })))
+    .await;
     Populated {
         run_id,
         schedule_id,
         eu_id,
         second_app,
         new_key,
+        webhook_id: webhook["id"].as_str().unwrap().to_string(),
     }
 }
 
@@ -253,14 +259,14 @@ async fn tier0_data_moves_to_postgres_and_is_served_identically() {
     let mut app = llm_app_on(test_support::Backend::Sqlite, &fake, &[])
         .await
         .unwrap();
+    let populated = populate(&app).await;
     let Populated {
         run_id,
-        schedule_id,
-        eu_id,
         second_app,
         new_key,
-    } = populate(&app).await;
-    let before = snapshot(&app, &run_id, &schedule_id, &eu_id).await;
+        ..
+    } = &populated;
+    let before = snapshot(&app, &populated).await;
     let logs_before = before.iter().find(|(p, _)| p.ends_with("/logs")).unwrap().1["data"]
         .as_array()
         .unwrap()
@@ -291,6 +297,7 @@ async fn tier0_data_moves_to_postgres_and_is_served_identically() {
     assert_eq!(count(&counts, "run_logs") as usize, logs_before);
     assert_eq!(count(&counts, "schedules"), 1);
     assert_eq!(count(&counts, "connections"), 1);
+    assert_eq!(count(&counts, "webhooks"), 1);
     assert_eq!(
         count(&counts, "packages"),
         13,
@@ -315,7 +322,7 @@ async fn tier0_data_moves_to_postgres_and_is_served_identically() {
     let h = send(app.client.get(app.url("/health"))).await;
     assert_eq!(h["adapters"]["database"], "postgres");
     assert_eq!(h["tier"], 1);
-    let after = snapshot(&app, &run_id, &schedule_id, &eu_id).await;
+    let after = snapshot(&app, &populated).await;
     assert_same(&before, &after);
     assert_eq!(
         send(app.admin(
@@ -356,7 +363,7 @@ async fn tier0_data_moves_to_postgres_and_is_served_identically() {
         .state()
         .infra
         .db
-        .list_logs(&run_id, None, &[], 1000)
+        .list_logs(run_id, None, &[], 1000)
         .await
         .unwrap()
         .iter()
@@ -395,7 +402,7 @@ async fn tier0_data_moves_to_postgres_and_is_served_identically() {
     assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
     assert_eq!(table_counts(&text(&o.stdout)), counts);
     app.start_again(&[], &[]).await;
-    let replaced = snapshot(&app, &run_id, &schedule_id, &eu_id).await;
+    let replaced = snapshot(&app, &populated).await;
     assert_same(&before, &replaced);
     let r = app
         .key(Method::GET, &format!("/api/runs/{second_run}"))

@@ -10,8 +10,7 @@ use test_support::services;
 use test_support::Backend;
 
 use crate::migrate_data::{
-    assert_same, briefing_llm, llm_app_on, populate, run_briefing, send, snapshot, Populated,
-    BRIEFING,
+    assert_same, briefing_llm, llm_app_on, populate, run_briefing, send, snapshot, BRIEFING,
 };
 
 async fn s3_client(target: &services::S3Target) -> aws_sdk_s3::Client {
@@ -42,14 +41,9 @@ async fn tier1_promoted_to_s3_storage_keeps_everything() {
     let s3 = test_support::require!(services::s3_bucket());
     let fake = briefing_llm(3).await;
     let mut app = test_support::require!(llm_app_on(Backend::Postgres, &fake, &[]).await);
-    let Populated {
-        run_id,
-        schedule_id,
-        eu_id,
-        new_key,
-        ..
-    } = populate(&app).await;
-    let before = snapshot(&app, &run_id, &schedule_id, &eu_id).await;
+    let populated = populate(&app).await;
+    let new_key = &populated.new_key;
+    let before = snapshot(&app, &populated).await;
     let h = send(app.client.get(app.url("/health"))).await;
     assert_eq!(h["tier"], 1);
     assert_eq!(h["adapters"]["storage"], "fs");
@@ -79,7 +73,7 @@ async fn tier1_promoted_to_s3_storage_keeps_everything() {
     assert_eq!(h["adapters"]["storage"], "s3");
     assert_eq!(h["adapters"]["database"], "postgres");
     assert_eq!(h["checks"]["storage"]["status"], "healthy");
-    let after = snapshot(&app, &run_id, &schedule_id, &eu_id).await;
+    let after = snapshot(&app, &populated).await;
     assert_same(&before, &after);
     let r = app
         .client
