@@ -445,3 +445,86 @@ async fn an_unreachable_target_is_reported_without_its_password() {
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o.stderr).contains("--from: /nonexistent/appstrate.db does not exist"));
 }
+
+/// A Tier 0 server that was killed (SIGKILL, OOM) leaves its last transactions in the WAL file: they are
+/// copied too.
+#[tokio::test]
+async fn a_killed_tier0_server_leaves_a_wal_whose_rows_are_copied() {
+    let target = test_support::require!(services::postgres_database().await);
+    let dir = tempfile::tempdir().unwrap();
+    let port = services::free_port();
+    let env = [
+        ("BETTER_AUTH_SECRET", "better-auth-secret".to_string()),
+        (
+            "UPLOAD_SIGNING_SECRET",
+            "upload-secret-0123456789".to_string(),
+        ),
+        (
+            "CONNECTION_ENCRYPTION_KEY",
+            test_support::app::TEST_ENCRYPTION_KEY.to_string(),
+        ),
+        ("HOST", "127.0.0.1".to_string()),
+        ("PORT", port.to_string()),
+        ("APP_URL", format!("http://127.0.0.1:{port}")),
+        ("SYSTEM_PACKAGES_DIR", "./no-system-packages".to_string()),
+    ];
+    let command = |args: &[&str]| {
+        let mut c = std::process::Command::new(BIN);
+        c.args(args)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())));
+        c
+    };
+    let out = command(&["bootstrap"]).output().unwrap();
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let boot: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = boot["apiKey"].as_str().unwrap().to_string();
+
+    let mut server = command(&["serve"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::new();
+    let base = format!("http://127.0.0.1:{port}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while client
+        .get(format!("{base}/health"))
+        .send()
+        .await
+        .map(|r| r.status() != 200)
+        .unwrap_or(true)
+    {
+        assert!(std::time::Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    for i in 0..3 {
+        let r = client
+            .post(format!("{base}/api/end-users"))
+            .bearer_auth(&key)
+            .json(&json!({"externalId": format!("killed-{i}")}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+    let wal = dir.path().join("data/appstrate.db-wal");
+    assert!(
+        std::fs::metadata(&wal)
+            .map(|m| m.len() > 0)
+            .unwrap_or(false),
+        "the killed server left no WAL: the scenario did not happen"
+    );
+
+    let from = dir.path().join("data/appstrate.db");
+    let o = migrate_data(&["--from", from.to_str().unwrap(), "--to", &target]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o.stderr));
+    let counts = table_counts(&text(&o.stdout));
+    assert_eq!(count(&counts, "end_users"), 3);
+    assert_eq!(count(&counts, "api_keys"), 1);
+    assert_eq!(count(&counts, "admin_tokens"), 1);
+}
