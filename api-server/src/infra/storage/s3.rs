@@ -86,63 +86,7 @@ impl S3ObjectStore {
             return self.create_bucket(config, &where_).await;
         }
         let detail = DisplayErrorContext(&err).to_string();
-        let (var, message) = match status {
-            Some(404) => (
-                "S3_BUCKET",
-                format!(
-                    "bucket {} does not exist {where_}; create it (e.g. `aws s3 mb s3://{}`) or fix \
-                     S3_BUCKET. Buckets are only created automatically on a self-hosted server (S3_ENDPOINT set)",
-                    self.bucket, self.bucket
-                ),
-            ),
-            Some(403) => (
-                "S3_BUCKET",
-                format!(
-                    "access to bucket {} {where_} is denied (403): check the credentials \
-                     (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the instance role) and that they may \
-                     read and write this bucket",
-                    self.bucket
-                ),
-            ),
-            Some(301) | Some(400) => (
-                "S3_REGION",
-                format!(
-                    "bucket {} answered {} {where_}: it is probably in another region than S3_REGION={} \
-                     ({detail})",
-                    self.bucket,
-                    status.unwrap_or_default(),
-                    config.region
-                ),
-            ),
-            Some(code) => (
-                "S3_BUCKET",
-                format!(
-                    "checking bucket {} {where_} failed with HTTP {code} ({detail})",
-                    self.bucket
-                ),
-            ),
-            None if detail.to_ascii_lowercase().contains("credential") => (
-                "S3_BUCKET",
-                format!(
-                    "no usable AWS credentials for bucket {}: set AWS_ACCESS_KEY_ID and \
-                     AWS_SECRET_ACCESS_KEY (or a profile or role) ({detail})",
-                    self.bucket
-                ),
-            ),
-            None => (
-                if config.endpoint.is_some() {
-                    "S3_ENDPOINT"
-                } else {
-                    "S3_BUCKET"
-                },
-                format!(
-                    "cannot reach the S3 server {where_} to check bucket {} ({detail}); check that the \
-                     server is running and that S3_ENDPOINT is the right URL",
-                    self.bucket
-                ),
-            ),
-        };
-        Err(InfraError { var, message })
+        Err(bucket_error(&self.bucket, config, status, &detail))
     }
 
     async fn create_bucket(&self, config: &S3Config, where_: &str) -> Result<(), InfraError> {
@@ -179,6 +123,69 @@ impl S3ObjectStore {
             }),
         }
     }
+}
+
+/// The boot error for a bucket check that failed with HTTP `status` (`None`: no answer), naming the
+/// variable to fix and what to check.
+fn bucket_error(bucket: &str, config: &S3Config, status: Option<u16>, detail: &str) -> InfraError {
+    let where_ = match &config.endpoint {
+        Some(e) => format!("at S3_ENDPOINT {e}"),
+        None => format!("in AWS region {}", config.region),
+    };
+    let (var, message) = match status {
+        Some(404) => (
+            "S3_BUCKET",
+            format!(
+                "bucket {bucket} does not exist {where_}; create it (e.g. `aws s3 mb s3://{bucket}`) \
+                 or fix S3_BUCKET. Buckets are only created automatically on a self-hosted server \
+                 (S3_ENDPOINT set)"
+            ),
+        ),
+        Some(403) => (
+            "S3_BUCKET",
+            format!(
+                "access to bucket {bucket} {where_} is denied (403): check the credentials \
+                 (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY or the instance role) and that they may \
+                 read and write this bucket"
+            ),
+        ),
+        Some(code @ (301 | 400)) => (
+            "S3_REGION",
+            format!(
+                "bucket {bucket} answered {code} {where_}: it is probably in another region than \
+                 S3_REGION={} ({detail})",
+                config.region
+            ),
+        ),
+        Some(code) => (
+            "S3_BUCKET",
+            format!("checking bucket {bucket} {where_} failed with HTTP {code} ({detail})"),
+        ),
+        None if detail.to_ascii_lowercase().contains("credential") => (
+            "S3_BUCKET",
+            format!(
+                "no usable AWS credentials for bucket {bucket}: set AWS_ACCESS_KEY_ID and \
+                 AWS_SECRET_ACCESS_KEY (or a profile or role) ({detail})"
+            ),
+        ),
+        None => match &config.endpoint {
+            Some(_) => (
+                "S3_ENDPOINT",
+                format!(
+                    "cannot reach the S3 server {where_} to check bucket {bucket} ({detail}); check \
+                     that the server is running and that S3_ENDPOINT is its URL"
+                ),
+            ),
+            None => (
+                "S3_BUCKET",
+                format!(
+                    "cannot reach S3 {where_} to check bucket {bucket} ({detail}); check this host's \
+                     network access to AWS, or set S3_ENDPOINT for a self-hosted server"
+                ),
+            ),
+        },
+    };
+    InfraError { var, message }
 }
 
 #[async_trait]
@@ -244,5 +251,53 @@ impl ObjectStore for S3ObjectStore {
             .await
             .map_err(|e| backend("HeadBucket", e))?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(endpoint: Option<&str>) -> S3Config {
+        S3Config {
+            bucket: "b".into(),
+            region: "eu-west-3".into(),
+            endpoint: endpoint.map(str::to_string),
+            force_path_style: endpoint.is_some(),
+        }
+    }
+
+    #[test]
+    fn each_bucket_failure_names_the_variable_to_fix() {
+        let aws = config(None);
+        let minio = config(Some("http://minio:9000"));
+        let e = bucket_error("b", &aws, Some(404), "NotFound");
+        assert_eq!(e.var, "S3_BUCKET");
+        assert!(
+            e.message.contains("does not exist in AWS region eu-west-3"),
+            "{e}"
+        );
+        assert!(e.message.contains("aws s3 mb s3://b"), "{e}");
+        let e = bucket_error("b", &minio, Some(403), "Forbidden");
+        assert_eq!(e.var, "S3_BUCKET");
+        assert!(e.message.contains("denied (403)") && e.message.contains("AWS_SECRET_ACCESS_KEY"));
+        assert!(
+            e.message.contains("at S3_ENDPOINT http://minio:9000"),
+            "{e}"
+        );
+        let e = bucket_error("b", &aws, Some(301), "PermanentRedirect");
+        assert_eq!(e.var, "S3_REGION");
+        assert!(e.message.contains("S3_REGION=eu-west-3"), "{e}");
+        let e = bucket_error("b", &aws, Some(500), "InternalError");
+        assert_eq!(e.var, "S3_BUCKET");
+        assert!(e.message.contains("HTTP 500"), "{e}");
+        let e = bucket_error("b", &aws, None, "failed to load credentials: no providers");
+        assert!(e.message.contains("no usable AWS credentials"), "{e}");
+        let e = bucket_error("b", &minio, None, "dispatch failure: connection refused");
+        assert_eq!(e.var, "S3_ENDPOINT");
+        assert!(e.message.contains("connection refused"), "{e}");
+        let e = bucket_error("b", &aws, None, "dispatch failure: dns error");
+        assert_eq!(e.var, "S3_BUCKET");
+        assert!(e.message.contains("network access to AWS"), "{e}");
     }
 }
