@@ -1297,3 +1297,57 @@ async fn an_unreachable_database_url_stops_boot_with_the_checks_to_make() {
     // Refusals are retried for a while (a server still starting), then reported.
     assert!(started.elapsed() < Duration::from_secs(60));
 }
+
+/// The same through the real binary: exit 1 before serving, the message on stderr.
+#[tokio::test]
+async fn serve_exits_1_when_the_database_refuses_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let db_port = services::free_port();
+    let port = services::free_port();
+    let env = [
+        ("BETTER_AUTH_SECRET", "better-auth-secret".to_string()),
+        (
+            "UPLOAD_SIGNING_SECRET",
+            "upload-secret-0123456789".to_string(),
+        ),
+        (
+            "CONNECTION_ENCRYPTION_KEY",
+            test_support::app::TEST_ENCRYPTION_KEY.to_string(),
+        ),
+        ("HOST", "127.0.0.1".to_string()),
+        ("PORT", port.to_string()),
+        (
+            "DATABASE_URL",
+            format!("postgresql://app:pw-canary-31@127.0.0.1:{db_port}/appstrate"),
+        ),
+    ];
+    let path = dir.path().to_path_buf();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_appstrate"))
+            .arg("serve")
+            .current_dir(&path)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr
+            .contains("DATABASE_URL: cannot connect to PostgreSQL at postgresql://app@127.0.0.1:"),
+        "{stderr}"
+    );
+    assert!(stderr.contains("psql \"$DATABASE_URL\""), "{stderr}");
+    assert!(
+        !stderr.contains("pw-canary-31"),
+        "password leaked: {stderr}"
+    );
+    assert!(
+        !dir.path().join("data/appstrate.db").exists(),
+        "no SQLite fallback"
+    );
+}
