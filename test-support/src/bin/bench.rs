@@ -1165,83 +1165,6 @@ fn add_load_figures(summary: &mut Summary, what: &str, r: &LoadReport, targeted:
     );
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn parse(args: &[&str]) -> anyhow::Result<Opts> {
-        Opts::parse(args.iter().map(|s| s.to_string()))
-    }
-
-    #[test]
-    fn defaults_to_everything() {
-        let o = parse(&[]).unwrap();
-        assert!(o.boot && o.rss && o.http && o.agents && o.runs);
-        assert_eq!(o.duration, Duration::from_secs(10));
-        assert_eq!(o.concurrency, vec![1, 16]);
-        assert_eq!(o.boot_runs, 7);
-    }
-
-    #[test]
-    fn selects_and_sets() {
-        let o = parse(&["boot", "http", "--duration", "2", "--concurrency=1,4,16"]).unwrap();
-        assert!(o.boot && !o.rss && o.http);
-        assert_eq!(o.duration, Duration::from_secs(2));
-        assert_eq!(o.concurrency, vec![1, 4, 16]);
-        assert!(parse(&["--duration"]).is_err());
-        assert!(parse(&["--concurrency", "0"]).is_err());
-        assert!(parse(&["fast"]).is_err());
-    }
-
-    #[test]
-    fn run_options() {
-        let o = parse(&[]).unwrap();
-        assert!(o.agents && o.runs);
-        assert_eq!(
-            (o.seq_runs, o.concurrent_runs, o.llm_delay_ms),
-            (50, 500, 0)
-        );
-        assert_eq!(o.runs_timeout, Duration::from_secs(300));
-        let o = parse(&[
-            "runs",
-            "--runs=20",
-            "--concurrent-runs",
-            "0",
-            "--llm-delay",
-            "100",
-            "--runs-timeout",
-            "60",
-        ])
-        .unwrap();
-        assert!(o.runs && !o.agents && !o.boot && !o.http);
-        assert_eq!(
-            (o.seq_runs, o.concurrent_runs, o.llm_delay_ms),
-            (20, 0, 100)
-        );
-        assert_eq!(o.runs_timeout, Duration::from_secs(60));
-        assert!(parse(&["--runs", "0"]).is_err());
-        assert!(parse(&["--runs-timeout", "0"]).is_err());
-        assert!(parse(&["--concurrent-runs", "x"]).is_err());
-        let o = parse(&["agents"]).unwrap();
-        assert!(o.agents && !o.runs);
-        let o = parse(&["tier2"]).unwrap();
-        assert!(o.tier2 && !o.agents && !o.runs && !o.boot);
-        assert!(
-            !parse(&[]).unwrap().tier2,
-            "tier2 needs services: never implied"
-        );
-    }
-
-    #[test]
-    fn keys_cover_the_ceiling_within_the_per_key_budget() {
-        let o = parse(&["--duration", "10", "--warmup", "1"]).unwrap();
-        let (keys, budget) = keys_for(&o);
-        assert_eq!(keys, 1100);
-        assert_eq!(budget, 1100 * PER_KEY_BUDGET);
-        assert!(KEY_RATE_CEILING * 11 <= budget);
-    }
-}
-
 /// Where the figures of one server's runs_bench / agents load go.
 fn figure(summary: &Summary, prefix: &str) -> Option<f64> {
     summary
@@ -1519,4 +1442,81 @@ fn tier2_bench(
     runs::kill_leftover_runners(runner_pids);
     drop(fake);
     outcome
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> anyhow::Result<Opts> {
+        Opts::parse(args.iter().map(|s| s.to_string()))
+    }
+
+    #[test]
+    fn defaults_to_everything() {
+        let o = parse(&[]).unwrap();
+        assert!(o.boot && o.rss && o.http && o.agents && o.runs);
+        assert_eq!(o.duration, Duration::from_secs(10));
+        assert_eq!(o.concurrency, vec![1, 16]);
+        assert_eq!(o.boot_runs, 7);
+    }
+
+    #[test]
+    fn selects_and_sets() {
+        let o = parse(&["boot", "http", "--duration", "2", "--concurrency=1,4,16"]).unwrap();
+        assert!(o.boot && !o.rss && o.http);
+        assert_eq!(o.duration, Duration::from_secs(2));
+        assert_eq!(o.concurrency, vec![1, 4, 16]);
+        assert!(parse(&["--duration"]).is_err());
+        assert!(parse(&["--concurrency", "0"]).is_err());
+        assert!(parse(&["fast"]).is_err());
+    }
+
+    #[test]
+    fn run_options() {
+        let o = parse(&[]).unwrap();
+        assert!(o.agents && o.runs);
+        assert_eq!(
+            (o.seq_runs, o.concurrent_runs, o.llm_delay_ms),
+            (50, 500, 0)
+        );
+        assert_eq!(o.runs_timeout, Duration::from_secs(300));
+        let o = parse(&[
+            "runs",
+            "--runs=20",
+            "--concurrent-runs",
+            "0",
+            "--llm-delay",
+            "100",
+            "--runs-timeout",
+            "60",
+        ])
+        .unwrap();
+        assert!(o.runs && !o.agents && !o.boot && !o.http);
+        assert_eq!(
+            (o.seq_runs, o.concurrent_runs, o.llm_delay_ms),
+            (20, 0, 100)
+        );
+        assert_eq!(o.runs_timeout, Duration::from_secs(60));
+        assert!(parse(&["--runs", "0"]).is_err());
+        assert!(parse(&["--runs-timeout", "0"]).is_err());
+        assert!(parse(&["--concurrent-runs", "x"]).is_err());
+        let o = parse(&["agents"]).unwrap();
+        assert!(o.agents && !o.runs);
+        let o = parse(&["tier2"]).unwrap();
+        assert!(o.tier2 && !o.agents && !o.runs && !o.boot);
+        assert!(
+            !parse(&[]).unwrap().tier2,
+            "tier2 needs services: never implied"
+        );
+    }
+
+    #[test]
+    fn keys_cover_the_ceiling_within_the_per_key_budget() {
+        let o = parse(&["--duration", "10", "--warmup", "1"]).unwrap();
+        let (keys, budget) = keys_for(&o);
+        assert_eq!(keys, 1100);
+        assert_eq!(budget, 1100 * PER_KEY_BUDGET);
+        assert!(KEY_RATE_CEILING * 11 <= budget);
+    }
 }
