@@ -179,6 +179,15 @@ fn redis_error(endpoint: &str, reason: &str) -> InfraError {
 
 /// Connects the shared Redis of Tier 2.
 pub async fn connect_redis(url: &str) -> Result<redis_client::Redis, InfraError> {
+    if url.starts_with("rediss://") {
+        return Err(InfraError {
+            var: "REDIS_URL",
+            message:
+                "TLS (rediss://) is not supported by this build; use redis:// on a private network \
+                      or through a TLS tunnel (stunnel, a service mesh)"
+                    .into(),
+        });
+    }
     redis_client::Redis::connect(url)
         .await
         .map_err(|e| match e {
@@ -246,5 +255,31 @@ impl Infra {
             queue,
             redis,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tls_redis_urls_are_refused_with_a_clear_error() {
+        let e = connect_redis("rediss://:s3cret-pw@redis.example:6380")
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(e.var, "REDIS_URL");
+        assert!(e.message.contains("rediss://"), "{}", e.message);
+        assert!(!e.message.contains("s3cret-pw"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn an_unparseable_redis_url_names_the_variable() {
+        let e = connect_redis("redis://:s3cret-pw@[bad")
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(e.var, "REDIS_URL");
+        assert!(!e.message.contains("s3cret-pw"), "{}", e.message);
     }
 }
