@@ -63,7 +63,17 @@ async fn tier1_promoted_to_s3_storage_keeps_everything() {
     let original = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(BRIEFING)).unwrap();
     assert_eq!(std::fs::read(&fs_path).unwrap(), original);
 
-    // Tier 2 (REDIS_URL) is added here once the Redis adapters are in this branch.
+    // Tier 2: only REDIS_URL is added; same database, same data directory, everything still there.
+    let redis = test_support::require!(services::RedisServer::start());
+    app.restart_with(&[("REDIS_URL", redis.url.as_str())], &[])
+        .await;
+    let h = send(app.client.get(app.url("/health"))).await;
+    assert_eq!(h["tier"], 2, "{h}");
+    assert_eq!(h["adapters"]["queue"], "redis");
+    assert_eq!(h["adapters"]["pubsub"], "redis");
+    assert_eq!(h["adapters"]["rate_limiter"], "redis");
+    assert_eq!(h["checks"]["redis"]["status"], "healthy");
+    assert_same(&before, &snapshot(&app, &populated).await);
 
     // Tier 3 storage: only S3_* variables are added; same database, same data directory.
     let s3_env: Vec<(&str, String)> = s3.env();
@@ -124,126 +134,4 @@ async fn tier1_promoted_to_s3_storage_keeps_everything() {
         .collect();
     assert!(ids.contains(&"@promoted/agent") && ids.contains(&"@examples/daily-briefing"));
     app.shutdown().await;
-}
-
-/// A webhook retry queued by an instance that is then SIGKILLed is delivered by an instance started
-/// afterwards: the job lives in Redis, not in the dead process.
-#[tokio::test]
-async fn a_webhook_retry_queued_by_a_killed_instance_is_delivered_by_another() {
-    use appstrate::infra::queue::{RedisQueue, RedisQueueOptions};
-    use test_support::webhook_receiver::{Reply, WebhookReceiver};
-
-    let pg = require!(postgres_database().await);
-    let redis = require!(RedisServer::start());
-    let fake = FakeLlm::start(vec![Turn::tool_call(
-        "output",
-        json!({"data": {"ok": true}}),
-    )])
-    .await;
-    let receiver = WebhookReceiver::start(vec![Reply::Status(500)]).await;
-    let storage = tempfile::tempdir().unwrap();
-    let storage_path = storage.path().to_string_lossy().into_owned();
-    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
-    let (port_a, port_b) = (free_port(), free_port());
-    let with_retry = |mut env: Vec<(&'static str, String)>| {
-        env.push(("WEBHOOK_RETRY_DELAYS_SECONDS", "8".into()));
-        env.push(("WEBHOOK_TIMEOUT_SECONDS", "5".into()));
-        env
-    };
-    let env_a = with_retry(process_env(
-        &pg,
-        &redis.url,
-        &fake.url(),
-        &storage_path,
-        port_a,
-    ));
-    let env_b = with_retry(process_env(
-        &pg,
-        &redis.url,
-        &fake.url(),
-        &storage_path,
-        port_b,
-    ));
-    let out = command(dir_a.path(), &["bootstrap"], &env_a)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let boot: Value = serde_json::from_slice(&out.stdout).unwrap();
-    let key = boot["apiKey"].as_str().unwrap().to_string();
-    let client = reqwest::Client::new();
-    let on = |port: u16, method: Method, path: &str| {
-        client
-            .request(method, format!("http://127.0.0.1:{port}{path}"))
-            .bearer_auth(&key)
-    };
-
-    let mut a = serve(dir_a.path(), &env_a, port_a).await;
-    let (s, hook) = json_of(on(port_a, Method::POST, "/api/webhooks").json(&json!({
-        "url": receiver.url("/hook"), "events": ["run.success"]
-    })))
-    .await;
-    assert_eq!(s, 201, "{hook}");
-    let hook_id = hook["id"].as_str().unwrap().to_string();
-    let (s, run) =
-        json_of(on(port_a, Method::POST, "/api/runs/inline").json(&inline_run("@tiers/hooked")))
-            .await;
-    assert_eq!(s, 201, "{run}");
-    let run_id = run["id"].as_str().unwrap().to_string();
-    let (_, run) = json_of(on(
-        port_a,
-        Method::GET,
-        &format!("/api/runs/{run_id}?wait=30"),
-    ))
-    .await;
-    assert_eq!(run["status"], "success", "{run}");
-
-    // Attempt 1 gets a 500; A queues attempt 2 (8 s later) in Redis, then dies.
-    let first = receiver.wait_for(1, Duration::from_secs(30)).await;
-    assert_eq!(first[0].header("webhook-attempt").as_deref(), Some("1"));
-    let queue = RedisQueue::new(
-        appstrate::infra::redis_client::Redis::connect(&redis.url)
-            .await
-            .unwrap(),
-        RedisQueueOptions::new(Duration::from_secs(30)),
-    );
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while queue.counts().await.unwrap().delayed != 1 {
-        assert!(Instant::now() < deadline, "attempt 2 never queued");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    a.0.kill().unwrap();
-    a.0.wait().unwrap();
-    assert_eq!(receiver.received().len(), 1, "A died before attempt 2");
-
-    // A new instance picks the retry up from Redis.
-    let _b = serve(dir_b.path(), &env_b, port_b).await;
-    let got = receiver.wait_for(2, Duration::from_secs(60)).await;
-    assert_eq!(got.len(), 2);
-    assert_eq!(got[1].header("webhook-attempt").as_deref(), Some("2"));
-    assert_eq!(got[0].header("webhook-id"), got[1].header("webhook-id"));
-    assert!(got[1].signed_with(hook["secret"].as_str().unwrap()));
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let (_, list) = json_of(on(
-            port_b,
-            Method::GET,
-            &format!("/api/webhooks/{hook_id}/deliveries"),
-        ))
-        .await;
-        let rows = list["data"].as_array().cloned().unwrap_or_default();
-        if rows
-            .iter()
-            .any(|d| d["attempt"] == 2 && d["status"] == "success")
-        {
-            break;
-        }
-        assert!(Instant::now() < deadline, "attempt 2 not recorded: {list}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-    let counts = queue.counts().await.unwrap();
-    assert_eq!((counts.delayed, counts.processing, counts.dead), (0, 0, 0));
 }
