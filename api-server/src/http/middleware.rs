@@ -107,7 +107,15 @@ pub async fn outer(State(state): State<AppState>, mut req: Request, next: Next) 
 
 /// Renders the `ApiError` carried by a response, or turns a bare framework error (404, 405, 413…) into a
 /// problem, so every error body has the same shape.
+/// Marks an error answer whose body is a documented JSON of its own (`/health`'s 503 `unhealthy`), which
+/// must not be rewritten into a problem document.
+#[derive(Clone, Copy, Debug)]
+pub struct OwnErrorBody;
+
 fn finish_problem(res: &mut Response, request_id: &str, method: &Method, path: &str) {
+    if res.extensions().get::<OwnErrorBody>().is_some() {
+        return;
+    }
     let err = match res.extensions_mut().remove::<ApiError>() {
         Some(e) => e,
         None => {

@@ -5,6 +5,7 @@ pub mod database;
 pub mod pubsub;
 pub mod queue;
 pub mod ratelimit;
+pub mod redis_client;
 pub mod run_adapter;
 pub mod storage;
 
@@ -26,6 +27,8 @@ pub struct Infra {
     pub pubsub: Arc<dyn PubSub>,
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub queue: Arc<dyn JobQueue>,
+    /// The shared Redis connection at Tier 2 (`REDIS_URL`), for `/health`.
+    pub redis: Option<redis_client::Redis>,
 }
 
 /// A boot failure that names the variable to look at.
@@ -152,33 +155,131 @@ pub async fn connect_storage(config: &Config) -> Result<Arc<dyn ObjectStore>, In
     }
 }
 
+/// The adapters that Redis makes shared between instances, and the Redis connection itself.
+type SharedAdapters = (
+    Arc<dyn PubSub>,
+    Arc<dyn RateLimiter>,
+    Arc<dyn JobQueue>,
+    Option<redis_client::Redis>,
+);
+
+/// The boot error for an unreachable Redis, with the troubleshooting hints (never the URL: it may carry a
+/// password).
+fn redis_error(endpoint: &str, reason: &str) -> InfraError {
+    InfraError {
+        var: "REDIS_URL",
+        message: format!(
+            "cannot use Redis at {endpoint} ({reason}). Check that the server is running and reachable \
+             (`redis-cli -u \"$REDIS_URL\" ping` should answer PONG) and that the URL's password and \
+             database are right, or unset REDIS_URL to use the in-process queue, pub/sub and rate limiter \
+             (single instance only)"
+        ),
+    }
+}
+
+/// Connects the shared Redis of Tier 2.
+pub async fn connect_redis(url: &str) -> Result<redis_client::Redis, InfraError> {
+    if url.starts_with("rediss://") {
+        return Err(InfraError {
+            var: "REDIS_URL",
+            message:
+                "TLS (rediss://) is not supported by this build; use redis:// on a private network \
+                      or through a TLS tunnel (stunnel, a service mesh)"
+                    .into(),
+        });
+    }
+    redis_client::Redis::connect(url)
+        .await
+        .map_err(|e| match e {
+            redis_client::ConnectError::Url(m) => InfraError {
+                var: "REDIS_URL",
+                message: format!(
+                    "{m}; expected redis://[:password@]host[:port][/db] or rediss://…"
+                ),
+            },
+            redis_client::ConnectError::Connect { endpoint, reason } => {
+                redis_error(&endpoint, &reason)
+            }
+        })
+}
+
 impl Infra {
     /// Connects every adapter the configuration asks for and runs the database migrations.
     pub async fn connect(config: &Config) -> Result<Infra, InfraError> {
         let db = connect_database(config).await?;
 
-        if config.redis_url.is_some() {
-            return Err(InfraError {
-                var: "REDIS_URL",
-                message:
-                    "the Redis queue, pub/sub and rate limiter are not available in this version; \
-                          unset REDIS_URL to use the in-process adapters"
-                        .into(),
-            });
-        }
         let storage = connect_storage(config).await?;
-        selected("queue", "local");
-        selected("pubsub", "local");
-        selected("rate_limiter", "memory");
+        let poll = Duration::from_secs(config.scheduler_poll_interval_seconds);
+        let (pubsub, rate_limiter, queue, redis): SharedAdapters = match &config.redis_url {
+            Some(url) => {
+                let redis = connect_redis(url.expose()).await?;
+                let pubsub = pubsub::RedisPubSub::connect(redis.clone())
+                    .await
+                    .map_err(|e| redis_error(redis.endpoint(), &e.to_string()))?;
+                for concern in ["queue", "pubsub", "rate_limiter"] {
+                    tracing::debug!(
+                        concern,
+                        r#impl = "redis",
+                        endpoint = redis.endpoint(),
+                        "adapter selected"
+                    );
+                }
+                (
+                    Arc::new(pubsub),
+                    Arc::new(ratelimit::RedisRateLimiter::new(redis.clone())),
+                    Arc::new(queue::RedisQueue::new(
+                        redis.clone(),
+                        queue::RedisQueueOptions::new(poll),
+                    )),
+                    Some(redis),
+                )
+            }
+            None => {
+                selected("queue", "local");
+                selected("pubsub", "local");
+                selected("rate_limiter", "memory");
+                (
+                    Arc::new(pubsub::LocalPubSub::default()),
+                    Arc::new(ratelimit::MemoryRateLimiter::default()),
+                    Arc::new(queue::LocalQueue::new(poll)),
+                    None,
+                )
+            }
+        };
 
         Ok(Infra {
             db,
             storage,
-            pubsub: Arc::new(pubsub::LocalPubSub::default()),
-            rate_limiter: Arc::new(ratelimit::MemoryRateLimiter::default()),
-            queue: Arc::new(queue::LocalQueue::new(Duration::from_secs(
-                config.scheduler_poll_interval_seconds,
-            ))),
+            pubsub,
+            rate_limiter,
+            queue,
+            redis,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn tls_redis_urls_are_refused_with_a_clear_error() {
+        let e = connect_redis("rediss://:s3cret-pw@redis.example:6380")
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(e.var, "REDIS_URL");
+        assert!(e.message.contains("rediss://"), "{}", e.message);
+        assert!(!e.message.contains("s3cret-pw"), "{}", e.message);
+    }
+
+    #[tokio::test]
+    async fn an_unparseable_redis_url_names_the_variable() {
+        let e = connect_redis("redis://:s3cret-pw@[bad")
+            .await
+            .err()
+            .expect("refused");
+        assert_eq!(e.var, "REDIS_URL");
+        assert!(!e.message.contains("s3cret-pw"), "{}", e.message);
     }
 }

@@ -354,7 +354,15 @@ pub async fn tick_schedule(
     out
 }
 
-/// The cron clock's handler: evaluates every enabled schedule.
+/// The cron clock's handler: evaluates every enabled schedule over the window the queue hands it.
+///
+/// Exactly-once firing across instances rests on two layers:
+/// - the queue decides who evaluates which window. LocalQueue has one instance. RedisQueue (Tier 2) lets
+///   one instance at a time hold the shared clock and hands out contiguous, non-overlapping windows, so two
+///   instances never evaluate the same occurrence concurrently (and never race on `next_run_at`);
+/// - the database makes a repeated fire a no-op: runs are unique on `(schedule_id, scheduled_for)`, so when
+///   a window is covered again (its holder died mid-tick and the lease expired), occurrences that already
+///   have a run come back as [`FireOutcome::Duplicate`] instead of starting a second run.
 pub struct Scheduler {
     pub state: AppState,
 }

@@ -23,6 +23,7 @@ macro_rules! on_both_backends {
 }
 
 mod boot;
+mod conformance;
 mod conventions;
 mod crash;
 mod database;
@@ -34,5 +35,6 @@ mod schedules;
 mod sink;
 mod storage;
 mod tenancy;
+mod tier2;
 mod tiers;
 mod webhooks;

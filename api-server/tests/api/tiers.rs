@@ -63,7 +63,17 @@ async fn tier1_promoted_to_s3_storage_keeps_everything() {
     let original = std::fs::read(Path::new(env!("CARGO_MANIFEST_DIR")).join(BRIEFING)).unwrap();
     assert_eq!(std::fs::read(&fs_path).unwrap(), original);
 
-    // Tier 2 (REDIS_URL) is added here once the Redis adapters are in this branch.
+    // Tier 2: only REDIS_URL is added; same database, same data directory, everything still there.
+    let redis = test_support::require!(services::RedisServer::start());
+    app.restart_with(&[("REDIS_URL", redis.url.as_str())], &[])
+        .await;
+    let h = send(app.client.get(app.url("/health"))).await;
+    assert_eq!(h["tier"], 2, "{h}");
+    assert_eq!(h["adapters"]["queue"], "redis");
+    assert_eq!(h["adapters"]["pubsub"], "redis");
+    assert_eq!(h["adapters"]["rate_limiter"], "redis");
+    assert_eq!(h["checks"]["redis"]["status"], "healthy");
+    assert_same(&before, &snapshot(&app, &populated).await);
 
     // Tier 3 storage: only S3_* variables are added; same database, same data directory.
     let s3_env: Vec<(&str, String)> = s3.env();

@@ -1,4 +1,4 @@
-//! `cargo run --release -p test-support --bin bench [all|boot|rss|http|agents|runs]... [options]`
+//! `cargo run --release -p test-support --bin bench [all|boot|rss|http|agents|runs|tier2]... [options]`
 //!
 //! Starts the release `appstrate` binary at Tier 0 and prints the figures of SPEC §23.3 with their
 //! targets. A report, not a test: it exits 0 whether the targets are met or missed, 1 when the
@@ -24,7 +24,7 @@ use test_support::bench::{client, cores, fixtures, min_median_max, ms, runs};
 use test_support::fake_llm::{FakeLlm, Script, Turn};
 
 const USAGE: &str = "\
-usage: bench [all|boot|rss|http|agents|runs]... [options]
+usage: bench [all|boot|rss|http|agents|runs|tier2]... [options]
 
 sub-benchmarks (default: all)
   boot   spawn → first GET /health 200 on a fresh ./data, repeated (target ≤ 300 ms)
@@ -37,6 +37,10 @@ sub-benchmarks (default: all)
   runs   process mode against an in-process fake LLM, release appstrate-runner:
          POST /api/runs/inline → first runner event persisted, sequential (target p50 ≤ 30 ms);
          runner peak RSS (VmHWM, target ≤ 15 MB); N concurrent runs (target 0 errors, runs/s)
+  tier2  not part of all: needs PostgreSQL (TEST_DATABASE_URL) and redis-server (REDIS_SERVER_BIN or
+         PATH), as scripts/services.sh provides. Two instances on PostgreSQL + Redis: GET /api/agents
+         req/s at c=16 per instance and both at once; rate-limiter cost per hit, Redis vs memory;
+         run-start p50 (process mode) at Tier 2 vs Tier 0
 
 options
   --duration SECS      measured seconds per load scenario (default 10)
@@ -71,13 +75,14 @@ const PER_KEY_BUDGET: u64 = 250;
 const KEY_RATE_CEILING: u64 = 25_000;
 const END_USERS: usize = 20;
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Opts {
     boot: bool,
     rss: bool,
     http: bool,
     agents: bool,
     runs: bool,
+    tier2: bool,
     duration: Duration,
     warmup: Duration,
     concurrency: Vec<usize>,
@@ -99,6 +104,7 @@ impl Opts {
             http: false,
             agents: false,
             runs: false,
+            tier2: false,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(1),
             concurrency: vec![1, 16],
@@ -146,6 +152,7 @@ impl Opts {
                 }
                 "agents" => (o.agents, any) = (true, true),
                 "runs" => (o.runs, any) = (true, true),
+                "tier2" => (o.tier2, any) = (true, true),
                 "--runs" => {
                     o.seq_runs = count(value(), "--runs", 10_000)?;
                     if o.seq_runs == 0 {
@@ -338,6 +345,9 @@ fn run(opts: &Opts, summary: &mut Summary) -> anyhow::Result<()> {
     }
     if opts.agents || opts.runs {
         run_server_benches(opts, &rt, &binary, &packages_dir, summary)?;
+    }
+    if opts.tier2 {
+        tier2_bench(opts, &rt, &binary, &packages_dir, summary)?;
     }
     Ok(())
 }
@@ -1155,6 +1165,285 @@ fn add_load_figures(summary: &mut Summary, what: &str, r: &LoadReport, targeted:
     );
 }
 
+/// Where the figures of one server's runs_bench / agents load go.
+fn figure(summary: &Summary, prefix: &str) -> Option<f64> {
+    summary
+        .figures
+        .iter()
+        .find(|f| f.name.starts_with(prefix))
+        .map(|f| f.value)
+}
+
+/// `GET /api/agents` at c=`c` on `server` (after its agent import), as in the agents sub-benchmark.
+fn agents_spec(opts: &Opts, server: &Server, key: &str, c: usize) -> anyhow::Result<LoadSpec> {
+    Ok(LoadSpec {
+        addr: server.addr(),
+        request: RequestTemplate::get("/api/agents").header(
+            AUTHORIZATION,
+            HeaderValue::from_str(&format!("Bearer {key}"))?,
+        ),
+        rotation: None,
+        concurrency: c,
+        warmup: opts.warmup,
+        duration: opts.duration,
+        max_requests: None,
+        server_pid: Some(server.pid()),
+    })
+}
+
+/// Sequential hits on one key: mean and p50 cost of one `RateLimiter::hit`, in µs.
+async fn limiter_cost(
+    rl: &dyn appstrate::infra::ratelimit::RateLimiter,
+    hits: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let key = format!("bench:{}", uuid::Uuid::new_v4());
+    let mut times = Vec::with_capacity(hits);
+    for _ in 0..200 {
+        rl.hit(&key, u32::MAX, Duration::from_secs(60)).await?;
+    }
+    for _ in 0..hits {
+        let t = Instant::now();
+        rl.hit(&key, u32::MAX, Duration::from_secs(60)).await?;
+        times.push(t.elapsed());
+    }
+    let mean = times.iter().sum::<Duration>().as_secs_f64() * 1e6 / hits as f64;
+    times.sort();
+    Ok((mean, runs::quantile(&times, 0.5).as_secs_f64() * 1e6))
+}
+
+/// Tier 2: two instances sharing PostgreSQL and Redis, compared with Tier 0 on the same machine.
+fn tier2_bench(
+    opts: &Opts,
+    rt: &tokio::runtime::Runtime,
+    binary: &std::path::Path,
+    packages_dir: &std::path::Path,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    println!("\n== tier2: PostgreSQL + Redis, two instances ==");
+    let Ok(admin_url) = std::env::var("TEST_DATABASE_URL") else {
+        println!("skipped: TEST_DATABASE_URL is unset (source scripts/services.sh and run services_start)");
+        return Ok(());
+    };
+    let Some(redis) = test_support::services::RedisServer::start() else {
+        println!("skipped: no redis-server (REDIS_SERVER_BIN unset and none on PATH)");
+        return Ok(());
+    };
+    let database_url = rt.block_on(test_support::services::create_database(&admin_url));
+    println!(
+        "PostgreSQL: a fresh database in the cluster of TEST_DATABASE_URL; Redis: a private redis-server \
+         on 127.0.0.1:{} (appendonly, fsync always)",
+        redis.port
+    );
+    let runner = match &opts.runner {
+        Some(r) => r.clone(),
+        None => server::locate_or_build_runner()?,
+    };
+    let fake = rt.block_on(FakeLlm::start(Script::default()));
+    let llm_url = fake.url();
+    let runner_path = runner.to_string_lossy().into_owned();
+    let base = vec![
+        ("RUN_ADAPTER", "process"),
+        ("RUNNER_BIN", runner_path.as_str()),
+        ("LLM_BASE_URL", llm_url.as_str()),
+        ("LLM_API_KEY", "sk-bench"),
+        ("LLM_MODEL", "fake"),
+        ("EGRESS_ALLOW_INTERNAL_HOSTS", "127.0.0.1"),
+        (
+            "PLATFORM_RUN_LIMITS",
+            r#"{"max_concurrent_per_org":1000,"per_org_global_rate_per_min":100000}"#,
+        ),
+        ("INLINE_RUN_LIMITS", r#"{"rate_per_min":100000}"#),
+    ];
+    let seq_only = Opts {
+        concurrent_runs: 0,
+        ..opts.clone()
+    };
+    let mut runner_pids = Vec::new();
+
+    // --- Tier 0 baseline: run start on the same machine, same runner and fake LLM ---
+    println!("\n-- tier2: Tier 0 baseline (SQLite, in-process adapters) --");
+    let t0 = Server::start(binary, packages_dir, &base)?;
+    let mut t0_summary = Summary::default();
+    let t0_outcome = (|| -> anyhow::Result<()> {
+        let creds = t0.bootstrap()?;
+        rt.block_on(runs_bench(
+            &seq_only,
+            &t0,
+            &creds,
+            &fake,
+            &mut t0_summary,
+            &mut runner_pids,
+        ))
+    })();
+    let _ = t0.stop(Duration::from_secs(30));
+    t0_outcome?;
+
+    // --- two Tier 2 instances ---
+    let storage = tempfile::tempdir()?;
+    let storage_path = storage.path().to_string_lossy().into_owned();
+    let mut env = base.clone();
+    env.extend([
+        ("DATABASE_URL", database_url.as_str()),
+        ("REDIS_URL", redis.url.as_str()),
+        ("FS_STORAGE_PATH", storage_path.as_str()),
+    ]);
+    let a = Server::start(binary, packages_dir, &env)?;
+    let b = Server::start(binary, packages_dir, &env)?;
+    println!(
+        "instances: A pid {} on {}, B pid {} on {} (healthy after {:.0} / {:.0} ms), shared storage {}",
+        a.pid(),
+        a.addr(),
+        b.pid(),
+        b.addr(),
+        ms(a.boot),
+        ms(b.boot),
+        storage_path
+    );
+    let outcome = (|| -> anyhow::Result<()> {
+        let creds = a.bootstrap()?;
+        let mut t2_summary = Summary::default();
+        // Imports the agent through A; both instances list it from the shared database.
+        rt.block_on(agents_bench(
+            &Opts {
+                concurrency: vec![],
+                ..opts.clone()
+            },
+            &a,
+            &creds,
+            &mut t2_summary,
+        ))?;
+        let c = TARGET_CONCURRENCY;
+        let mut single = Vec::new();
+        for (name, s) in [("A", &a), ("B", &b)] {
+            println!(
+                "running GET /api/agents on {name} alone at c={c} for {:.0} s …",
+                opts.duration.as_secs_f64()
+            );
+            flush();
+            single.push(rt.block_on(load::run(agents_spec(opts, s, &creds.api_key, c)?)));
+        }
+        print!(
+            "{}",
+            load_table("GET /api/agents, one instance at a time", &single)
+        );
+        println!(
+            "running GET /api/agents on A and B at once, c={c} each, for {:.0} s …",
+            opts.duration.as_secs_f64()
+        );
+        flush();
+        let (ra, rb) = rt.block_on(async {
+            tokio::join!(
+                load::run(agents_spec(opts, &a, &creds.api_key, c).expect("spec")),
+                load::run(agents_spec(opts, &b, &creds.api_key, c).expect("spec"))
+            )
+        });
+        let both = [ra, rb];
+        print!(
+            "{}",
+            load_table("GET /api/agents, A and B at once (A, then B)", &both)
+        );
+        let combined: f64 = both.iter().map(|r| r.rps()).sum();
+        println!("combined: {combined:.0} req/s (both instances and the load generators share the same cores)");
+
+        println!("\n-- tier2: rate limiter cost per hit (in-process, sequential, 20000 hits) --");
+        let (mem_mean, mem_p50) = rt.block_on(limiter_cost(
+            &appstrate::infra::ratelimit::MemoryRateLimiter::default(),
+            20_000,
+        ))?;
+        let redis_rl = rt.block_on(async {
+            let conn = appstrate::infra::redis_client::Redis::connect(&redis.url).await?;
+            anyhow::Ok(appstrate::infra::ratelimit::RedisRateLimiter::new(conn))
+        })?;
+        let (redis_mean, redis_p50) = rt.block_on(limiter_cost(&redis_rl, 20_000))?;
+        println!(
+            "memory: mean {mem_mean:.2} µs, p50 {mem_p50:.2} µs; redis (one Lua script, loopback): mean \
+             {redis_mean:.1} µs, p50 {redis_p50:.1} µs; added per rate-limited request: {:.1} µs",
+            redis_p50 - mem_p50
+        );
+
+        println!("\n-- tier2: run start on instance A --");
+        rt.block_on(runs_bench(
+            &seq_only,
+            &a,
+            &creds,
+            &fake,
+            &mut t2_summary,
+            &mut runner_pids,
+        ))?;
+
+        let p50 = "run start → first event persisted p50";
+        let t0_p50 = figure(&t0_summary, p50).unwrap_or(f64::NAN);
+        let t2_p50 = figure(&t2_summary, p50).unwrap_or(f64::NAN);
+        println!(
+            "\nrun start → first event persisted p50: Tier 0 {t0_p50:.2} ms, Tier 2 {t2_p50:.2} ms"
+        );
+        for (i, r) in single.iter().enumerate() {
+            let name = if i == 0 { "A" } else { "B" };
+            summary.add(
+                format!("tier2 GET /api/agents c={c} on {name} alone"),
+                r.rps().round(),
+                "req/s",
+                Target::None,
+            );
+            summary.add(
+                format!("tier2 GET /api/agents c={c} on {name} alone, p99"),
+                ms(r.p99()),
+                "ms",
+                Target::None,
+            );
+        }
+        summary.add(
+            format!("tier2 GET /api/agents c={c} on A and B at once, combined"),
+            combined.round(),
+            "req/s",
+            Target::None,
+        );
+        summary.add(
+            "tier2 errors (non-2xx + transport), all agent scenarios",
+            single
+                .iter()
+                .chain(both.iter())
+                .map(|r| r.errors())
+                .sum::<u64>() as f64,
+            "",
+            Target::AtMost(0.0),
+        );
+        summary.add(
+            "rate limiter hit p50, memory",
+            (mem_p50 * 100.0).round() / 100.0,
+            "µs",
+            Target::None,
+        );
+        summary.add(
+            "rate limiter hit p50, redis",
+            (redis_p50 * 10.0).round() / 10.0,
+            "µs",
+            Target::None,
+        );
+        summary.add(
+            "run start p50, Tier 0 (same machine)",
+            t0_p50,
+            "ms",
+            Target::None,
+        );
+        summary.add(
+            "run start p50, Tier 2 (PostgreSQL + Redis)",
+            t2_p50,
+            "ms",
+            Target::AtMost(RUN_START_TARGET_MS),
+        );
+        Ok(())
+    })();
+    if outcome.is_err() {
+        eprintln!("instance A log (last 30 lines):\n{}", a.log_tail(30));
+    }
+    let _ = a.stop(Duration::from_secs(30));
+    let _ = b.stop(Duration::from_secs(30));
+    runs::kill_leftover_runners(runner_pids);
+    drop(fake);
+    outcome
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1214,6 +1503,12 @@ mod tests {
         assert!(parse(&["--concurrent-runs", "x"]).is_err());
         let o = parse(&["agents"]).unwrap();
         assert!(o.agents && !o.runs);
+        let o = parse(&["tier2"]).unwrap();
+        assert!(o.tier2 && !o.agents && !o.runs && !o.boot);
+        assert!(
+            !parse(&[]).unwrap().tier2,
+            "tier2 needs services: never implied"
+        );
     }
 
     #[test]

@@ -28,10 +28,24 @@ pub async fn health(State(state): State<AppState>) -> Response {
     };
     let db_ms = t.elapsed().as_millis() as u64;
     let storage_ok = state.storage_healthy().await;
+    let redis_check = match &infra.redis {
+        Some(redis) => {
+            let t = Instant::now();
+            let ok = match redis.ping().await {
+                Ok(()) => true,
+                Err(e) => {
+                    tracing::warn!(error = %e, "redis health check failed");
+                    false
+                }
+            };
+            Some((ok, t.elapsed().as_millis() as u64))
+        }
+        None => None,
+    };
     let status_of = |ok: bool| if ok { "healthy" } else { "unhealthy" };
-    let healthy = db_ok && storage_ok;
+    let healthy = db_ok && storage_ok && redis_check.is_none_or(|(ok, _)| ok);
     let docker = state.config.run_adapter == RunAdapterKind::Docker;
-    let body = json!({
+    let mut body = json!({
         "status": if healthy { "healthy" } else { "unhealthy" },
         "version": {"app": state.config.app_version, "commit": state.config.git_sha},
         "uptime_ms": state.started_at.elapsed().as_millis() as u64,
@@ -51,12 +65,19 @@ pub async fn health(State(state): State<AppState>) -> Response {
         },
         "sidecar_pool": {"enabled": false, "desired": 0, "ready": 0},
     });
+    if let Some((ok, ms)) = redis_check {
+        body["checks"]["redis"] = json!({"status": status_of(ok), "latency_ms": ms});
+    }
     let code = if healthy {
         StatusCode::OK
     } else {
         StatusCode::SERVICE_UNAVAILABLE
     };
-    (code, Json(body)).into_response()
+    let mut res = (code, Json(body)).into_response();
+    // The 503 carries the same document (SPEC §22.3), not a problem.
+    res.extensions_mut()
+        .insert(crate::http::middleware::OwnErrorBody);
+    res
 }
 
 /// `GET /metrics`: Prometheus text.

@@ -2,11 +2,13 @@
 //! long-polls, the instance that holds a run's workload). In-process at Tier 0/1, Redis channels at Tier 2+.
 
 mod local;
+mod redis;
 
 use async_trait::async_trait;
 use futures::stream::BoxStream;
 
 pub use local::LocalPubSub;
+pub use redis::RedisPubSub;
 
 /// The channels of §4.1.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -31,7 +33,9 @@ pub trait PubSub: Send + Sync {
     /// `local` or `redis`, as reported by `/health`.
     fn kind(&self) -> &'static str;
     async fn publish(&self, topic: Topic, payload: String) -> anyhow::Result<()>;
-    /// A stream of every message published on `topic` from now on. A subscriber that falls too far
-    /// behind is dropped: its stream ends.
+    /// A stream of every message published on `topic` from now on (by any instance, for a shared
+    /// backend). A subscriber that falls too far behind is dropped: its stream ends. Nothing else ends
+    /// it: a backend outage pauses delivery (messages published meanwhile may be lost), it does not end
+    /// the stream.
     async fn subscribe(&self, topic: Topic) -> anyhow::Result<BoxStream<'static, String>>;
 }

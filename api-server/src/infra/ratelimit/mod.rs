@@ -2,12 +2,14 @@
 //! at Tier 2+, both through [`decide`], so the arithmetic cannot drift between backends.
 
 mod memory;
+mod redis;
 
 use std::time::Duration;
 
 use async_trait::async_trait;
 
 pub use memory::MemoryRateLimiter;
+pub use redis::RedisRateLimiter;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateDecision {
