@@ -31,8 +31,11 @@ pub async fn health(State(state): State<AppState>) -> Response {
     let status_of = |ok: bool| if ok { "healthy" } else { "unhealthy" };
     let healthy = db_ok && storage_ok;
     let docker = state.config.run_adapter == RunAdapterKind::Docker;
-    let body = json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
+    let engine = state.runs.adapter.check().await;
+    let degraded = matches!(engine, Some(Err(_)));
+    let pool = state.runs.adapter.pool_status();
+    let mut body = json!({
+        "status": if !healthy { "unhealthy" } else if degraded { "degraded" } else { "healthy" },
         "version": {"app": state.config.app_version, "commit": state.config.git_sha},
         "uptime_ms": state.started_at.elapsed().as_millis() as u64,
         "tier": state.config.tier(),
@@ -49,8 +52,16 @@ pub async fn health(State(state): State<AppState>) -> Response {
             "database": {"status": status_of(db_ok), "latency_ms": db_ms},
             "storage": {"status": status_of(storage_ok)},
         },
-        "sidecar_pool": {"enabled": false, "desired": 0, "ready": 0},
+        "sidecar_pool": {"enabled": pool.enabled, "desired": pool.desired, "ready": pool.ready},
     });
+    match engine {
+        Some(Ok(())) => body["checks"]["docker"] = json!({"status": "healthy"}),
+        Some(Err(why)) => {
+            tracing::warn!(error = %why, "Docker health check failed");
+            body["checks"]["docker"] = json!({"status": "unhealthy", "error": why});
+        }
+        None => {}
+    }
     let code = if healthy {
         StatusCode::OK
     } else {
