@@ -416,7 +416,7 @@ impl DockerWorkload {
         // another bridge's address, e.g. the API): without an address on the bridge (`inhibit_ipv4`) the
         // host is unreachable, while the agent and its sidecar still talk on the bridge.
         let net = format!("{EXEC_PREFIX}{run_id}");
-        inner
+        let create_net = inner
             .docker
             .create_network(bollard::models::NetworkCreateRequest {
                 name: net.clone(),
@@ -428,28 +428,34 @@ impl DockerWorkload {
                     "true".to_string(),
                 )])),
                 ..Default::default()
-            })
-            .await
-            .map_err(|e| format!("creating network {net}: {e}"))?;
-        self.network = Some(net.clone());
-
-        // 2. The sidecar, configured, then attached to the run network as `sidecar`.
-        let sc = inner.acquire_sidecar(&run_id, &spec.sidecar).await?;
-        self.sidecar = Some(sc.clone());
-        inner
-            .docker
-            .connect_network(
-                &net,
-                NetworkConnectRequest {
-                    container: sc.id.clone(),
-                    endpoint_config: Some(EndpointSettings {
-                        aliases: Some(vec!["sidecar".into()]),
-                        ..Default::default()
-                    }),
-                },
-            )
-            .await
-            .map_err(|e| format!("connecting sidecar {} to {net}: {e}", sc.name))?;
+            });
+        // 2. The sidecar (pooled or fresh), configured, while the network is being created.
+        let (net_res, sc_res) =
+            tokio::join!(create_net, inner.acquire_sidecar(&run_id, &spec.sidecar));
+        if net_res.is_ok() {
+            self.network = Some(net.clone());
+        }
+        if let Ok(sc) = &sc_res {
+            self.sidecar = Some(sc.clone());
+        }
+        net_res.map_err(|e| format!("creating network {net}: {e}"))?;
+        let sc = sc_res?;
+        let connect_sidecar = async {
+            inner
+                .docker
+                .connect_network(
+                    &net,
+                    NetworkConnectRequest {
+                        container: sc.id.clone(),
+                        endpoint_config: Some(EndpointSettings {
+                            aliases: Some(vec!["sidecar".into()]),
+                            ..Default::default()
+                        }),
+                    },
+                )
+                .await
+                .map_err(|e| format!("connecting sidecar {} to {net}: {e}", sc.name))
+        };
 
         // 3. The agent container, only on the run network.
         let sidecar_url = "http://sidecar:8080";
@@ -508,18 +514,20 @@ impl DockerWorkload {
             ..Default::default()
         };
         let name = format!("appstrate-agent-{run_id}");
-        let created = inner
-            .docker
-            .create_container(
-                Some(CreateContainerOptions {
-                    name: Some(name.clone()),
-                    ..Default::default()
-                }),
-                body,
-            )
-            .await
-            .map_err(|e| format!("creating {name}: {e}"))?;
-        self.agent = Some(created.id.clone());
+        // 3b. Created while the sidecar joins the run network; started once both are done.
+        let create_agent = inner.docker.create_container(
+            Some(CreateContainerOptions {
+                name: Some(name.clone()),
+                ..Default::default()
+            }),
+            body,
+        );
+        let (connected, created) = tokio::join!(connect_sidecar, create_agent);
+        if let Ok(c) = &created {
+            self.agent = Some(c.id.clone());
+        }
+        connected?;
+        let created = created.map_err(|e| format!("creating {name}: {e}"))?;
 
         // 4. Start and follow the logs.
         inner
