@@ -53,6 +53,26 @@ pub fn ensure_images() {
     }
 }
 
+/// The static binary `name` that `images/build.sh` built in the `image-dev` profile.
+pub fn static_binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("x86_64-unknown-linux-gnu/image-dev").join(name)
+}
+
+/// Removes the images named here when dropped (also on panic).
+pub struct ImageSweep(pub Vec<String>);
+
+impl Drop for ImageSweep {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rmi", "-f"])
+            .args(&self.0)
+            .output();
+    }
+}
+
 /// An engine client on the default socket.
 pub async fn client() -> Docker {
     Docker::connect_with_unix("/var/run/docker.sock", 120, bollard::API_DEFAULT_VERSION)

@@ -799,6 +799,78 @@ async fn a_killed_docker_server_leaves_no_container_or_network_after_restart() {
 }
 
 #[tokio::test]
+async fn missing_images_degrade_health_and_are_imported_from_static_binaries() {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let (agent, sidecar) = (
+        format!("appstrate-runner:import-{tag}"),
+        format!("appstrate-sidecar:import-{tag}"),
+    );
+    let _images = docker::ImageSweep(vec![agent.clone(), sidecar.clone()]);
+
+    // A dynamically linked runner cannot be imported: Docker mode is unavailable, and says why.
+    let Some(d) = docker_app(
+        vec![Turn::tool_call("output", json!({"data": {"ok": 1}}))],
+        "0",
+        &[("AGENT_IMAGE", agent.as_str())],
+    )
+    .await
+    else {
+        return;
+    };
+    let h = health(&d.app).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    let why = h["checks"]["docker"]["error"].as_str().unwrap().to_string();
+    assert!(
+        why.contains(&format!("the image {agent} is missing")),
+        "{why}"
+    );
+    assert!(
+        why.contains("is not a statically linked executable"),
+        "{why}"
+    );
+    let r = d
+        .app
+        .key(Method::POST, "/api/runs/inline")
+        .json(&inline(json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["code"], "runtime_unavailable", "{b}");
+    drop(d);
+
+    // Static binaries are imported as one-file images (nothing pulled), and runs work.
+    let runner = docker::static_binary("appstrate-runner");
+    let sidecar_bin = docker::static_binary("appstrate-sidecar");
+    let (runner, sidecar_bin) = (
+        runner.to_string_lossy().into_owned(),
+        sidecar_bin.to_string_lossy().into_owned(),
+    );
+    let d = docker_app(
+        vec![Turn::tool_call("output", json!({"data": {"ok": 1}}))],
+        "0",
+        &[
+            ("AGENT_IMAGE", agent.as_str()),
+            ("SIDECAR_IMAGE", sidecar.as_str()),
+            ("RUNNER_BIN", runner.as_str()),
+            ("SIDECAR_BIN", sidecar_bin.as_str()),
+        ],
+    )
+    .await
+    .unwrap();
+    let h = health(&d.app).await;
+    assert_eq!(h["status"], "healthy", "{h}");
+    let img = d.docker.inspect_image(&agent).await.unwrap();
+    let cfg = img.config.unwrap();
+    assert_eq!(cfg.user.as_deref(), Some("65534:65534"));
+    assert_eq!(cfg.entrypoint, Some(vec!["/appstrate-runner".to_string()]));
+    let id = start_run(&d.app, inline(json!({}))).await;
+    let done = wait_terminal(&d.app, &id).await;
+    assert_eq!(done["status"], "success", "{done}");
+}
+
+#[tokio::test]
 async fn an_unreachable_engine_stops_boot_naming_docker_socket() {
     let dir = tempfile::tempdir().unwrap();
     let env = vec![

@@ -118,6 +118,17 @@ impl Inner {
         *self.unavailable.lock().unwrap_or_else(|e| e.into_inner()) = why;
     }
 
+    /// The egress network and both images (boot step 7).
+    async fn ensure_ready(&self) -> Result<(), String> {
+        let egress = HashMap::from([("appstrate.role".to_string(), "egress".to_string())]);
+        engine::ensure_network(&self.docker, EGRESS_NETWORK, false, egress)
+            .await
+            .map_err(|e| {
+                format!("cannot create the {EGRESS_NETWORK} network: {e}. {TROUBLESHOOTING}")
+            })?;
+        self.ensure_images().await
+    }
+
     async fn ensure_images(&self) -> Result<(), String> {
         let s = &self.settings;
         engine::ensure_image(
@@ -298,25 +309,17 @@ impl RunAdapter for DockerAdapter {
 
     async fn prepare(&self) {
         let inner = &self.inner;
-        let egress = HashMap::from([("appstrate.role".to_string(), "egress".to_string())]);
-        if let Err(e) = engine::ensure_network(&inner.docker, EGRESS_NETWORK, false, egress).await {
-            let why = format!("cannot create the {EGRESS_NETWORK} network: {e}. {TROUBLESHOOTING}");
-            tracing::error!(error = %why, "Docker mode unavailable");
-            inner.set_unavailable(Some(why));
-            return;
-        }
-        match inner.ensure_images().await {
+        match inner.ensure_ready().await {
             Ok(()) => {
                 inner.images_ok.store(true, Ordering::SeqCst);
                 inner.set_unavailable(None);
+                inner.start_pool();
             }
             Err(why) => {
                 tracing::error!(error = %why, "Docker mode unavailable");
                 inner.set_unavailable(Some(why));
-                return;
             }
         }
-        inner.start_pool();
     }
 
     async fn start(&self, spec: WorkloadSpec) -> Result<Box<dyn Workload>, String> {
@@ -365,18 +368,24 @@ impl RunAdapter for DockerAdapter {
             Ok(Err(e)) => Err(format!("Docker engine ping failed: {e}. {TROUBLESHOOTING}")),
             Err(_) => Err(format!("Docker engine ping timed out. {TROUBLESHOOTING}")),
         };
-        match &res {
-            Err(why) => inner.set_unavailable(Some(why.clone())),
-            Ok(()) if inner.images_ok.load(Ordering::SeqCst) => inner.set_unavailable(None),
-            // The engine is back or the images were missing: try again (they may have been built since).
-            Ok(()) => match inner.ensure_images().await {
+        let res = match res {
+            Err(why) => Err(why),
+            Ok(()) if inner.images_ok.load(Ordering::SeqCst) => Ok(()),
+            // The images or the egress network were missing: try again (images may have been built since).
+            Ok(()) => match inner.ensure_ready().await {
                 Ok(()) => {
                     inner.images_ok.store(true, Ordering::SeqCst);
-                    inner.set_unavailable(None);
-                    inner.start_pool();
+                    Ok(())
                 }
-                Err(why) => inner.set_unavailable(Some(why)),
+                Err(why) => Err(why),
             },
+        };
+        match &res {
+            Err(why) => inner.set_unavailable(Some(why.clone())),
+            Ok(()) => {
+                inner.set_unavailable(None);
+                inner.start_pool();
+            }
         }
         Some(res)
     }
