@@ -1,10 +1,10 @@
 # appstrate-sidecar: the per-run credential-injecting proxy (HTTP API on 8080, forward proxy on 8081).
-# The binary is built beforehand by images/build.sh as a static glibc executable
-# (RUSTFLAGS='-C target-feature=+crt-static' cargo build --release --target x86_64-unknown-linux-gnu).
-# It needs no CA files (rustls with bundled webpki roots) and no NSS (pure-Rust resolver reading
+# Built by images/build.sh from a context holding only the static glibc executable
+# (RUSTFLAGS='-C target-feature=+crt-static' cargo build --target x86_64-unknown-linux-gnu).
+# It needs no CA files (rustls with bundled webpki roots) and no NSS (hickory resolver reading
 # /etc/resolv.conf and /etc/hosts, which the container runtime provides).
 FROM scratch
-COPY target/x86_64-unknown-linux-gnu/release/appstrate-sidecar /appstrate-sidecar
+COPY appstrate-sidecar /appstrate-sidecar
 EXPOSE 8080 8081
 USER 65534:65534
 ENTRYPOINT ["/appstrate-sidecar"]

@@ -20,6 +20,15 @@ log "services"
 . scripts/services.sh
 services_start
 
+# Docker-mode tests need the runner and sidecar images: static binaries in the quick image-dev profile
+# (no release build in CI), FROM scratch images tagged :test. Nothing is pulled.
+if [ "${DOCKER_HOST_AVAILABLE:-}" = 1 ]; then
+  log "images for the Docker tests"
+  PROFILE=image-dev AGENT_IMAGE=appstrate-runner:test SIDECAR_IMAGE=appstrate-sidecar:test \
+    bash images/build.sh runner sidecar
+  export APPSTRATE_TEST_IMAGES_BUILT=1
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 

@@ -40,6 +40,43 @@ pub struct RouteOnly {
     pub route: String,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabel {
+    pub source: String,
+}
+
+/// The sidecar pool's metrics (§13.3), shared with the Docker adapter that updates them.
+#[derive(Clone)]
+pub struct SidecarMetrics {
+    pub pool_desired: prometheus_client::metrics::gauge::Gauge,
+    pub pool_ready: prometheus_client::metrics::gauge::Gauge,
+    pub acquire_total: Family<SourceLabel, Counter>,
+    pub acquire_seconds: Histogram,
+}
+
+impl Default for SidecarMetrics {
+    fn default() -> Self {
+        Self {
+            pool_desired: Default::default(),
+            pool_ready: Default::default(),
+            acquire_total: Default::default(),
+            acquire_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+        }
+    }
+}
+
+impl SidecarMetrics {
+    /// A sidecar was handed to a run, from the pool (`pool`) or created on the hot path (`fresh`).
+    pub fn acquired(&self, source: &str, took: std::time::Duration) {
+        self.acquire_total
+            .get_or_create(&SourceLabel {
+                source: source.into(),
+            })
+            .inc();
+        self.acquire_seconds.observe(took.as_secs_f64());
+    }
+}
+
 fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0005, 2.0, 16))
 }
@@ -56,6 +93,7 @@ pub struct Metrics {
     pub run_duration: Histogram,
     pub llm_tokens: Family<DirectionLabel, Counter>,
     pub webhook_deliveries: Family<ResultLabel, Counter>,
+    pub sidecar: SidecarMetrics,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -65,6 +103,13 @@ pub struct ResultLabel {
 
 impl Default for Metrics {
     fn default() -> Self {
+        Self::new(SidecarMetrics::default())
+    }
+}
+
+impl Metrics {
+    /// The registry, with the sidecar pool metrics the run adapter updates.
+    pub fn new(sidecar: SidecarMetrics) -> Self {
         let mut registry = Registry::default();
         let http_requests = Family::<RequestLabels, Counter>::default();
         let http_duration =
@@ -129,8 +174,29 @@ impl Default for Metrics {
             "Webhook delivery attempts by result (success, retrying, failed)",
             webhook_deliveries.clone(),
         );
+        registry.register(
+            "appstrate_sidecar_pool_desired",
+            "Sidecars the pool keeps ready (SIDECAR_POOL_SIZE)",
+            sidecar.pool_desired.clone(),
+        );
+        registry.register(
+            "appstrate_sidecar_pool_ready",
+            "Pooled sidecars ready to be acquired",
+            sidecar.pool_ready.clone(),
+        );
+        registry.register(
+            "appstrate_sidecar_acquire",
+            "Sidecars acquired by runs, by source (pool or fresh)",
+            sidecar.acquire_total.clone(),
+        );
+        registry.register(
+            "appstrate_sidecar_acquire_seconds",
+            "Time to acquire and configure a run's sidecar",
+            sidecar.acquire_seconds.clone(),
+        );
         Self {
             registry,
+            sidecar,
             webhook_deliveries,
             runs_created_total,
             runs_finished_total,

@@ -15,7 +15,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tower::ServiceExt;
 
-use crate::config::{Config, RunAdapterKind};
+use crate::config::Config;
 use crate::http::error::{render_problem, ApiError};
 use crate::infra::{Infra, InfraError};
 use crate::state::{AppState, AppStateInner};
@@ -129,21 +129,15 @@ impl Application {
                 return Err(e.into());
             }
         };
-        if config.run_adapter == RunAdapterKind::Docker {
-            let _ = stop.send(true);
-            return Err(InfraError {
-                var: "RUN_ADAPTER",
-                message: "the Docker run adapter is not available in this version; unset RUN_ADAPTER to run \
-                          agents as local processes"
-                    .into(),
-            }
-            .into());
-        }
-        tracing::debug!(
-            concern = "run_adapter",
-            r#impl = "process",
-            "adapter selected"
-        );
+        let sidecar_metrics = crate::metrics::SidecarMetrics::default();
+        let adapter =
+            match crate::infra::run_adapter::select(&config, sidecar_metrics.clone()).await {
+                Ok(a) => a,
+                Err(e) => {
+                    let _ = stop.send(true);
+                    return Err(e.into());
+                }
+            };
         if config.redis_url.is_some() && config.database_url.is_none() {
             tracing::warn!(
                 "REDIS_URL without DATABASE_URL: running several instances needs PostgreSQL"
@@ -151,9 +145,11 @@ impl Application {
         }
         tracing::info!("infrastructure tier={}", config.tier());
 
-        let state = AppStateInner::new(config, infra);
+        let state = AppStateInner::with_adapter(config, infra, adapter, sidecar_metrics);
         crate::packages::sync_system_packages(&state).await;
         crate::runs::runtime::cleanup_orphans(&state).await;
+        // Docker mode: images, the egress network and the sidecar pool (steps 7–8).
+        state.runs.adapter.prepare().await;
         crate::runs::runtime::start_workers(&state).await;
         crate::schedules::start(&state).await;
         let router = crate::http::router(state.clone());
@@ -177,6 +173,7 @@ impl Application {
         tracing::info!("shutting down");
         self.state.begin_shutdown();
         crate::runs::runtime::shutdown(&self.state, grace).await;
+        self.state.runs.adapter.shutdown().await;
         let lost = self.state.infra.queue.stop().await;
         if lost > 0 {
             tracing::warn!(jobs = lost, "in-process delayed jobs dropped at shutdown");

@@ -27,14 +27,29 @@ pub struct AppStateInner {
 pub type AppState = Arc<AppStateInner>;
 
 impl AppStateInner {
+    /// State with the process run adapter.
     pub fn new(config: Config, infra: Infra) -> AppState {
+        let adapter = Arc::new(crate::infra::run_adapter::ProcessAdapter::new(
+            config.runner_bin.as_deref(),
+            &config.data_dir,
+        ));
+        Self::with_adapter(config, infra, adapter, Default::default())
+    }
+
+    /// State with the run adapter chosen at boot and the sidecar metrics it updates.
+    pub fn with_adapter(
+        config: Config,
+        infra: Infra,
+        adapter: Arc<dyn crate::infra::run_adapter::RunAdapter>,
+        sidecar_metrics: crate::metrics::SidecarMetrics,
+    ) -> AppState {
         let keyring = Keyring::new(&config.keys);
-        let runs = Arc::new(crate::runs::Runtime::new(&config));
+        let runs = Arc::new(crate::runs::Runtime::new(adapter));
         Arc::new(AppStateInner {
             config,
             infra,
             keyring,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(sidecar_metrics),
             runs,
             started_at: Instant::now(),
             shutting_down: AtomicBool::new(false),

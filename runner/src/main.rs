@@ -8,6 +8,7 @@ mod bundle;
 mod config;
 mod llm;
 mod mustache;
+mod probe;
 mod sink;
 mod sse;
 mod tools;
@@ -20,6 +21,10 @@ fn fatal(msg: &str) -> ! {
 }
 
 fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if let Some(code) = probe::main_if_probe(&args) {
+        std::process::exit(code);
+    }
     let cfg = match config::Config::from_env() {
         Ok(c) => c,
         Err(e) => fatal(&format!("invalid environment: {e}")),

@@ -174,9 +174,14 @@ pub fn init_test_logs() {
 async fn start(mut env: HashMap<String, String>, dir: Option<tempfile::TempDir>) -> TestApp {
     init_test_logs();
     let port: u16 = env.get("PORT").and_then(|p| p.parse().ok()).unwrap_or(0);
-    let listener = bind("127.0.0.1", port).await.expect("bind 127.0.0.1");
+    // `HOST` (default loopback) is the listen address; Docker tests use the bridge gateway.
+    let host = env
+        .get("HOST")
+        .cloned()
+        .unwrap_or_else(|| "127.0.0.1".into());
+    let listener = bind(&host, port).await.expect("bind the test address");
     let port = listener.local_addr().unwrap().port();
-    let address = format!("http://127.0.0.1:{port}");
+    let address = format!("http://{host}:{port}");
     env.insert("APP_URL".into(), address.clone());
     env.insert("PORT".into(), port.to_string());
     let config = Config::from_map(&env).unwrap_or_else(|errors| {

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod docker;
 pub mod fake_llm;
 pub mod fake_sink;
 pub mod fake_upstream;

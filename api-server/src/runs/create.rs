@@ -279,15 +279,20 @@ pub async fn create_run(state: &AppState, auth: &Auth, req: CreateRun) -> Result
     super::publish_update(state, &run).await;
 
     // 12. Start in the background.
-    launch(
-        state.clone(),
-        run.clone(),
+    launch(state.clone(), run.clone(), {
+        let (memory_mb, cpus) = super::runtime::agent_resources(
+            &manifest,
+            limits.agent_memory_ceiling_mb,
+            limits.agent_cpu_ceiling,
+        );
         LaunchContext {
             integrations,
             model,
             llm_api: llm.api,
-        },
-    );
+            memory_mb,
+            cpus,
+        }
+    });
     Ok(run)
 }
 

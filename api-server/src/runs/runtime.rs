@@ -16,7 +16,7 @@ use crate::config::{Config, LlmApi};
 use crate::infra::database::now;
 use crate::infra::database::runs::{Finalization, RunRow};
 use crate::infra::pubsub::Topic;
-use crate::infra::run_adapter::{ProcessAdapter, RunAdapter, WorkloadSpec};
+use crate::infra::run_adapter::{RunAdapter, WorkloadSpec};
 use crate::packages::RunIntegration;
 use crate::state::AppState;
 
@@ -44,12 +44,9 @@ pub struct Runtime {
 }
 
 impl Runtime {
-    pub fn new(config: &Config) -> Self {
+    pub fn new(adapter: Arc<dyn RunAdapter>) -> Self {
         Self {
-            adapter: Arc::new(ProcessAdapter::new(
-                config.runner_bin.as_deref(),
-                &config.data_dir,
-            )),
+            adapter,
             active: Mutex::new(HashMap::new()),
             sink: SinkState::default(),
             waiters: Mutex::new(HashMap::new()),
@@ -109,13 +106,42 @@ pub struct LaunchContext {
     pub integrations: Vec<RunIntegration>,
     pub model: String,
     pub llm_api: LlmApi,
+    /// Agent memory (MiB) and CPUs: `_meta["dev.appstrate/resources"]`, clamped by the ceilings.
+    pub memory_mb: u64,
+    pub cpus: f64,
 }
 
+/// The agent's resources from the manifest's `_meta["dev.appstrate/resources"].{memory_mb,cpu}`
+/// (default: the ceilings, 1536 MiB / 2 CPUs), clamped by `agent_memory_ceiling_mb` / `agent_cpu_ceiling`.
+pub fn agent_resources(manifest: &Value, memory_ceiling_mb: u64, cpu_ceiling: u64) -> (u64, f64) {
+    let res = manifest
+        .get("_meta")
+        .and_then(|m| m.get("dev.appstrate/resources"));
+    let memory = res
+        .and_then(|r| r.get("memory_mb"))
+        .and_then(Value::as_u64)
+        .filter(|m| *m >= 16)
+        .unwrap_or(1536)
+        .min(memory_ceiling_mb);
+    let cpu = res
+        .and_then(|r| r.get("cpu"))
+        .and_then(Value::as_f64)
+        .filter(|c| c.is_finite() && *c >= 0.01)
+        .unwrap_or(2.0)
+        .min(cpu_ceiling as f64);
+    (memory, cpu)
+}
+
+/// `PLATFORM_API_URL`, else the default of the run adapter: loopback for processes, the host gateway
+/// for containers (§3).
 fn platform_url(config: &Config) -> String {
-    config
-        .platform_api_url
-        .clone()
-        .unwrap_or_else(|| format!("http://127.0.0.1:{}", config.port))
+    config.platform_api_url.clone().unwrap_or_else(|| {
+        if config.run_adapter == crate::config::RunAdapterKind::Docker {
+            format!("http://host.docker.internal:{}", config.port)
+        } else {
+            format!("http://127.0.0.1:{}", config.port)
+        }
+    })
 }
 
 fn workload_spec(
@@ -192,6 +218,8 @@ fn workload_spec(
         env: env.into_iter().map(|(k, v)| (k.to_string(), v)).collect(),
         llm_provider: provider,
         sidecar,
+        memory_mb: ctx.memory_mb,
+        cpus: ctx.cpus,
     })
 }
 
@@ -320,7 +348,10 @@ async fn supervise(
         )),
         None => Some(Outcome::synthetic(
             "failed",
-            format!("Agent process exited with code {code}"),
+            format!(
+                "Agent {} exited with code {code}",
+                state.runs.adapter.workload_noun()
+            ),
         )),
     };
     if let Some(o) = outcome {
@@ -536,4 +567,20 @@ pub async fn shutdown(state: &AppState, grace: Duration) {
         }
     });
     futures::future::join_all(stops).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::agent_resources;
+    use serde_json::json;
+
+    #[test]
+    fn agent_resources_default_and_clamp() {
+        assert_eq!(agent_resources(&json!({}), 1536, 2), (1536, 2.0));
+        let small = json!({"_meta": {"dev.appstrate/resources": {"memory_mb": 256, "cpu": 0.5}}});
+        assert_eq!(agent_resources(&small, 1536, 2), (256, 0.5));
+        let big = json!({"_meta": {"dev.appstrate/resources": {"memory_mb": 9000, "cpu": 8}}});
+        assert_eq!(agent_resources(&big, 1536, 2), (1536, 2.0));
+        assert_eq!(agent_resources(&json!({}), 512, 1), (512, 1.0));
+    }
 }

@@ -24,9 +24,11 @@ macro_rules! on_both_backends {
 
 mod boot;
 mod conformance;
+mod compose;
 mod conventions;
 mod crash;
 mod database;
+mod docker;
 mod migrate_data;
 mod packages;
 mod ratelimit;

@@ -10,9 +10,11 @@
 //! - [`client`]: one-off HTTP requests for setting up fixtures;
 //! - [`runs`]: run benchmarks: keep-alive API calls, first runner events from the realtime stream,
 //!   runner peak memory;
+//! - [`docker`]: Docker mode: run start with and without the sidecar pool, image sizes, engine floor;
 //! - [`fixtures`]: rows inserted straight into the server's SQLite database (e.g. many API keys).
 
 pub mod client;
+pub mod docker;
 pub mod fixtures;
 pub mod load;
 pub mod proc;

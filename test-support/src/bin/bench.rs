@@ -1,4 +1,4 @@
-//! `cargo run --release -p test-support --bin bench [all|boot|rss|http|agents|runs|tier2]... [options]`
+//! `cargo run --release -p test-support --bin bench [all|boot|rss|http|agents|runs|tier2|docker]... [options]`
 //!
 //! Starts the release `appstrate` binary at Tier 0 and prints the figures of SPEC §23.3 with their
 //! targets. A report, not a test: it exits 0 whether the targets are met or missed, 1 when the
@@ -24,7 +24,7 @@ use test_support::bench::{client, cores, fixtures, min_median_max, ms, runs};
 use test_support::fake_llm::{FakeLlm, Script, Turn};
 
 const USAGE: &str = "\
-usage: bench [all|boot|rss|http|agents|runs|tier2]... [options]
+usage: bench [all|boot|rss|http|agents|runs|tier2|docker]... [options]
 
 sub-benchmarks (default: all)
   boot   spawn → first GET /health 200 on a fresh ./data, repeated (target ≤ 300 ms)
@@ -41,6 +41,9 @@ sub-benchmarks (default: all)
          PATH), as scripts/services.sh provides. Two instances on PostgreSQL + Redis: GET /api/agents
          req/s at c=16 per instance and both at once; rate-limiter cost per hit, Redis vs memory;
          run-start p50 (process mode) at Tier 2 vs Tier 0
+  docker Docker mode (not part of all; needs an engine): image sizes, container create+start floor,
+         run start → first runner event with SIDECAR_POOL_SIZE=2 and 0 (target pooled p50 ≤ 250 ms and
+         ≥ 3× faster than fresh); the API runs in-process, the images are built by images/build.sh
 
 options
   --duration SECS      measured seconds per load scenario (default 10)
@@ -53,7 +56,8 @@ options
   --runs N             sequential runs timed for the run-start latency (default 50, after 2 warm-up runs)
   --concurrent-runs N  runs started at once for the throughput scenario (default 500; 0 skips it)
   --llm-delay MS       the fake LLM waits this long before each answer (default 0)
-  --runs-timeout SECS  global limit of the concurrent-runs scenario (default 300)";
+  --runs-timeout SECS  global limit of the concurrent-runs scenario (default 300)
+  --docker-runs N      sequential runs per pool setting in the docker bench (default 30)";
 
 /// Targets of SPEC §23.3.
 const BOOT_TARGET_MS: f64 = 300.0;
@@ -83,6 +87,8 @@ struct Opts {
     agents: bool,
     runs: bool,
     tier2: bool,
+    docker: bool,
+    docker_runs: usize,
     duration: Duration,
     warmup: Duration,
     concurrency: Vec<usize>,
@@ -105,6 +111,8 @@ impl Opts {
             agents: false,
             runs: false,
             tier2: false,
+            docker: false,
+            docker_runs: 30,
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(1),
             concurrency: vec![1, 16],
@@ -153,6 +161,13 @@ impl Opts {
                 "agents" => (o.agents, any) = (true, true),
                 "runs" => (o.runs, any) = (true, true),
                 "tier2" => (o.tier2, any) = (true, true),
+                "docker" => (o.docker, any) = (true, true),
+                "--docker-runs" => {
+                    o.docker_runs = count(value(), "--docker-runs", 1_000)?;
+                    if o.docker_runs == 0 {
+                        bail!("--docker-runs must be at least 1");
+                    }
+                }
                 "--runs" => {
                     o.seq_runs = count(value(), "--runs", 10_000)?;
                     if o.seq_runs == 0 {
@@ -250,6 +265,15 @@ fn run(opts: &Opts, summary: &mut Summary) -> anyhow::Result<()> {
         .worker_threads(cores)
         .enable_all()
         .build()?;
+    if opts.docker {
+        rt.block_on(test_support::bench::docker::docker_bench(
+            opts.docker_runs,
+            summary,
+        ))?;
+    }
+    if !(opts.boot || opts.rss || opts.http || opts.agents || opts.runs) {
+        return Ok(());
+    }
     let (_, release) = server::own_target_dir()?;
     let binary = match &opts.bin {
         Some(b) => b.clone(),

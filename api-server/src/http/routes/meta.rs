@@ -45,8 +45,11 @@ pub async fn health(State(state): State<AppState>) -> Response {
     let status_of = |ok: bool| if ok { "healthy" } else { "unhealthy" };
     let healthy = db_ok && storage_ok && redis_check.is_none_or(|(ok, _)| ok);
     let docker = state.config.run_adapter == RunAdapterKind::Docker;
+    let engine = state.runs.adapter.check().await;
+    let degraded = matches!(engine, Some(Err(_)));
+    let pool = state.runs.adapter.pool_status();
     let mut body = json!({
-        "status": if healthy { "healthy" } else { "unhealthy" },
+        "status": if !healthy { "unhealthy" } else if degraded { "degraded" } else { "healthy" },
         "version": {"app": state.config.app_version, "commit": state.config.git_sha},
         "uptime_ms": state.started_at.elapsed().as_millis() as u64,
         "tier": state.config.tier(),
@@ -63,10 +66,18 @@ pub async fn health(State(state): State<AppState>) -> Response {
             "database": {"status": status_of(db_ok), "latency_ms": db_ms},
             "storage": {"status": status_of(storage_ok)},
         },
-        "sidecar_pool": {"enabled": false, "desired": 0, "ready": 0},
+        "sidecar_pool": {"enabled": pool.enabled, "desired": pool.desired, "ready": pool.ready},
     });
     if let Some((ok, ms)) = redis_check {
         body["checks"]["redis"] = json!({"status": status_of(ok), "latency_ms": ms});
+    }
+    match engine {
+        Some(Ok(())) => body["checks"]["docker"] = json!({"status": "healthy"}),
+        Some(Err(why)) => {
+            tracing::warn!(error = %why, "Docker health check failed");
+            body["checks"]["docker"] = json!({"status": "unhealthy", "error": why});
+        }
+        None => {}
     }
     let code = if healthy {
         StatusCode::OK

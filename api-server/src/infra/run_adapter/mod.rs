@@ -1,11 +1,19 @@
 //! The `RunAdapter` concern: how a run's workload (runner + sidecar) is started, stopped and cleaned up.
 //! Local processes by default (§13.1); Docker containers with `RUN_ADAPTER=docker`.
 
+pub mod docker;
 mod process;
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
 
-pub use process::ProcessAdapter;
+use crate::config::{Config, RunAdapterKind};
+use crate::infra::InfraError;
+use crate::metrics::SidecarMetrics;
+
+pub use docker::DockerAdapter;
+pub use process::{locate_binary, ProcessAdapter};
 
 /// Everything a workload needs. The adapter adds what depends on where the sidecar listens
 /// (`SIDECAR_URL`, `HTTP(S)_PROXY`, `NO_PROXY`, `MODEL_BASE_URL`) and the process basics.
@@ -16,6 +24,17 @@ pub struct WorkloadSpec {
     /// `openai` or `anthropic`: `MODEL_BASE_URL` is `<SIDECAR_URL>/llm/<provider>`.
     pub llm_provider: &'static str,
     pub sidecar: sidecar::config::SidecarConfig,
+    /// Agent memory limit in MiB and CPUs (`_meta["dev.appstrate/resources"]`, clamped); Docker only.
+    pub memory_mb: u64,
+    pub cpus: f64,
+}
+
+/// The sidecar pool as `/health` reports it (§13.3).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct PoolStatus {
+    pub enabled: bool,
+    pub desired: usize,
+    pub ready: usize,
 }
 
 #[async_trait]
@@ -40,4 +59,51 @@ pub trait RunAdapter: Send + Sync {
     async fn start(&self, spec: WorkloadSpec) -> Result<Box<dyn Workload>, String>;
     /// Removes what a previous process of this server left behind (boot, §5.2 step 6).
     async fn cleanup_orphans(&self);
+    /// Boot steps 7–8: prepare what runs need (images, networks) and start background workers
+    /// (the sidecar pool). Problems are logged and reported by [`RunAdapter::available`].
+    async fn prepare(&self) {}
+    /// Graceful shutdown, after the runs were stopped: release what the adapter holds (§5.3 step 4).
+    async fn shutdown(&self) {}
+    /// The engine's health for `/health.checks` (`None`: the adapter has no engine to check).
+    async fn check(&self) -> Option<Result<(), String>> {
+        None
+    }
+    fn pool_status(&self) -> PoolStatus {
+        PoolStatus::default()
+    }
+    /// How the workload is called in an exit message: `process` or `container`.
+    fn workload_noun(&self) -> &'static str {
+        "process"
+    }
+}
+
+/// Chooses the run adapter (§4.1). Docker mode connects to the engine now: an unreachable engine stops
+/// boot with an error naming `DOCKER_SOCKET` and the troubleshooting steps.
+pub async fn select(
+    config: &Config,
+    metrics: SidecarMetrics,
+) -> Result<Arc<dyn RunAdapter>, InfraError> {
+    match config.run_adapter {
+        RunAdapterKind::Process => {
+            tracing::debug!(
+                concern = "run_adapter",
+                r#impl = "process",
+                "adapter selected"
+            );
+            Ok(Arc::new(ProcessAdapter::new(
+                config.runner_bin.as_deref(),
+                &config.data_dir,
+            )))
+        }
+        RunAdapterKind::Docker => {
+            let settings = docker::DockerSettings::from_config(config);
+            let adapter = DockerAdapter::connect(settings, metrics)
+                .await
+                .map_err(|message| InfraError {
+                    var: "DOCKER_SOCKET",
+                    message,
+                })?;
+            Ok(Arc::new(adapter))
+        }
+    }
 }

@@ -1,0 +1,895 @@
+//! Docker mode (`RUN_ADAPTER=docker`) against a real engine: the runner and sidecar images built by
+//! `images/build.sh`, the fake LLM on the host reached only through the sidecar's egress.
+//!
+//! The API and the fake LLM listen on the default bridge's gateway address (a local interface; loopback
+//! is unreachable from containers), which is what `host.docker.internal:host-gateway` names inside the
+//! sidecar. Without an engine the tests are skipped, except under CI where they fail. Every object a
+//! server creates carries its instance label, swept on drop even when a test fails.
+
+use std::collections::HashSet;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bollard::Docker;
+use reqwest::Method;
+use serde_json::{json, Value};
+use test_support::app::{runner_bin, TestApp, TEST_ENCRYPTION_KEY};
+use test_support::docker::{self, Sweep, AGENT_IMAGE, SIDECAR_IMAGE};
+use test_support::fake_llm::{FakeLlm, Turn};
+use test_support::{services, spawn_app_with};
+
+const CANARY: &str = "sk-live-canary-docker-77e1";
+const BIN: &str = env!("CARGO_BIN_EXE_appstrate");
+
+struct DockerApp {
+    app: TestApp,
+    fake: FakeLlm,
+    docker: Docker,
+    instance: String,
+    gateway: String,
+    // Dropped last: removes whatever the server left on the engine.
+    _sweep: Sweep,
+}
+
+/// The engine is there (else skip, or fail under CI) and the images are built.
+async fn engine() -> Option<(Docker, String)> {
+    if !services::docker_available() {
+        return None;
+    }
+    tokio::task::spawn_blocking(docker::ensure_images)
+        .await
+        .expect("image build");
+    Some((docker::client().await, docker::bridge_gateway().await))
+}
+
+async fn docker_app(turns: Vec<Turn>, pool: &str, extra: &[(&str, &str)]) -> Option<DockerApp> {
+    let (docker, gateway) = engine().await?;
+    let fake = FakeLlm::start_on(&format!("{gateway}:0"), turns)
+        .await
+        .expect("fake LLM on the bridge gateway");
+    let llm = format!("http://host.docker.internal:{}", fake.addr().port());
+    let mut env: Vec<(&str, &str)> = vec![
+        ("RUN_ADAPTER", "docker"),
+        ("HOST", gateway.as_str()),
+        ("AGENT_IMAGE", AGENT_IMAGE),
+        ("SIDECAR_IMAGE", SIDECAR_IMAGE),
+        ("SIDECAR_POOL_SIZE", pool),
+        ("LLM_BASE_URL", llm.as_str()),
+        ("LLM_API_KEY", CANARY),
+        ("LLM_MODEL", "fake-model"),
+        ("EGRESS_ALLOW_INTERNAL_HOSTS", "host.docker.internal"),
+    ];
+    env.extend_from_slice(extra);
+    let app = spawn_app_with(&env).await;
+    let instance = docker::instance_of(&app.data_dir);
+    Some(DockerApp {
+        _sweep: Sweep::new(instance.clone()),
+        app,
+        fake,
+        docker,
+        instance,
+        gateway,
+    })
+}
+
+fn inline(manifest_extra: Value) -> Value {
+    let mut manifest = json!({
+        "schema_version": "0.1",
+        "name": "@tests/docker",
+        "version": "1.0.0",
+        "type": "agent",
+        "display_name": "Docker test agent",
+    });
+    for (k, v) in manifest_extra.as_object().unwrap() {
+        manifest[k] = v.clone();
+    }
+    json!({"manifest": manifest, "prompt": "Say hello."})
+}
+
+async fn start_run(app: &TestApp, body: Value) -> String {
+    let r = app
+        .key(Method::POST, "/api/runs/inline")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(status, 201, "{b}");
+    b["id"].as_str().unwrap().to_string()
+}
+
+async fn get_run(app: &TestApp, id: &str, wait: u32) -> Value {
+    app.key(Method::GET, &format!("/api/runs/{id}?wait={wait}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn wait_terminal(app: &TestApp, id: &str) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let r = get_run(app, id, 10).await;
+        if ["success", "failed", "timeout", "cancelled"].contains(&r["status"].as_str().unwrap()) {
+            return r;
+        }
+        assert!(Instant::now() < deadline, "run {id} did not finish: {r}");
+    }
+}
+
+async fn health(app: &TestApp) -> Value {
+    app.client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+async fn metrics(app: &TestApp) -> String {
+    app.client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+/// Polls `f` every 100 ms until it returns `Some`, for at most `secs`.
+async fn eventually<T, F, Fut>(secs: u64, what: &str, mut f: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    loop {
+        if let Some(v) = f().await {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until the run's agent container runs and the runner's first event arrived (so its sidecar is
+/// wired up), and returns the container's inspection.
+async fn running_agent(d: &DockerApp, id: &str) -> bollard::models::ContainerInspectResponse {
+    let name = format!("appstrate-agent-{id}");
+    eventually(60, "the agent's first event", || async {
+        let info = d.docker.inspect_container(&name, None).await.ok()?;
+        let logs: Value = d
+            .app
+            .key(Method::GET, &format!("/api/runs/{id}/logs"))
+            .send()
+            .await
+            .ok()?
+            .json()
+            .await
+            .ok()?;
+        let started = logs["data"]
+            .as_array()?
+            .iter()
+            .any(|l| l["message"] == "runtime starting");
+        (info.state.as_ref()?.running == Some(true) && started).then_some(info)
+    })
+    .await
+}
+
+/// Waits until no container and no network of run `id` remains.
+async fn nothing_left(d: &DockerApp, id: &str, secs: u64) {
+    eventually(secs, "the run's containers and network to go", || async {
+        let c = docker::containers(&d.docker, &[("appstrate.run", id)]).await;
+        let exec = format!("appstrate-exec-{id}");
+        let net = d.docker.inspect_network(&exec, None).await.is_ok();
+        (c.is_empty() && !net).then_some(())
+    })
+    .await
+}
+
+fn env_of(info: &bollard::models::ContainerInspectResponse) -> Vec<String> {
+    info.config
+        .as_ref()
+        .and_then(|c| c.env.clone())
+        .unwrap_or_default()
+}
+
+fn networks_of(info: &bollard::models::ContainerInspectResponse) -> Vec<String> {
+    let mut n: Vec<String> = info
+        .network_settings
+        .as_ref()
+        .and_then(|s| s.networks.as_ref())
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default();
+    n.sort();
+    n
+}
+
+fn ip_on(info: &bollard::models::ContainerInspectResponse, network: &str) -> String {
+    info.network_settings
+        .as_ref()
+        .and_then(|s| s.networks.as_ref())
+        .and_then(|m| m.get(network))
+        .and_then(|e| e.ip_address.clone())
+        .filter(|ip| !ip.is_empty())
+        .unwrap_or_else(|| panic!("no address on {network}"))
+}
+
+#[tokio::test]
+async fn a_docker_run_succeeds_through_its_sidecar_in_hardened_containers() {
+    let output = json!({"greeting": "hello from a container"});
+    let Some(d) = docker_app(
+        // The first turn waits so that the live containers can be inspected.
+        vec![Turn::tool_call("output", json!({"data": output})).with_delay(2500)],
+        "0",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let h = health(&d.app).await;
+    assert_eq!(h["status"], "healthy", "{h}");
+    assert_eq!(h["isolation"], "container");
+    assert_eq!(h["adapters"]["run_adapter"], "docker");
+    assert_eq!(h["checks"]["docker"]["status"], "healthy");
+    assert_eq!(
+        h["sidecar_pool"],
+        json!({"enabled": false, "desired": 0, "ready": 0})
+    );
+    assert!(
+        docker::containers(&d.docker, &[("appstrate.instance", &d.instance)])
+            .await
+            .is_empty()
+    );
+
+    let id = start_run(
+        &d.app,
+        inline(json!({"_meta": {"dev.appstrate/resources": {"memory_mb": 256, "cpu": 0.5}}})),
+    )
+    .await;
+    let agent = running_agent(&d, &id).await;
+    let exec = format!("appstrate-exec-{id}");
+
+    // The agent: named, labelled, only on its internal run network, hardened, limited, no secret.
+    assert_eq!(
+        agent.name.as_deref(),
+        Some(&*format!("/appstrate-agent-{id}"))
+    );
+    let cfg = agent.config.clone().unwrap();
+    let labels = cfg.labels.clone().unwrap();
+    assert_eq!(labels["appstrate.managed"], "true");
+    assert_eq!(labels["appstrate.run"], id);
+    assert_eq!(labels["appstrate.role"], "agent");
+    assert_eq!(labels["appstrate.instance"], d.instance);
+    assert_eq!(cfg.user.as_deref(), Some("65534:65534"));
+    assert_eq!(cfg.image.as_deref(), Some(AGENT_IMAGE));
+    assert_eq!(networks_of(&agent), vec![exec.clone()]);
+    let hc = agent.host_config.clone().unwrap();
+    assert_eq!(hc.readonly_rootfs, Some(true));
+    assert_eq!(hc.cap_drop, Some(vec!["ALL".to_string()]));
+    assert!(hc
+        .security_opt
+        .unwrap()
+        .iter()
+        .any(|o| o.starts_with("no-new-privileges")));
+    assert_eq!(hc.memory, Some(256 * 1024 * 1024));
+    assert_eq!(hc.nano_cpus, Some(500_000_000));
+    assert_eq!(hc.pids_limit, Some(256));
+    assert_eq!(hc.privileged, Some(false));
+    let tmpfs = hc.tmpfs.unwrap();
+    assert_eq!(
+        tmpfs["/workspace"],
+        "size=512m,uid=65534,gid=65534,mode=0700"
+    );
+    assert!(tmpfs.contains_key("/tmp"));
+    let env = env_of(&agent);
+    assert!(env.contains(&format!("AGENT_RUN_ID={id}")), "{env:?}");
+    assert!(env.contains(&"MODEL_API_KEY=sk-appstrate-placeholder".to_string()));
+    assert!(env.contains(&"SIDECAR_URL=http://sidecar:8080".to_string()));
+    assert!(env.contains(&"HTTPS_PROXY=http://sidecar:8081".to_string()));
+    assert!(env.contains(&"MODEL_BASE_URL=http://sidecar:8080/llm/openai".to_string()));
+    let all_env = env.join("\n");
+    for secret in [
+        CANARY,
+        TEST_ENCRYPTION_KEY,
+        "LLM_API_KEY",
+        "CONNECTION_ENCRYPTION_KEY",
+        "DATABASE_URL",
+    ] {
+        assert!(!all_env.contains(secret), "{secret} in the agent's Env");
+    }
+
+    // The run network is internal and labelled.
+    let net = d.docker.inspect_network(&exec, None).await.unwrap();
+    assert_eq!(net.internal, Some(true));
+    assert_eq!(
+        net.options.unwrap()["com.docker.network.bridge.inhibit_ipv4"],
+        "true"
+    );
+    let net_labels = net.labels.unwrap();
+    assert_eq!(net_labels["appstrate.managed"], "true");
+    assert_eq!(net_labels["appstrate.run"], id);
+
+    // Without a pool, a fresh sidecar for this run: on the egress and run networks, hardened, and
+    // holding the key only in memory (configured through /configure, not through its environment).
+    let sc = d
+        .docker
+        .inspect_container(&format!("appstrate-sidecar-{id}"), None)
+        .await
+        .expect("a fresh sidecar for the run");
+    let sc_labels = sc.config.clone().unwrap().labels.unwrap();
+    assert_eq!(sc_labels["appstrate.managed"], "true");
+    assert_eq!(sc_labels["appstrate.role"], "sidecar");
+    assert_eq!(sc_labels["appstrate.run"], id);
+    assert_eq!(
+        networks_of(&sc),
+        vec!["appstrate-egress".to_string(), exec.clone()]
+    );
+    let sc_hc = sc.host_config.clone().unwrap();
+    assert_eq!(sc_hc.readonly_rootfs, Some(true));
+    assert_eq!(sc_hc.cap_drop, Some(vec!["ALL".to_string()]));
+    assert_eq!(sc_hc.memory, Some(256 * 1024 * 1024));
+    assert_eq!(
+        sc_hc.extra_hosts,
+        Some(vec!["host.docker.internal:host-gateway".to_string()])
+    );
+    assert!(!env_of(&sc).join("\n").contains(CANARY));
+
+    let done = wait_terminal(&d.app, &id).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(done["result"]["output"], output);
+    // The fake LLM on the host got the real key, injected by the sidecar.
+    assert!(!d.fake.requests().is_empty());
+    assert!(d
+        .fake
+        .authorizations()
+        .iter()
+        .all(|a| a == &format!("Bearer {CANARY}")));
+    assert!(!done.to_string().contains(CANARY));
+
+    // Teardown: agent, sidecar and run network are gone.
+    nothing_left(&d, &id, 20).await;
+    let m = metrics(&d.app).await;
+    assert!(
+        m.contains(r#"appstrate_sidecar_acquire_total{source="fresh"} 1"#),
+        "{m}"
+    );
+    assert!(m.contains("appstrate_sidecar_pool_desired 0"), "{m}");
+}
+
+#[tokio::test]
+async fn the_agent_container_reaches_nothing_but_its_own_sidecar() {
+    let Some(d) = docker_app(
+        vec![
+            Turn::text("slow").with_delay(60_000),
+            Turn::text("slow").with_delay(60_000),
+        ],
+        "2",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let a = start_run(&d.app, inline(json!({}))).await;
+    let b = start_run(&d.app, inline(json!({}))).await;
+    let agent_a = running_agent(&d, &a).await;
+    running_agent(&d, &b).await;
+    let net_a = format!("appstrate-exec-{a}");
+    let net_b = format!("appstrate-exec-{b}");
+    // The sidecars are connected to their run network under the alias `sidecar`.
+    let sidecar_on = |net: String| {
+        let docker = d.docker.clone();
+        async move {
+            let n = docker.inspect_network(&net, None).await.unwrap();
+            let containers = n.containers.unwrap_or_default();
+            let id = containers
+                .iter()
+                .find(|(_, c)| c.name.as_deref().is_some_and(|n| n.contains("sidecar")))
+                .map(|(id, _)| id.clone())
+                .expect("a sidecar on the run network");
+            docker.inspect_container(&id, None).await.unwrap()
+        }
+    };
+    let sc_a = sidecar_on(net_a.clone()).await;
+    let sc_b = sidecar_on(net_b.clone()).await;
+    let gw_a = d
+        .docker
+        .inspect_network(&net_a, None)
+        .await
+        .unwrap()
+        .ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
+        .expect("run network gateway");
+
+    let own = format!("{}:8080", ip_on(&sc_a, &net_a));
+    let llm = format!("{}:{}", d.gateway, d.fake.addr().port());
+    let api = format!("{}:{}", d.gateway, d.app.port);
+    let api_via_run_gw = format!("{gw_a}:{}", d.app.port);
+    let other_run = format!("{}:8080", ip_on(&sc_b, &net_b));
+    let other_egress = format!("{}:8080", ip_on(&sc_b, "appstrate-egress"));
+    let other_proxy = format!("{}:8081", ip_on(&sc_b, "appstrate-egress"));
+    let agent_name = agent_a.name.unwrap().trim_start_matches('/').to_string();
+    let probe = {
+        let targets = [
+            &own,
+            &llm,
+            &api,
+            &api_via_run_gw,
+            &other_run,
+            &other_egress,
+            &other_proxy,
+        ]
+        .map(|s| s.to_string());
+        tokio::task::spawn_blocking(move || {
+            let mut cmd = vec!["/appstrate-runner", "probe-connect"];
+            cmd.extend(targets.iter().map(String::as_str));
+            docker::exec(&agent_name, &cmd)
+        })
+        .await
+        .unwrap()
+    };
+    let result = |addr: &str| {
+        probe
+            .lines()
+            .find(|l| l.starts_with(&format!("{addr} ")))
+            .unwrap_or_else(|| panic!("no probe line for {addr}: {probe}"))
+            .to_string()
+    };
+    // Positive control: the probe does connect where the agent may go.
+    assert_eq!(result(&own), format!("{own} connected"), "{probe}");
+    for blocked in [
+        &llm,
+        &api,
+        &api_via_run_gw,
+        &other_run,
+        &other_egress,
+        &other_proxy,
+    ] {
+        assert!(
+            result(blocked).starts_with(&format!("{blocked} failed")),
+            "the agent reached {blocked}: {probe}"
+        );
+    }
+    // The fake LLM was only ever reached through a sidecar: both requests carry the injected key.
+    assert!(d
+        .fake
+        .authorizations()
+        .iter()
+        .all(|k| k == &format!("Bearer {CANARY}")));
+
+    for id in [&a, &b] {
+        let r = d
+            .app
+            .key(Method::POST, &format!("/api/runs/{id}/cancel"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    for id in [&a, &b] {
+        nothing_left(&d, id, 20).await;
+    }
+}
+
+#[tokio::test]
+async fn cancel_and_timeout_leave_nothing_behind() {
+    let Some(d) = docker_app(
+        vec![
+            Turn::text("slow").with_delay(60_000),
+            Turn::text("slow").with_delay(60_000),
+        ],
+        "0",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let id = start_run(&d.app, inline(json!({}))).await;
+    running_agent(&d, &id).await;
+    let t = Instant::now();
+    let r = d
+        .app
+        .key(Method::POST, &format!("/api/runs/{id}/cancel"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["status"], "cancelled");
+    assert_eq!(b["error"], "Cancelled by user");
+    nothing_left(&d, &id, 20).await;
+    assert!(t.elapsed() < Duration::from_secs(20));
+
+    let id = start_run(&d.app, inline(json!({"timeout": 2}))).await;
+    let done = wait_terminal(&d.app, &id).await;
+    assert_eq!(done["status"], "timeout", "{done}");
+    assert_eq!(done["error"], "Run timed out after 2s");
+    nothing_left(&d, &id, 20).await;
+    assert!(
+        docker::networks(&d.docker, &[("appstrate.instance", &d.instance)])
+            .await
+            .is_empty()
+    );
+}
+
+async fn pool_names(d: &DockerApp) -> HashSet<String> {
+    docker::containers(
+        &d.docker,
+        &[
+            ("appstrate.instance", &d.instance),
+            ("appstrate.pool", "sidecar"),
+        ],
+    )
+    .await
+    .into_keys()
+    .collect()
+}
+
+/// Waits until `/health` reports `ready` pooled sidecars and the engine holds exactly as many.
+async fn pool_ready(d: &DockerApp, ready: u64) -> HashSet<String> {
+    eventually(60, "the pool to be ready", || async {
+        let h = health(&d.app).await;
+        let names = pool_names(d).await;
+        (h["sidecar_pool"]["ready"] == ready && names.len() as u64 == ready).then_some(names)
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_pool_warms_up_refills_after_a_run_and_replaces_a_killed_sidecar() {
+    let output = json!({"ok": true});
+    let Some(d) = docker_app(
+        vec![Turn::tool_call("output", json!({"data": output}))],
+        "2",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let first = pool_ready(&d, 2).await;
+    let h = health(&d.app).await;
+    assert_eq!(
+        h["sidecar_pool"],
+        json!({"enabled": true, "desired": 2, "ready": 2})
+    );
+    assert!(first
+        .iter()
+        .all(|n| n.starts_with("appstrate-sidecar-pool-")));
+    let m = metrics(&d.app).await;
+    assert!(m.contains("appstrate_sidecar_pool_desired 2"), "{m}");
+    assert!(m.contains("appstrate_sidecar_pool_ready 2"), "{m}");
+
+    // A pooled sidecar refuses a configuration without its secret.
+    let any = first.iter().next().unwrap();
+    let info = d.docker.inspect_container(any, None).await.unwrap();
+    let port = info.network_settings.unwrap().ports.unwrap()["8080/tcp"]
+        .clone()
+        .unwrap()[0]
+        .host_port
+        .clone()
+        .unwrap();
+    let r = d
+        .app
+        .client
+        .post(format!("http://127.0.0.1:{port}/configure"))
+        .bearer_auth("not-the-secret")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+
+    // A run takes a pooled sidecar (no fresh one) and the pool refills with a new one.
+    let id = start_run(&d.app, inline(json!({}))).await;
+    let done = wait_terminal(&d.app, &id).await;
+    assert_eq!(done["status"], "success", "{done}");
+    nothing_left(&d, &id, 20).await;
+    let m = metrics(&d.app).await;
+    assert!(
+        m.contains(r#"appstrate_sidecar_acquire_total{source="pool"} 1"#),
+        "{m}"
+    );
+    assert!(!m.contains(r#"source="fresh""#), "{m}");
+    let second = pool_ready(&d, 2).await;
+    assert_eq!(
+        first.intersection(&second).count(),
+        1,
+        "{first:?} {second:?}"
+    );
+
+    // A pooled sidecar killed behind the pool's back is removed and replaced.
+    let victim = second.iter().next().unwrap().clone();
+    let killed = Command::new("docker")
+        .args(["kill", &victim])
+        .output()
+        .unwrap();
+    assert!(killed.status.success());
+    let third = eventually(30, "the killed sidecar to be replaced", || async {
+        let names = pool_names(&d).await;
+        let h = health(&d.app).await;
+        (!names.contains(&victim) && names.len() == 2 && h["sidecar_pool"]["ready"] == 2)
+            .then_some(names)
+    })
+    .await;
+    assert_eq!(second.intersection(&third).count(), 1);
+}
+
+// ---- A crashed Docker-mode server (real `appstrate` process, SIGKILL) ----
+
+fn serve_env(
+    dir: &std::path::Path,
+    port: u16,
+    gateway: &str,
+    llm: &str,
+) -> Vec<(&'static str, String)> {
+    vec![
+        ("BETTER_AUTH_SECRET", "s".into()),
+        ("UPLOAD_SIGNING_SECRET", "0123456789abcdef".into()),
+        ("CONNECTION_ENCRYPTION_KEY", TEST_ENCRYPTION_KEY.into()),
+        ("PORT", port.to_string()),
+        ("HOST", gateway.into()),
+        ("DATA_DIR", dir.join("data").to_string_lossy().into_owned()),
+        ("LLM_BASE_URL", llm.into()),
+        ("LLM_API_KEY", CANARY.into()),
+        ("LLM_MODEL", "m".into()),
+        ("EGRESS_ALLOW_INTERNAL_HOSTS", "host.docker.internal".into()),
+        ("RUN_ADAPTER", "docker".into()),
+        ("AGENT_IMAGE", AGENT_IMAGE.into()),
+        ("SIDECAR_IMAGE", SIDECAR_IMAGE.into()),
+        ("SIDECAR_POOL_SIZE", "2".into()),
+        ("RUNNER_BIN", runner_bin().to_string_lossy().into_owned()),
+        ("SYSTEM_PACKAGES_DIR", "./none".into()),
+    ]
+}
+
+fn command(dir: &std::path::Path, args: &[&str], env: &[(&'static str, String)]) -> Command {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd
+}
+
+async fn serve(dir: &std::path::Path, env: &[(&'static str, String)], base: &str) -> Child {
+    #[allow(clippy::zombie_processes)]
+    let child = command(dir, &["serve"], env)
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/health")).send().await {
+            if r.status() == 200 {
+                return child;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_killed_docker_server_leaves_no_container_or_network_after_restart() {
+    let Some((docker, gateway)) = engine().await else {
+        return;
+    };
+    let fake = FakeLlm::start_on(
+        &format!("{gateway}:0"),
+        vec![
+            Turn::text("slow").with_delay(120_000),
+            Turn::text("slow").with_delay(120_000),
+            Turn::text("slow").with_delay(120_000),
+        ],
+    )
+    .await
+    .unwrap();
+    let llm = format!("http://host.docker.internal:{}", fake.addr().port());
+    let dir = tempfile::tempdir().unwrap();
+    let instance = docker::instance_of(&dir.path().join("data"));
+    let _sweep = Sweep::new(instance.clone());
+    let port = services::free_port();
+    let base = format!("http://{gateway}:{port}");
+    let env = serve_env(dir.path(), port, &gateway, &llm);
+    let out = command(dir.path(), &["bootstrap"], &env).output().unwrap();
+    let boot: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = boot["apiKey"].as_str().unwrap().to_string();
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+
+    let mut server = serve(dir.path(), &env, &base).await;
+    let mut ids = Vec::new();
+    for _ in 0..3 {
+        let run: Value = client
+            .post(format!("{base}/api/runs/inline"))
+            .bearer_auth(&key)
+            .json(&inline(json!({})))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        ids.push(run["id"].as_str().unwrap().to_string());
+    }
+    // All three agents run.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let agents = docker::containers(
+            &docker,
+            &[
+                ("appstrate.instance", &instance),
+                ("appstrate.role", "agent"),
+            ],
+        )
+        .await;
+        if agents.len() == 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "three agents never ran: {agents:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let before = docker::containers(&docker, &[("appstrate.instance", &instance)]).await;
+    assert!(before.len() >= 6, "agents and sidecars: {before:?}");
+
+    // Crash: nothing is cleaned up.
+    server.kill().unwrap();
+    server.wait().unwrap();
+    assert_eq!(
+        docker::networks(&docker, &[("appstrate.instance", &instance)])
+            .await
+            .len(),
+        3
+    );
+
+    let mut server = serve(dir.path(), &env, &base).await;
+    for id in &ids {
+        let run: Value = client
+            .get(format!("{base}/api/runs/{id}"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(run["status"], "failed", "{run}");
+        assert_eq!(run["error"], "Server restarted while run was in progress");
+    }
+    let after = docker::containers(&docker, &[("appstrate.instance", &instance)]).await;
+    for (name, id) in &before {
+        assert!(
+            !after.values().any(|a| a == id),
+            "{name} survived the restart"
+        );
+    }
+    assert!(
+        docker::networks(&docker, &[("appstrate.instance", &instance)])
+            .await
+            .is_empty()
+    );
+
+    // A graceful stop removes the pool sidecars and exits 0.
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGTERM);
+    }
+    assert_eq!(server.wait().unwrap().code(), Some(0));
+    assert!(
+        docker::containers(&docker, &[("appstrate.instance", &instance)])
+            .await
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn missing_images_degrade_health_and_are_imported_from_static_binaries() {
+    let tag = uuid::Uuid::new_v4().simple().to_string();
+    let (agent, sidecar) = (
+        format!("appstrate-runner:import-{tag}"),
+        format!("appstrate-sidecar:import-{tag}"),
+    );
+    let _images = docker::ImageSweep(vec![agent.clone(), sidecar.clone()]);
+
+    // A dynamically linked runner cannot be imported: Docker mode is unavailable, and says why.
+    let Some(d) = docker_app(
+        vec![Turn::tool_call("output", json!({"data": {"ok": 1}}))],
+        "0",
+        &[("AGENT_IMAGE", agent.as_str())],
+    )
+    .await
+    else {
+        return;
+    };
+    let h = health(&d.app).await;
+    assert_eq!(h["status"], "degraded", "{h}");
+    let why = h["checks"]["docker"]["error"].as_str().unwrap().to_string();
+    assert!(
+        why.contains(&format!("the image {agent} is missing")),
+        "{why}"
+    );
+    assert!(
+        why.contains("is not a statically linked executable"),
+        "{why}"
+    );
+    let r = d
+        .app
+        .key(Method::POST, "/api/runs/inline")
+        .json(&inline(json!({})))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["code"], "runtime_unavailable", "{b}");
+    drop(d);
+
+    // Static binaries are imported as one-file images (nothing pulled), and runs work.
+    let runner = docker::static_binary("appstrate-runner");
+    let sidecar_bin = docker::static_binary("appstrate-sidecar");
+    let (runner, sidecar_bin) = (
+        runner.to_string_lossy().into_owned(),
+        sidecar_bin.to_string_lossy().into_owned(),
+    );
+    let d = docker_app(
+        vec![Turn::tool_call("output", json!({"data": {"ok": 1}}))],
+        "0",
+        &[
+            ("AGENT_IMAGE", agent.as_str()),
+            ("SIDECAR_IMAGE", sidecar.as_str()),
+            ("RUNNER_BIN", runner.as_str()),
+            ("SIDECAR_BIN", sidecar_bin.as_str()),
+        ],
+    )
+    .await
+    .unwrap();
+    let h = health(&d.app).await;
+    assert_eq!(h["status"], "healthy", "{h}");
+    let img = d.docker.inspect_image(&agent).await.unwrap();
+    let cfg = img.config.unwrap();
+    assert_eq!(cfg.user.as_deref(), Some("65534:65534"));
+    assert_eq!(cfg.entrypoint, Some(vec!["/appstrate-runner".to_string()]));
+    let id = start_run(&d.app, inline(json!({}))).await;
+    let done = wait_terminal(&d.app, &id).await;
+    assert_eq!(done["status"], "success", "{done}");
+}
+
+#[tokio::test]
+async fn an_unreachable_engine_stops_boot_naming_docker_socket() {
+    let dir = tempfile::tempdir().unwrap();
+    let env = vec![
+        ("BETTER_AUTH_SECRET", "s".to_string()),
+        ("UPLOAD_SIGNING_SECRET", "0123456789abcdef".into()),
+        ("CONNECTION_ENCRYPTION_KEY", TEST_ENCRYPTION_KEY.into()),
+        ("PORT", services::free_port().to_string()),
+        ("HOST", "127.0.0.1".into()),
+        ("RUN_ADAPTER", "docker".into()),
+        ("DOCKER_SOCKET", "/nonexistent/docker.sock".into()),
+        ("SYSTEM_PACKAGES_DIR", "./none".into()),
+    ];
+    let out = command(dir.path(), &["serve"], &env).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DOCKER_SOCKET"), "{err}");
+    assert!(
+        err.contains("/nonexistent/docker.sock does not exist"),
+        "{err}"
+    );
+    assert!(err.contains("docker images | grep appstrate"), "{err}");
+}

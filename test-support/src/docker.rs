@@ -1,0 +1,200 @@
+//! Docker-mode test support: the images (built once per test binary by `images/build.sh`), the host
+//! address containers reach (the default bridge's gateway, which `host.docker.internal:host-gateway`
+//! names), an engine client, and a guard that removes whatever a test server left on the engine.
+//!
+//! Tests only talk to loopback and to the bridge gateway address (a local interface of this machine);
+//! every object a server creates carries `appstrate.instance=<hash of its DATA_DIR>`, which the guard
+//! sweeps on drop, even when the test failed.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+use bollard::Docker;
+
+/// Image names the Docker tests use (tag `test`, so a release `latest` is never replaced).
+pub const AGENT_IMAGE: &str = "appstrate-runner:test";
+pub const SIDECAR_IMAGE: &str = "appstrate-sidecar:test";
+
+fn repo_root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+/// Builds the runner and sidecar images once per test binary (`PROFILE=image-dev TAG=test
+/// images/build.sh runner sidecar`), unless `APPSTRATE_TEST_IMAGES_BUILT=1` says scripts/test.sh did.
+pub fn ensure_images() {
+    static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
+    let r = BUILT.get_or_init(|| {
+        if std::env::var("APPSTRATE_TEST_IMAGES_BUILT").is_ok_and(|v| v == "1") {
+            return Ok(());
+        }
+        let root = repo_root();
+        let status = Command::new("bash")
+            .arg(root.join("images/build.sh"))
+            .args(["runner", "sidecar"])
+            .env("PROFILE", "image-dev")
+            .env("AGENT_IMAGE", AGENT_IMAGE)
+            .env("SIDECAR_IMAGE", SIDECAR_IMAGE)
+            .current_dir(&root)
+            .status()
+            .map_err(|e| format!("cannot run images/build.sh: {e}"))?;
+        if status.success() {
+            Ok(())
+        } else {
+            Err(format!("images/build.sh failed ({status})"))
+        }
+    });
+    if let Err(e) = r {
+        panic!("{e}");
+    }
+}
+
+/// The static binary `name` that `images/build.sh` built in the `image-dev` profile.
+pub fn static_binary(name: &str) -> PathBuf {
+    let target = std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target"));
+    target.join("x86_64-unknown-linux-gnu/image-dev").join(name)
+}
+
+/// Removes the images named here when dropped (also on panic).
+pub struct ImageSweep(pub Vec<String>);
+
+impl Drop for ImageSweep {
+    fn drop(&mut self) {
+        let _ = Command::new("docker")
+            .args(["rmi", "-f"])
+            .args(&self.0)
+            .output();
+    }
+}
+
+/// An engine client on the default socket.
+pub async fn client() -> Docker {
+    Docker::connect_with_unix("/var/run/docker.sock", 120, bollard::API_DEFAULT_VERSION)
+        .expect("docker client")
+        .negotiate_version()
+        .await
+        .expect("docker engine answers")
+}
+
+/// The gateway address of the default `bridge` network: what `host-gateway` resolves to inside
+/// containers, and a local address of this machine that test servers can listen on.
+pub async fn bridge_gateway() -> String {
+    let docker = client().await;
+    let net = docker
+        .inspect_network("bridge", None)
+        .await
+        .expect("the default bridge network");
+    net.ipam
+        .and_then(|i| i.config)
+        .and_then(|c| c.into_iter().find_map(|c| c.gateway))
+        .expect("the bridge network has a gateway")
+}
+
+/// The `appstrate.instance` label of a server whose data directory is `data_dir`.
+pub fn instance_of(data_dir: &Path) -> String {
+    appstrate::infra::run_adapter::docker::instance_id(data_dir)
+}
+
+/// Removes every container and network labelled with `instance` when dropped (also on panic).
+pub struct Sweep {
+    pub instance: String,
+}
+
+impl Sweep {
+    pub fn new(instance: impl Into<String>) -> Self {
+        Self {
+            instance: instance.into(),
+        }
+    }
+}
+
+impl Drop for Sweep {
+    fn drop(&mut self) {
+        let filter = format!("label=appstrate.instance={}", self.instance);
+        let ids = Command::new("docker")
+            .args(["ps", "-aq", "--filter", &filter])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let ids: Vec<&str> = ids.split_whitespace().collect();
+        if !ids.is_empty() {
+            let _ = Command::new("docker")
+                .args(["rm", "-f"])
+                .args(&ids)
+                .output();
+        }
+        let nets = Command::new("docker")
+            .args(["network", "ls", "-q", "--filter", &filter])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let nets: Vec<&str> = nets.split_whitespace().collect();
+        if !nets.is_empty() {
+            let _ = Command::new("docker")
+                .args(["network", "rm"])
+                .args(&nets)
+                .output();
+        }
+    }
+}
+
+/// Containers (name → id) carrying every `key=value` label of `labels`, running or not.
+pub async fn containers(docker: &Docker, labels: &[(&str, &str)]) -> HashMap<String, String> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+    )]);
+    docker
+        .list_containers(Some(bollard::query_parameters::ListContainersOptions {
+            all: true,
+            filters: Some(filters),
+            ..Default::default()
+        }))
+        .await
+        .expect("list containers")
+        .into_iter()
+        .filter_map(|c| {
+            let name = c.names?.first()?.trim_start_matches('/').to_string();
+            Some((name, c.id?))
+        })
+        .collect()
+}
+
+/// Names of the networks carrying every `key=value` label of `labels`.
+pub async fn networks(docker: &Docker, labels: &[(&str, &str)]) -> Vec<String> {
+    let filters = HashMap::from([(
+        "label".to_string(),
+        labels.iter().map(|(k, v)| format!("{k}={v}")).collect(),
+    )]);
+    docker
+        .list_networks(Some(bollard::query_parameters::ListNetworksOptions {
+            filters: Some(filters),
+        }))
+        .await
+        .expect("list networks")
+        .into_iter()
+        .filter_map(|n| n.name)
+        .collect()
+}
+
+/// `docker exec <container> <cmd...>`: its stdout (the CLI is part of Debian's docker.io).
+pub fn exec(container: &str, cmd: &[&str]) -> String {
+    let out = Command::new("docker")
+        .arg("exec")
+        .arg(container)
+        .args(cmd)
+        .output()
+        .expect("docker exec");
+    assert!(
+        out.status.success(),
+        "docker exec {container} {cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
