@@ -23,8 +23,8 @@ macro_rules! on_both_backends {
 }
 
 mod boot;
-mod conformance;
 mod compose;
+mod conformance;
 mod conventions;
 mod crash;
 mod database;
