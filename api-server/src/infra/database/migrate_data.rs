@@ -45,6 +45,9 @@ impl MigrateDataError {
 
 use MigrateDataError::{Failed, Refused};
 
+/// How long the source's lock is waited for before it is reported in use.
+const SOURCE_BUSY_WAIT: Duration = Duration::from_secs(3);
+
 /// Rows per `INSERT` statement (bounded by PostgreSQL's 65,535 bind parameters).
 const BATCH_ROWS: usize = 500;
 
@@ -71,13 +74,15 @@ async fn open_source(path: &Path) -> Result<SqlitePool, MigrateDataError> {
         .create_if_missing(false)
         .locking_mode(SqliteLockingMode::Exclusive)
         .pragma("query_only", "ON")
-        .busy_timeout(Duration::ZERO);
+        // A running server holds the file for as long as it runs; a server that has just stopped may
+        // still be checkpointing for a moment. Waiting a little tells the two apart.
+        .busy_timeout(SOURCE_BUSY_WAIT);
     let in_use = |e: &sqlx::Error| matches!(e, sqlx::Error::Database(d) if d.message().contains("locked") || d.code().as_deref() == Some("5"));
     let describe = |e: sqlx::Error| {
         if in_use(&e) {
             Refused(format!(
-                "--from: {} is in use by another process: stop the Tier 0 server (appstrate serve or \
-                 appstrate dev) that uses it, then retry",
+                "--from: {} is in use by another process ({e}): stop the Tier 0 server (appstrate \
+                 serve or appstrate dev) that uses it, then retry",
                 path.display()
             ))
         } else {
@@ -463,30 +468,44 @@ mod tests {
         assert!(e.to_string().starts_with("--to:"), "{e}");
     }
 
+    /// One connection on a WAL database, as a server holds it. (A pool is avoided here: sqlx's
+    /// `Pool::close` can miss a connection that its min-connections task opens at the same moment, and
+    /// these tests close right after opening.)
+    async fn wal_connection(path: &Path) -> sqlx::SqliteConnection {
+        use sqlx::ConnectOptions;
+        SqliteConnectOptions::new()
+            .filename(path)
+            .create_if_missing(true)
+            .journal_mode(sqlx::sqlite::SqliteJournalMode::Wal)
+            .connect()
+            .await
+            .unwrap()
+    }
+
     #[tokio::test]
     async fn an_older_schema_is_refused_with_both_versions() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("old.db");
-        let db = crate::infra::database::connect_sqlite(&path).await.unwrap();
+        let mut db = wal_connection(&path).await;
         // Only the first migration applied: an older binary's database.
         let first = SQLITE_MIGRATOR.iter().next().unwrap();
-        sqlx::raw_sql(&first.sql).execute(db.pool()).await.unwrap();
+        sqlx::raw_sql(&first.sql).execute(&mut db).await.unwrap();
         sqlx::query(
             "CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, \
              installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL, \
              checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)",
         )
-        .execute(db.pool())
+        .execute(&mut db)
         .await
         .unwrap();
         sqlx::query(
             "INSERT INTO _sqlx_migrations VALUES ($1, 'x', CURRENT_TIMESTAMP, 1, x'00', 0)",
         )
         .bind(first.version)
-        .execute(db.pool())
+        .execute(&mut db)
         .await
         .unwrap();
-        db.pool().close().await;
+        sqlx::Connection::close(db).await.unwrap();
         let mut sink = |_: String| {};
         let e = migrate_data(
             path.to_str().unwrap(),
@@ -511,10 +530,9 @@ mod tests {
     async fn a_source_still_open_by_a_server_is_refused() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("live.db");
-        // A live server: its pool keeps a connection open on the WAL database.
-        let db = crate::infra::database::connect_sqlite(&path).await.unwrap();
-        use crate::infra::database::Database;
-        db.migrate().await.unwrap();
+        // A live server keeps a connection open on the WAL database.
+        let mut db = wal_connection(&path).await;
+        SQLITE_MIGRATOR.run(&mut db).await.unwrap();
         let mut sink = |_: String| {};
         let e = migrate_data(
             path.to_str().unwrap(),
@@ -526,7 +544,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(e.exit_code(), 2, "{e}");
         assert!(e.to_string().contains("in use by another process"), "{e}");
-        db.pool().close().await;
+        sqlx::Connection::close(db).await.unwrap();
         // Stopped: the source passes its checks and the (closed) target port is what fails now.
         let e = migrate_data(
             path.to_str().unwrap(),
