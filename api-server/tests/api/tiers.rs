@@ -80,7 +80,9 @@ async fn tier1_promoted_to_s3_storage_keeps_everything() {
     let s3_env: Vec<(&str, &str)> = s3_env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     app.restart_with(&s3_env, &[]).await;
     let h = send(app.client.get(app.url("/health"))).await;
+    assert_eq!(h["tier"], 3, "{h}");
     assert_eq!(h["adapters"]["storage"], "s3");
+    assert_eq!(h["adapters"]["queue"], "redis");
     assert_eq!(h["adapters"]["database"], "postgres");
     assert_eq!(h["checks"]["storage"]["status"], "healthy");
     let after = snapshot(&app, &populated).await;
