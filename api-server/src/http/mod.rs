@@ -7,10 +7,15 @@ pub mod list;
 pub mod middleware;
 pub mod routes;
 
+use std::any::Any;
+
 use axum::extract::{DefaultBodyLimit, Request};
+use axum::http::StatusCode;
 use axum::middleware::{from_fn, from_fn_with_state};
+use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use tower_http::catch_panic::CatchPanicLayer;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::Server;
 use utoipa::{Modify, OpenApi};
@@ -139,13 +144,42 @@ pub fn router(state: AppState) -> Router {
         .route("/metrics", get(meta::metrics))
         .route("/api/openapi.json", get(meta::openapi));
 
-    Router::new()
+    let routes = Router::new()
         .merge(public)
         .merge(api)
-        .merge(routes::sink::router())
+        .merge(routes::sink::router());
+    with_request_handling(routes, state)
+}
+
+/// The layers every route shares, around `routes`: the route-template recorder, the `/api` 404 fallback,
+/// panic recovery, the body limit and the outermost request handling (request id, problem rendering,
+/// access log, metrics).
+pub fn with_request_handling(routes: Router<AppState>, state: AppState) -> Router {
+    routes
+        // Inside the recorder, so that a panicking route is still counted under its template; the outer
+        // one covers the fallback.
+        .route_layer(CatchPanicLayer::custom(panic_response))
         .route_layer(from_fn(record_route))
         .fallback(not_found)
+        .layer(CatchPanicLayer::custom(panic_response))
         .layer(DefaultBodyLimit::max(state.config.api_body_limit_bytes))
         .layer(from_fn_with_state(state.clone(), outer))
         .with_state(state)
+}
+
+/// A handler panic becomes a 500 `internal_error` problem (rendered with the request id by `outer`). The
+/// log line carries the panic message and, through the request span, the request id; never the request.
+fn panic_response(payload: Box<dyn Any + Send + 'static>) -> Response {
+    let message = payload
+        .downcast_ref::<String>()
+        .map(String::as_str)
+        .or_else(|| payload.downcast_ref::<&str>().copied())
+        .unwrap_or("(no message)");
+    tracing::error!(panic = %message, "request handler panicked");
+    ApiError::new(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "internal_error",
+        "An unexpected error occurred.",
+    )
+    .into_response()
 }
