@@ -122,3 +122,70 @@ async fn concrete_ids_share_the_route_template_bucket() {
         .unwrap();
     assert_eq!(r.status(), 429);
 }
+
+/// Two admin tokens of the same organization are two identities: exhausting one token's bucket on a route
+/// leaves the other token's bucket on that route untouched, and the same holds for two API keys.
+#[tokio::test]
+async fn two_credentials_on_the_same_route_have_their_own_buckets() {
+    let app = spawn_app().await;
+    let db = app.state().infra.db.clone();
+    let second = appstrate::cli::mint_admin_token(db.as_ref(), &app.org_id)
+        .await
+        .unwrap();
+    let create_key = |token: &str, name: String| {
+        app.client
+            .post(app.url("/api/api-keys"))
+            .bearer_auth(token)
+            .header("X-App-Id", &app.app_id)
+            .json(&json!({"name": name}))
+            .send()
+    };
+    let mut keys = Vec::new();
+    for i in 0..10 {
+        let r = create_key(&app.admin_token, format!("first{i}"))
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        keys.push(
+            r.json::<Value>().await.unwrap()["key"]
+                .as_str()
+                .unwrap()
+                .to_string(),
+        );
+    }
+    let r = create_key(&app.admin_token, "first10".into())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    // The second admin token starts with a full bucket on the same route…
+    let r = create_key(&second, "second0".into()).await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["ratelimit"], "limit=10, remaining=9, reset=60");
+    // …and the first is still limited.
+    assert_eq!(
+        create_key(&app.admin_token, "first11".into())
+            .await
+            .unwrap()
+            .status(),
+        429
+    );
+
+    // Two API keys on POST /api/end-users (60 per window each).
+    let create_user = |key: &str| {
+        app.client
+            .post(app.url("/api/end-users"))
+            .bearer_auth(key)
+            .json(&json!({}))
+            .send()
+    };
+    for i in 0..60 {
+        let r = create_user(&keys[0]).await.unwrap();
+        assert_eq!(r.status(), 201, "request {i}");
+    }
+    let r = create_user(&keys[0]).await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["ratelimit-policy"], "60;w=60");
+    let r = create_user(&keys[1]).await.unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(r.headers()["ratelimit"], "limit=60, remaining=59, reset=60");
+}

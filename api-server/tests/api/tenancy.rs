@@ -335,6 +335,123 @@ async fn credentials_revocation_expiry_and_scopes(backend: Backend) {
     assert_eq!(scopes["scopes"].as_array().unwrap().len(), 12);
 }
 
+/// A 401 for a rejected credential: problem+json `unauthorized` with the §7.1 detail and challenge.
+async fn assert_invalid_token(r: reqwest::Response, what: &str) {
+    assert_eq!(r.status(), 401, "{what}");
+    assert_eq!(
+        r.headers()["www-authenticate"],
+        r#"Bearer error="invalid_token""#,
+        "{what}"
+    );
+    assert_eq!(
+        r.headers()["content-type"],
+        "application/problem+json",
+        "{what}"
+    );
+    let rid = r.headers()["request-id"].to_str().unwrap().to_string();
+    let b = body(r).await;
+    assert_eq!(b["code"], "unauthorized", "{what}");
+    assert_eq!(b["detail"], "Invalid or expired API key", "{what}");
+    assert_eq!(b["requestId"], rid.as_str(), "{what}");
+}
+
+on_both_backends!(revoked_and_expired_credentials_get_401_problems);
+async fn revoked_and_expired_credentials_get_401_problems(backend: Backend) {
+    use appstrate::crypto::{new_token, sha256_hex};
+    let app = test_support::require!(spawn_app_on(backend, &[]).await);
+    let db = app.state().infra.db.clone();
+
+    // A key that expired an hour ago (the API refuses past dates, so it is stored directly).
+    let expired = new_token("ask_");
+    db.insert_api_key(&appstrate::infra::database::NewApiKey {
+        id: uuid::Uuid::new_v4().to_string(),
+        org_id: app.org_id.clone(),
+        application_id: app.app_id.clone(),
+        name: "expired".into(),
+        key_hash: sha256_hex(&expired),
+        key_prefix: expired[..8].to_string(),
+        scopes: vec!["end-users:read".into()],
+        expires_at: Some(chrono::Utc::now() - chrono::Duration::hours(1)),
+    })
+    .await
+    .unwrap();
+    let r = app
+        .client
+        .get(app.url("/api/end-users"))
+        .bearer_auth(&expired)
+        .send()
+        .await
+        .unwrap();
+    assert_invalid_token(r, "expired API key").await;
+
+    // A revoked key: it worked just before its revocation.
+    let created = body(
+        app.admin(Method::POST, "/api/api-keys")
+            .json(&json!({"name": "soon revoked"}))
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
+    let key = created["key"].as_str().unwrap().to_string();
+    let call = |token: String| {
+        app.client
+            .get(app.url("/api/end-users"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(call(key.clone()).await.unwrap().status(), 200);
+    let r = app
+        .admin(
+            Method::DELETE,
+            &format!("/api/api-keys/{}", created["id"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_invalid_token(call(key).await.unwrap(), "revoked API key").await;
+
+    // A revoked admin token (as `appstrate admin-token revoke` does); another token of the org still works.
+    let before: Vec<String> = db
+        .list_admin_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    let second = appstrate::cli::mint_admin_token(db.as_ref(), &app.org_id)
+        .await
+        .unwrap();
+    let admin_call = |token: String| {
+        app.client
+            .get(app.url("/api/applications"))
+            .bearer_auth(token)
+            .send()
+    };
+    assert_eq!(admin_call(second.clone()).await.unwrap().status(), 200);
+    let id = db
+        .list_admin_tokens()
+        .await
+        .unwrap()
+        .into_iter()
+        .find(|t| !before.contains(&t.id))
+        .unwrap()
+        .id;
+    db.revoke_admin_token(&id).await.unwrap();
+    assert_invalid_token(admin_call(second).await.unwrap(), "revoked admin token").await;
+    assert_eq!(
+        admin_call(app.admin_token.clone()).await.unwrap().status(),
+        200
+    );
+    // An unknown admin token is refused the same way.
+    assert_invalid_token(
+        admin_call(format!("adm_{}", "0".repeat(48))).await.unwrap(),
+        "unknown admin token",
+    )
+    .await;
+}
+
 fn regex_like_key(k: &str) -> bool {
     k.len() == 52
         && k.starts_with("ask_")
