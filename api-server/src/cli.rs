@@ -98,13 +98,19 @@ pub fn main() -> i32 {
     {
         return migrate_data(from, to, *replace);
     }
+    let cwd = std::env::current_dir().unwrap_or_else(|_| ".".into());
+    let env_file_exists = match crate::config::load_dotenv(&cwd) {
+        Ok(exists) => exists,
+        Err(e) => {
+            eprintln!("{e}");
+            return 2;
+        }
+    };
     if let Command::Dev = command {
-        if let Err(e) = prepare_dev_env() {
+        if let Err(e) = prepare_dev_env(&cwd, env_file_exists) {
             eprintln!("appstrate dev: {e}");
             return 1;
         }
-    } else {
-        let _ = dotenvy::dotenv();
     }
     let config = match Config::from_process_env() {
         Ok(c) => c,
@@ -384,30 +390,18 @@ async fn admin_token(config: Config, command: AdminTokenCommand) -> i32 {
     }
 }
 
-fn free_port(start: u16) -> Option<u16> {
-    (start..start.saturating_add(100))
-        .find(|p| std::net::TcpListener::bind(("0.0.0.0", *p)).is_ok())
+/// The first port from `start` on which `host` can listen.
+fn free_port(host: &str, start: u16) -> Option<u16> {
+    (start..=start.saturating_add(99)).find(|p| std::net::TcpListener::bind((host, *p)).is_ok())
 }
 
-/// `appstrate dev`: write `./.env` with fresh boot secrets when missing (never overwriting one), pick a
-/// free port when `PORT` is unset, then load `.env`.
-fn prepare_dev_env() -> anyhow::Result<()> {
-    let explicit_port = std::env::var("PORT").ok().filter(|p| !p.is_empty());
-    let explicit_url = std::env::var("APP_URL").ok().filter(|p| !p.is_empty());
-    let path = Path::new(".env");
-    let mut port: u16 = explicit_port
-        .as_deref()
-        .and_then(|p| p.parse().ok())
-        .unwrap_or(3000);
-    if explicit_port.is_none() {
-        if let Some(free) = free_port(3000) {
-            if free != 3000 {
-                eprintln!("PORT 3000 is already in use; using PORT {free} instead");
-            }
-            port = free;
-        }
-    }
-    if !path.exists() {
+/// `appstrate dev`, after `./.env` was loaded if present: write `./.env` with fresh boot secrets when there
+/// is none (never overwriting one; `APP_URL` is left out so that it follows the port), then, when `PORT`
+/// is unset in both the environment and `.env`, pick the first free port from 3000 (or from the hidden
+/// `APPSTRATE_DEV_START_PORT`) and say which.
+fn prepare_dev_env(dir: &Path, env_file_exists: bool) -> anyhow::Result<()> {
+    let path = dir.join(".env");
+    if !env_file_exists {
         let b64 = |n: usize| {
             let mut buf = vec![0u8; n];
             rand::thread_rng().fill_bytes(&mut buf);
@@ -415,7 +409,7 @@ fn prepare_dev_env() -> anyhow::Result<()> {
         };
         let contents = format!(
             "# Written by `appstrate dev` with freshly generated secrets. Keep this file private.\n\
-             BETTER_AUTH_SECRET={}\nUPLOAD_SIGNING_SECRET={}\nCONNECTION_ENCRYPTION_KEY={}\nAPP_URL=http://localhost:{port}\n",
+             BETTER_AUTH_SECRET={}\nUPLOAD_SIGNING_SECRET={}\nCONNECTION_ENCRYPTION_KEY={}\n",
             b64(32),
             b64(32),
             b64(32),
@@ -427,16 +421,35 @@ fn prepare_dev_env() -> anyhow::Result<()> {
             use std::os::unix::fs::OpenOptionsExt;
             opts.mode(0o600);
         }
-        let mut file = opts.open(path)?;
+        let mut file = opts.open(&path)?;
         file.write_all(contents.as_bytes())?;
         eprintln!("wrote ./.env with freshly generated boot secrets (mode 0600)");
+        // Variables already set in the environment win over the generated ones.
+        dotenvy::from_path(&path)?;
     }
-    if explicit_port.is_none() {
-        std::env::set_var("PORT", port.to_string());
-        if explicit_url.is_none() && port != 3000 {
-            std::env::set_var("APP_URL", format!("http://localhost:{port}"));
+    let set = |var: &str| std::env::var(var).ok().filter(|v| !v.is_empty());
+    if set("PORT").is_none() {
+        let start: u16 = match set("APPSTRATE_DEV_START_PORT") {
+            None => 3000,
+            Some(raw) => raw.trim().parse().map_err(|_| {
+                anyhow::anyhow!("APPSTRATE_DEV_START_PORT must be a port number, got {raw:?}")
+            })?,
+        };
+        let host = set("HOST").unwrap_or_else(|| "0.0.0.0".into());
+        let port = free_port(&host, start).ok_or_else(|| {
+            anyhow::anyhow!(
+                "no free port between {start} and {}; set PORT to a free port",
+                start.saturating_add(99)
+            )
+        })?;
+        if port == start {
+            eprintln!("PORT is not set: using port {port}");
+        } else {
+            eprintln!(
+                "PORT is not set: port {start} is in use, using port {port} (the next free one)"
+            );
         }
+        std::env::set_var("PORT", port.to_string());
     }
-    dotenvy::from_path(path)?;
     Ok(())
 }

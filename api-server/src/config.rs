@@ -745,6 +745,51 @@ impl Config {
     }
 }
 
+/// Loads `<dir>/.env` (the current directory only; parent directories are not searched) into the process
+/// environment without overriding variables already set. Returns whether the file exists. A line that is
+/// not `KEY=VALUE` is an error naming the file and the line number; the line itself is not repeated,
+/// since it may hold a secret.
+pub fn load_dotenv(dir: &std::path::Path) -> Result<bool, String> {
+    let path = dir.join(".env");
+    if !path.exists() {
+        return Ok(false);
+    }
+    let unreadable = |e: &dyn fmt::Display| {
+        format!(
+            "config error: {}: cannot be read: {e}",
+            path.to_string_lossy()
+        )
+    };
+    let content = std::fs::read_to_string(&path).map_err(|e| unreadable(&e))?;
+    match dotenvy::from_path(&path) {
+        Ok(()) => Ok(true),
+        Err(dotenvy::Error::LineParse(text, _)) => Err(format!(
+            "config error: {}: line {}: not a KEY=VALUE line (check for a missing `=`, spaces in a key or an \
+             unclosed quote); fix or remove the line",
+            path.to_string_lossy(),
+            dotenv_line_number(&content, &text)
+                .map(|n| n.to_string())
+                .unwrap_or_else(|| "?".into())
+        )),
+        Err(e) => Err(unreadable(&e)),
+    }
+}
+
+/// The 1-based line of `content` on which the logical line `text` (as reported by the `.env` parser)
+/// starts: its first occurrence at the start of a line.
+fn dotenv_line_number(content: &str, text: &str) -> Option<usize> {
+    let content = content.strip_prefix('\u{feff}').unwrap_or(content);
+    let text = text.trim_end_matches(['\r', '\n']);
+    let mut start = 0;
+    for (i, line) in content.split_inclusive('\n').enumerate() {
+        if content[start..].starts_with(text) {
+            return Some(i + 1);
+        }
+        start += line.len();
+    }
+    None
+}
+
 fn valid_kid(kid: &str) -> bool {
     (1..=32).contains(&kid.len())
         && kid
@@ -1086,5 +1131,47 @@ pub(crate) mod tests {
         assert!(!dbg.contains("better-auth-secret"));
         assert!(!dbg.contains("AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8="));
         assert!(dbg.contains("[redacted]"));
+    }
+
+    #[test]
+    fn dotenv_lines_are_counted_from_the_file_start() {
+        let content = "# comment\nA=1\n\nB=\"two\nlines\"\nBAD LINE\nC=3\n";
+        assert_eq!(dotenv_line_number(content, "A=1"), Some(2));
+        assert_eq!(dotenv_line_number(content, "BAD LINE"), Some(6));
+        assert_eq!(dotenv_line_number(content, "BAD LINE\n"), Some(6));
+        assert_eq!(dotenv_line_number("\u{feff}X Y\n", "X Y"), Some(1));
+        // The text must start a line: `1` inside `A=1` is not line 2.
+        assert_eq!(dotenv_line_number(content, "lines\""), Some(5));
+        assert_eq!(dotenv_line_number(content, "nowhere"), None);
+    }
+
+    #[test]
+    fn dotenv_is_read_from_the_given_directory_only() {
+        let parent = tempfile::tempdir().unwrap();
+        let child = parent.path().join("child");
+        std::fs::create_dir(&child).unwrap();
+        std::fs::write(
+            parent.path().join(".env"),
+            "APPSTRATE_DOTENV_TEST_PARENT=1\n",
+        )
+        .unwrap();
+        assert_eq!(load_dotenv(&child), Ok(false));
+        assert!(std::env::var("APPSTRATE_DOTENV_TEST_PARENT").is_err());
+
+        std::fs::write(
+            child.join(".env"),
+            "# secrets\nAPPSTRATE_DOTENV_TEST_OK=yes\nAPPSTRATE_DOTENV_TEST_SECRET s3cr3t-canary\n",
+        )
+        .unwrap();
+        let err = load_dotenv(&child).unwrap_err();
+        assert!(
+            err.contains(&format!("{}: line 3:", child.join(".env").display())),
+            "{err}"
+        );
+        assert!(!err.contains("s3cr3t-canary"), "{err}");
+
+        std::fs::write(child.join(".env"), "APPSTRATE_DOTENV_TEST_OK=yes\n").unwrap();
+        assert_eq!(load_dotenv(&child), Ok(true));
+        assert_eq!(std::env::var("APPSTRATE_DOTENV_TEST_OK").unwrap(), "yes");
     }
 }

@@ -380,8 +380,15 @@ fn dev_writes_env_once_with_private_mode() {
         std::fs::metadata(&env_file).unwrap().permissions().mode() & 0o777,
         0o600
     );
-    assert!(first.contains(&format!("APP_URL=http://localhost:{port}")));
-    assert!(first.contains("CONNECTION_ENCRYPTION_KEY="));
+    // Secrets only: APP_URL follows the port of each run instead of being pinned in the file.
+    assert!(!first.contains("APP_URL"), "{first}");
+    for var in [
+        "BETTER_AUTH_SECRET=",
+        "UPLOAD_SIGNING_SECRET=",
+        "CONNECTION_ENCRYPTION_KEY=",
+    ] {
+        assert!(first.contains(var), "{first}");
+    }
 
     let child = spawn();
     wait_healthy(port);
@@ -412,4 +419,177 @@ fn help_and_version() {
     }
     let out = run(dir.path(), &["no-such-command"], &[]);
     assert_eq!(out.status.code(), Some(2));
+}
+
+/// Spawns `appstrate <args>` in `dir` with exactly `env` (plus PATH); stderr lines arrive on the receiver
+/// while the process runs, and are kept for the end.
+fn spawn_streaming(
+    dir: &std::path::Path,
+    args: &[&str],
+    env: &[(&str, String)],
+) -> (
+    std::process::Child,
+    std::sync::mpsc::Receiver<String>,
+    std::thread::JoinHandle<String>,
+) {
+    use std::io::BufRead;
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .current_dir(dir)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let Ok(line) = line else { break };
+            all.push_str(&line);
+            all.push('\n');
+            let _ = tx.send(line);
+        }
+        all
+    });
+    (child, rx, reader)
+}
+
+/// The first stderr line containing `needle`, within 20 s.
+fn wait_line(rx: &std::sync::mpsc::Receiver<String>, needle: &str) -> String {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(line) if line.contains(needle) => return line,
+            Ok(_) => {}
+            Err(e) => panic!("no stderr line containing {needle:?}: {e}"),
+        }
+    }
+}
+
+fn secrets_env_file() -> String {
+    secrets()
+        .iter()
+        .map(|(k, v)| format!("{k}={v}\n"))
+        .collect()
+}
+
+/// `.env` is read from the working directory only (not from a parent), and the process environment wins
+/// over it.
+#[test]
+fn env_file_is_read_from_the_working_directory_only() {
+    let parent = tempfile::tempdir().unwrap();
+    let child = parent.path().join("child");
+    std::fs::create_dir(&child).unwrap();
+    std::fs::write(parent.path().join(".env"), secrets_env_file()).unwrap();
+    let out = run(&child, &["check-config"], &[]);
+    assert_eq!(out.status.code(), Some(2), "a parent's .env was read");
+    assert!(stderr(&out).contains("config error: BETTER_AUTH_SECRET:"));
+
+    std::fs::write(child.join(".env"), secrets_env_file()).unwrap();
+    let out = run(&child, &["check-config"], &[]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+
+    // The environment wins: a too-short secret in the environment is reported although .env is valid.
+    let out = run(
+        &child,
+        &["check-config"],
+        &[("UPLOAD_SIGNING_SECRET", "short".into())],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("config error: UPLOAD_SIGNING_SECRET:"));
+}
+
+/// A malformed `.env` line stops every command with exit 2, naming the file and the line number without
+/// echoing the line (which may hold a secret); `dev` does not touch the file.
+#[test]
+fn malformed_env_line_exits_2_naming_file_and_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join(".env");
+    let content = format!(
+        "# local settings\n{}LLM_API_KEY sk-malformed-canary\nPORT=3999\n",
+        secrets_env_file()
+    );
+    std::fs::write(&env_file, &content).unwrap();
+    for args in [
+        &["serve"][..],
+        &["dev"],
+        &["check-config"],
+        &["db", "migrate"],
+    ] {
+        let out = run(dir.path(), args, &[]);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {}", stderr(&out));
+        let err = stderr(&out);
+        assert!(
+            err.contains(&format!("{}: line 5:", env_file.display())),
+            "{args:?}: {err}"
+        );
+        assert!(!err.contains("sk-malformed-canary"), "{err}");
+    }
+    assert_eq!(std::fs::read_to_string(&env_file).unwrap(), content);
+    assert!(!dir.path().join("data").exists(), "nothing was created");
+}
+
+/// `appstrate dev` with an existing `.env` and PORT unset: loads the file (its secrets boot the server),
+/// leaves it byte for byte as it was, starts the port search at `APPSTRATE_DEV_START_PORT`, skips the taken
+/// port and prints the one it picked; APP_URL follows that port.
+#[test]
+fn dev_keeps_an_existing_env_and_picks_the_next_free_port() {
+    let dir = tempfile::tempdir().unwrap();
+    let env_file = dir.path().join(".env");
+    let content = format!("# mine, do not touch\n{}", secrets_env_file());
+    std::fs::write(&env_file, &content).unwrap();
+    // Hold a port, and work out which port after it is free.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let start = held.local_addr().unwrap().port();
+    let expected = (start + 1..start.saturating_add(100))
+        .find(|p| std::net::TcpListener::bind(("127.0.0.1", *p)).is_ok())
+        .unwrap();
+    let (mut child, rx, reader) = spawn_streaming(
+        dir.path(),
+        &["dev"],
+        &[
+            ("HOST", "127.0.0.1".into()),
+            ("APPSTRATE_DEV_START_PORT", start.to_string()),
+        ],
+    );
+    let line = wait_line(&rx, "PORT is not set");
+    assert!(
+        line.contains(&format!("port {start} is in use, using port {expected}")),
+        "{line}"
+    );
+    wait_healthy(expected);
+    let doc: serde_json::Value =
+        reqwest::blocking::get(format!("http://127.0.0.1:{expected}/api/openapi.json"))
+            .unwrap()
+            .json()
+            .unwrap();
+    assert_eq!(
+        doc["servers"][0]["url"],
+        format!("http://localhost:{expected}")
+    );
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    let log = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains("wrote ./.env"), "{log}");
+    assert_eq!(std::fs::read_to_string(&env_file).unwrap(), content);
+    drop(held);
+
+    // A PORT in .env counts as set: no search, no message.
+    let port = free_port();
+    std::fs::write(&env_file, format!("{content}PORT={port}\n")).unwrap();
+    let (mut child, _rx, reader) =
+        spawn_streaming(dir.path(), &["dev"], &[("HOST", "127.0.0.1".into())]);
+    wait_healthy(port);
+    sigterm(&child);
+    let status = child.wait().unwrap();
+    let log = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(!log.contains("PORT is not set"), "{log}");
 }
