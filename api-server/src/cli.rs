@@ -213,6 +213,9 @@ fn raise_open_files_limit() {
 }
 
 async fn serve(config: Config) -> i32 {
+    // First, so that SIGTERM/SIGINT during the boot steps below is a graceful shutdown once the steps are
+    // done (or a plain exit if they fail), not an abrupt kill.
+    let mut signals = Signals::install();
     crate::telemetry::init(&config.log_level, config.log_format);
     raise_open_files_limit();
     let host = std::env::var("HOST")
@@ -234,7 +237,8 @@ async fn serve(config: Config) -> i32 {
             return e.exit_code();
         }
     };
-    wait_for_signal().await;
+    let name = signals.recv().await;
+    tracing::info!(signal = name, "signal received");
     if app.shutdown().await {
         0
     } else {
@@ -242,25 +246,56 @@ async fn serve(config: Config) -> i32 {
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, registered once; a signal delivered before [`Signals::recv`] is awaited is kept.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = match signal(SignalKind::terminate()) {
-            Ok(s) => s,
-            Err(_) => {
-                let _ = tokio::signal::ctrl_c().await;
-                return;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{signal, SignalKind};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
-        };
-        tokio::select! {
-            _ = term.recv() => {}
-            _ = tokio::signal::ctrl_c() => {}
+        }
+        #[cfg(not(unix))]
+        {
+            Signals {}
         }
     }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
+
+    /// Waits for the first signal; returns its name.
+    async fn recv(&mut self) -> &'static str {
+        #[cfg(unix)]
+        {
+            async fn next(s: &mut Option<tokio::signal::unix::Signal>) {
+                match s {
+                    Some(s) => {
+                        s.recv().await;
+                    }
+                    None => std::future::pending().await,
+                }
+            }
+            if self.term.is_none() && self.int.is_none() {
+                let _ = tokio::signal::ctrl_c().await;
+                return "SIGINT";
+            }
+            tokio::select! {
+                _ = next(&mut self.term) => "SIGTERM",
+                _ = next(&mut self.int) => "SIGINT",
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            "ctrl-c"
+        }
     }
 }
 

@@ -593,3 +593,62 @@ fn dev_keeps_an_existing_env_and_picks_the_next_free_port() {
     assert_eq!(status.code(), Some(0), "{log}");
     assert!(!log.contains("PORT is not set"), "{log}");
 }
+
+fn sigint(child: &std::process::Child) {
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGINT);
+    }
+}
+
+fn accepts_connections(port: u16) -> bool {
+    std::net::TcpStream::connect_timeout(
+        &std::net::SocketAddr::from(([127, 0, 0, 1], port)),
+        Duration::from_millis(500),
+    )
+    .is_ok()
+}
+
+/// SIGINT is a graceful shutdown like SIGTERM: exit 0, and the port stops accepting connections. A SIGINT
+/// delivered while the boot steps are still running is handled the same way, not as an abrupt kill.
+#[test]
+fn sigint_shuts_down_gracefully_even_during_boot() {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let env = with(&[("PORT", &port.to_string()), ("HOST", "127.0.0.1")]);
+    let (mut child, rx, reader) = spawn_streaming(dir.path(), &["serve"], &env);
+    wait_healthy(port);
+    assert!(accepts_connections(port));
+    sigint(&child);
+    let status = child.wait().unwrap();
+    let log = reader.join().unwrap();
+    drop(rx);
+    assert_eq!(status.code(), Some(0), "{log}");
+    assert!(
+        log.contains("signal received") && log.contains("SIGINT"),
+        "{log}"
+    );
+    assert!(log.contains("shutdown complete"), "{log}");
+    assert!(
+        !accepts_connections(port),
+        "the port still accepts connections"
+    );
+
+    // During boot: the first debug line is written while the adapters are being selected, long before
+    // `server ready`.
+    let port = free_port();
+    let env = with(&[
+        ("PORT", &port.to_string()),
+        ("HOST", "127.0.0.1"),
+        ("LOG_LEVEL", "debug"),
+    ]);
+    let (mut child, rx, reader) = spawn_streaming(dir.path(), &["serve"], &env);
+    wait_line(&rx, "adapter selected");
+    sigint(&child);
+    let started = Instant::now();
+    let status = child.wait().unwrap();
+    let log = reader.join().unwrap();
+    assert_eq!(status.code(), Some(0), "killed instead of shut down: {log}");
+    assert!(log.contains("shutdown complete"), "{log}");
+    assert!(started.elapsed() < Duration::from_secs(15));
+    assert!(!accepts_connections(port));
+}
