@@ -145,9 +145,26 @@ pub fn main() -> i32 {
             command: DbCommand::Migrate,
         } => runtime.block_on(async {
             crate::telemetry::init(&config.log_level, config.log_format);
-            match crate::infra::connect_database(&config).await {
-                Ok(_) => {
-                    eprintln!("migrations applied");
+            let db = match crate::infra::open_database(&config).await {
+                Ok(db) => db,
+                Err(e) => {
+                    eprintln!("{e}");
+                    return 1;
+                }
+            };
+            let result = crate::infra::migrate_database(&config, db.as_ref()).await;
+            db.close().await;
+            match result {
+                Ok(0) => {
+                    println!("database is up to date: no migrations to apply");
+                    0
+                }
+                Ok(1) => {
+                    println!("applied 1 migration");
+                    0
+                }
+                Ok(n) => {
+                    println!("applied {n} migrations");
                     0
                 }
                 Err(e) => {

@@ -60,6 +60,25 @@ fn postgres_unreachable(url: &str, e: &sqlx::Error) -> InfraError {
 
 /// Connects the database chosen by the configuration and applies the migrations.
 pub async fn connect_database(config: &Config) -> Result<Arc<dyn Database>, InfraError> {
+    let db = open_database(config).await?;
+    migrate_database(config, db.as_ref()).await?;
+    Ok(db)
+}
+
+/// Applies the pending migrations; returns how many were applied.
+pub async fn migrate_database(config: &Config, db: &dyn Database) -> Result<usize, InfraError> {
+    db.migrate().await.map_err(|e| InfraError {
+        var: if config.database_url.is_some() {
+            "DATABASE_URL"
+        } else {
+            "SQLITE_PATH"
+        },
+        message: format!("migrations failed: {e}"),
+    })
+}
+
+/// Connects the database chosen by the configuration, without migrating it.
+pub async fn open_database(config: &Config) -> Result<Arc<dyn Database>, InfraError> {
     let db: Arc<dyn Database> = match &config.database_url {
         Some(url) => {
             let db = database::connect_postgres(url.expose())
@@ -92,14 +111,6 @@ pub async fn connect_database(config: &Config) -> Result<Arc<dyn Database>, Infr
             Arc::new(db)
         }
     };
-    db.migrate().await.map_err(|e| InfraError {
-        var: if config.database_url.is_some() {
-            "DATABASE_URL"
-        } else {
-            "SQLITE_PATH"
-        },
-        message: format!("migrations failed: {e}"),
-    })?;
     Ok(db)
 }
 

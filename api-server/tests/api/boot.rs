@@ -652,3 +652,37 @@ fn sigint_shuts_down_gracefully_even_during_boot() {
     assert!(started.elapsed() < Duration::from_secs(15));
     assert!(!accepts_connections(port));
 }
+
+/// `appstrate db migrate` reports how many migrations it applied, and that there is nothing to do the
+/// second time.
+#[test]
+fn db_migrate_reports_applied_migrations_then_up_to_date() {
+    let dir = tempfile::tempdir().unwrap();
+    let shipped = std::fs::read_dir(concat!(env!("CARGO_MANIFEST_DIR"), "/../migrations/sqlite"))
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .ends_with(".sql")
+        })
+        .count();
+    assert!(shipped > 1);
+    let out = run(dir.path(), &["db", "migrate"], &secrets());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        format!("applied {shipped} migrations")
+    );
+    assert!(dir.path().join("data/appstrate.db").is_file());
+    let out = run(dir.path(), &["db", "migrate"], &secrets());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "database is up to date: no migrations to apply"
+    );
+    // The migrated database is usable as is.
+    let out = run(dir.path(), &["bootstrap"], &secrets());
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+}

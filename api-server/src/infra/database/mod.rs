@@ -175,7 +175,8 @@ pub enum IdempotencyState {
 pub trait Database: PackageRepo + RunRepo + ScheduleRepo + WebhookRepo + Send + Sync {
     /// `sqlite` or `postgres`, as reported by `/health`.
     fn kind(&self) -> &'static str;
-    async fn migrate(&self) -> DbResult<()>;
+    /// Applies the pending migrations; returns how many were applied.
+    async fn migrate(&self) -> DbResult<usize>;
     async fn ping(&self) -> DbResult<()>;
     /// Closes the pool at shutdown (SPEC §5.3): waits for connections in use to come back, and releases
     /// the SQLite file so that e.g. `appstrate db migrate-data` can open it.

@@ -240,9 +240,18 @@ macro_rules! impl_sql_database {
                 $kind
             }
 
-            async fn migrate(&self) -> DbResult<()> {
+            async fn migrate(&self) -> DbResult<usize> {
+                // Applied versions before and after (the table does not exist before the first run).
+                let applied = || async {
+                    sqlx::query_scalar::<_, i64>("SELECT COUNT(*) FROM _sqlx_migrations")
+                        .fetch_one(&self.pool)
+                        .await
+                        .unwrap_or(0)
+                };
+                let before = applied().await;
                 $migrator.run(&self.pool).await?;
-                Ok(())
+                let after = applied().await;
+                Ok(usize::try_from(after - before).unwrap_or(0))
             }
 
             async fn close(&self) {
