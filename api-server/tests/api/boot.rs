@@ -686,3 +686,133 @@ fn db_migrate_reports_applied_migrations_then_up_to_date() {
     let out = run(dir.path(), &["bootstrap"], &secrets());
     assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
 }
+
+/// At debug and at trace (every dependency's logs included), nothing the server writes contains a secret:
+/// the boot secrets, the LLM key, the admin token and API keys (bootstrap's and one created through the
+/// API, each used for requests), or connection credentials stored through the API.
+#[test]
+fn no_secret_in_logs_at_debug_or_trace() {
+    let system_packages = concat!(env!("CARGO_MANIFEST_DIR"), "/../system-packages");
+    for level in ["debug", "trace"] {
+        let dir = tempfile::tempdir().unwrap();
+        let port = free_port();
+        let mut env = with(&[
+            ("PORT", &port.to_string()),
+            ("HOST", "127.0.0.1"),
+            ("LOG_LEVEL", level),
+            ("SYSTEM_PACKAGES_DIR", system_packages),
+        ]);
+        env.push(("LLM_BASE_URL", "http://127.0.0.1:9/v1".into()));
+        env.push(("LLM_API_KEY", "sk-llm-canary-key-77".into()));
+        env.push(("LLM_MODEL", "fake".into()));
+
+        let boot = run(dir.path(), &["bootstrap"], &env);
+        assert_eq!(boot.status.code(), Some(0), "{}", stderr(&boot));
+        let creds: serde_json::Value = serde_json::from_slice(&boot.stdout).unwrap();
+        let admin = creds["adminToken"].as_str().unwrap().to_string();
+        let bootstrap_key = creds["apiKey"].as_str().unwrap().to_string();
+        let app_id = creds["applicationId"].as_str().unwrap().to_string();
+
+        let mut cmd = Command::new(BIN);
+        cmd.arg("serve")
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        let child = cmd.spawn().unwrap();
+        wait_healthy(port);
+        let client = reqwest::blocking::Client::builder()
+            .no_proxy()
+            .build()
+            .unwrap();
+        let url = |p: &str| format!("http://127.0.0.1:{port}{p}");
+
+        let r = client
+            .post(url("/api/api-keys"))
+            .bearer_auth(&admin)
+            .header("X-App-Id", &app_id)
+            .json(&serde_json::json!({"name": "logs"}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 201);
+        let created: serde_json::Value = r.json().unwrap();
+        let key = created["key"].as_str().unwrap().to_string();
+        for token in [&key, &bootstrap_key] {
+            let r = client
+                .get(url("/api/end-users"))
+                .bearer_auth(token)
+                .send()
+                .unwrap();
+            assert_eq!(r.status(), 200);
+        }
+        let connection = "/api/packages/@appstrate/stripe/connections/primary";
+        let r = client
+            .put(url(connection))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"credentials": {"api_key": "sk_live_conn_canary_9191"}}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200, "{}", r.text().unwrap_or_default());
+        let r = client
+            .get(url(connection))
+            .bearer_auth(&key)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // A refused credential value, and a revoked key used once more.
+        let r = client
+            .put(url(connection))
+            .bearer_auth(&key)
+            .json(&serde_json::json!({"credentials": {"api_key": 4242_4242_4242_u64}}))
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 400);
+        let r = client
+            .delete(url(&format!(
+                "/api/api-keys/{}",
+                created["id"].as_str().unwrap()
+            )))
+            .bearer_auth(&admin)
+            .header("X-App-Id", &app_id)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 204);
+        let r = client
+            .get(url("/api/end-users"))
+            .bearer_auth(&key)
+            .send()
+            .unwrap();
+        assert_eq!(r.status(), 401);
+
+        sigterm(&child);
+        let out = child.wait_with_output().unwrap();
+        assert_eq!(out.status.code(), Some(0));
+        let log = format!(
+            "{}{}{}",
+            stderr(&boot),
+            stderr(&out),
+            String::from_utf8_lossy(&out.stdout)
+        );
+        assert!(log.contains("server ready"), "{level}: {log}");
+        let mut secrets_to_find = vec![
+            "better-auth-secret-canary".to_string(),
+            "upload-secret-canary-0123".to_string(),
+            TEST_ENCRYPTION_KEY.to_string(),
+            "sk-llm-canary-key-77".to_string(),
+            "sk_live_conn_canary_9191".to_string(),
+            "424242424242".to_string(),
+        ];
+        // Each token, and its secret part without the prefix.
+        for t in [&admin, &bootstrap_key, &key] {
+            secrets_to_find.push(t.to_string());
+            secrets_to_find.push(t[4..].to_string());
+        }
+        for secret in &secrets_to_find {
+            assert!(!log.contains(secret.as_str()), "{level}: {secret} logged");
+        }
+    }
+}
