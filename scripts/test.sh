@@ -29,6 +29,12 @@ if [ "${DOCKER_HOST_AVAILABLE:-}" = 1 ]; then
   export APPSTRATE_TEST_IMAGES_BUILT=1
 fi
 
+# A fresh toolchain may come without rustfmt and clippy.
+if ! cargo fmt --version >/dev/null 2>&1 || ! cargo clippy --version >/dev/null 2>&1; then
+  log "rustup component add rustfmt clippy"
+  rustup component add rustfmt clippy
+fi
+
 log "cargo fmt --check"
 cargo fmt --all -- --check
 
