@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::error_boundary::InvalidObject;
-use kube::core::{DeserializeGuard, DynamicObject};
+use kube::core::{DeserializeGuard, DynamicObject, TypeMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
@@ -211,12 +211,42 @@ fn now() -> Time {
 /// Existing children by kind and name, as listed by the instance labels.
 type Existing = BTreeMap<(ChildKind, String), Value>;
 
-async fn list_children(client: &Client, ns: &str, instance: &str) -> Result<Existing, Error> {
+/// Lists one kind of child by the instance labels, each item carrying its `apiVersion` and `kind`.
+///
+/// The API server omits `apiVersion`/`kind` on the items of a list of built-in resources, while
+/// a desired object always carries them: without this, every listed child would differ from its
+/// desired form.
+async fn list_kind(
+    client: &Client,
+    ns: &str,
+    instance: &str,
+    kind: ChildKind,
+) -> Result<Vec<DynamicObject>, Error> {
     let lp = ListParams::default().labels(&labels::instance_selector(instance));
+    let list = dyn_api(client, ns, kind).list(&lp).await?;
+    Ok(list.items.into_iter().map(|o| with_type(kind, o)).collect())
+}
+
+/// Sets `apiVersion` and `kind` from the resource type the object was listed as.
+pub fn with_type(kind: ChildKind, mut obj: DynamicObject) -> DynamicObject {
+    let ar = kind.api_resource();
+    obj.types = Some(TypeMeta {
+        api_version: ar.api_version,
+        kind: ar.kind,
+    });
+    obj
+}
+
+/// Whether the object is already being deleted (a `deletionTimestamp` is set): pruning and
+/// cleanup leave it to the API server instead of deleting it again.
+pub fn is_terminating(obj: &Value) -> bool {
+    !obj["metadata"]["deletionTimestamp"].is_null()
+}
+
+async fn list_children(client: &Client, ns: &str, instance: &str) -> Result<Existing, Error> {
     let mut out = Existing::new();
     for kind in ChildKind::ALL {
-        let list = dyn_api(client, ns, kind).list(&lp).await?;
-        for obj in list.items {
+        for obj in list_kind(client, ns, instance, kind).await? {
             let name = obj.name_any();
             out.insert((kind, name), serde_json::to_value(&obj)?);
         }
@@ -320,7 +350,7 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
         if kind.holds_data() || applied.contains_key(&(*kind, child.clone())) {
             continue;
         }
-        if owned_by_other(obj, app) {
+        if owned_by_other(obj, app) || is_terminating(obj) {
             continue;
         }
         match dyn_api(client, &ns, *kind)
