@@ -45,6 +45,22 @@ pub enum Error {
     MissingNamespace,
     #[error("cannot serialize object: {0}")]
     Serialize(#[from] serde_json::Error),
+    #[error("the API server refused {child}: {source}")]
+    Apply {
+        child: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kube_label(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => "conflict",
+        kube::Error::Api(s) if s.code == 403 => "forbidden",
+        kube::Error::Api(s) if s.code == 422 => "invalid",
+        kube::Error::Api(_) => "kube_api",
+        _ => "kube_client",
+    }
 }
 
 impl Error {
@@ -52,11 +68,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         use kube::runtime::finalizer::Error as F;
         match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
-            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
-            Error::Kube(kube::Error::Api(s)) if s.code == 422 => "invalid",
-            Error::Kube(kube::Error::Api(_)) => "kube_api",
-            Error::Kube(_) => "kube_client",
+            Error::Kube(e) | Error::Apply { source: e, .. } => kube_label(e),
             Error::Finalizer(f) => match f.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.metric_label(),
                 F::AddFinalizer(_) => "add_finalizer",
@@ -103,7 +115,7 @@ impl Context {
         let ev = KubeEvent {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(truncate_utf8(&note, EVENT_NOTE_MAX_BYTES)),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -335,9 +347,22 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
                 applied.insert(k, current.clone());
             }
             _ => {
-                let result = dyn_api(client, &ns, obj.kind)
+                let result = match dyn_api(client, &ns, obj.kind)
                     .patch(&obj.name, &apply_params(), &Patch::Apply(&obj.object))
-                    .await?;
+                    .await
+                {
+                    Ok(result) => result,
+                    // Refused (invalid, conflict, forbidden…): say so on the resource, then back off.
+                    Err(kube::Error::Api(s)) if (400..500).contains(&s.code) => {
+                        let child = format!("{}/{}", obj.kind.kind(), obj.name);
+                        report_apply_failure(app, ctx, &child, &s.message).await;
+                        return Err(Error::Apply {
+                            child,
+                            source: kube::Error::Api(s),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 debug!(object = %key, kind = obj.kind.kind(), child = %obj.name, "applied");
                 applied.insert(k, serde_json::to_value(&result)?);
             }
@@ -419,6 +444,59 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
     } else {
         REQUEUE_NOT_READY
     }))
+}
+
+/// Phase `Failed` with `Ready=False` (reason `ApplyFailed`) naming the refused child and the API
+/// server's message, and a Warning Event when the message is new. The other conditions keep
+/// their last observed values. Best effort: the reconcile error that follows drives the backoff.
+async fn report_apply_failure(app: &Appstrate, ctx: &Context, child: &str, server_message: &str) {
+    let key = object_key(&app.metadata);
+    let message = truncate_utf8(
+        &format!("{child}: {server_message}"),
+        CONDITION_MESSAGE_MAX_BYTES,
+    );
+    warn!(object = %key, %child, message = %server_message, "server-side apply refused");
+    let previous = app.status.as_ref();
+    let mut st = previous.cloned().unwrap_or_default();
+    st.phase = Some(Phase::Failed);
+    st.observed_generation = app.metadata.generation;
+    st.tier = Some(app.spec.tier);
+    st.conditions.retain(|c| c.type_ != status::READY);
+    st.conditions.extend(status::to_conditions(
+        &[status::apply_failed_condition(&message)],
+        previous,
+        app.metadata.generation,
+        &now(),
+    ));
+    if let Err(e) = write_status(app, ctx, &st).await {
+        warn!(object = %key, error = %e, "could not write the Failed status");
+    }
+    ctx.metrics.set_phase(&key, Some(Phase::Failed));
+    let same_message = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == status::READY))
+        .is_some_and(|c| c.reason == status::APPLY_FAILED && c.message == message);
+    if !same_message {
+        ctx.event(app, EventType::Warning, status::APPLY_FAILED, message)
+            .await;
+    }
+}
+
+/// The API server's limit on a Kubernetes Event's `note` (events.k8s.io/v1).
+pub const EVENT_NOTE_MAX_BYTES: usize = 1024;
+/// The API server's limit on a condition's `message`.
+pub const CONDITION_MESSAGE_MAX_BYTES: usize = 32 * 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, ending with `…` when cut.
+pub fn truncate_utf8(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    const ELLIPSIS: &str = "…";
+    let mut end = max.saturating_sub(ELLIPSIS.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &s[..end])
 }
 
 /// A listed child that carries a controller reference to some other owner is not ours to prune.

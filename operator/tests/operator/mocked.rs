@@ -4,9 +4,15 @@
 
 use std::sync::Arc;
 
+use std::time::Duration;
+
 use kube::core::DeserializeGuard;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Recorder, Reporter};
+use operator::health::HealthProbe;
+use operator::metrics::Metrics;
 use operator::v1alpha1::FINALIZER;
-use operator::{desired_objects, reconcile, Appstrate};
+use operator::{desired_objects, error_policy, reconcile, Appstrate, Context};
 use serde_json::{json, Value};
 
 use crate::common::{example, unreachable_api, NS, UID};
@@ -52,6 +58,19 @@ fn child(api_version: &str, kind: &str, name: &str, terminating: bool) -> Value 
         v["metadata"]["finalizers"] = json!(["example.com/hold"]);
     }
     v
+}
+
+fn context_with_events(client: kube::Client, health: Arc<dyn HealthProbe>) -> Arc<Context> {
+    let reporter = Reporter {
+        controller: "appstrate-operator".into(),
+        instance: Some("test".into()),
+    };
+    Arc::new(Context::new(
+        client.clone(),
+        health,
+        Arc::new(Metrics::default()),
+        Some(Recorder::new(client, reporter)),
+    ))
 }
 
 /// Every request but the GETs.
@@ -110,4 +129,90 @@ async fn listed_children_without_type_fields_match_and_terminating_ones_are_not_
         ],
         "unchanged children are not re-applied; a child already being deleted is left alone"
     );
+}
+
+/// A scripted API server for a first reconcile whose apply of the API Deployment is refused
+/// with `message`; everything else is accepted.
+fn refusing_deployment(app: &Appstrate, code: u16, message: &'static str) -> (kube::Client, Log) {
+    let app_json = serde_json::to_value(app).unwrap();
+    serve(move |r| match (r.method.as_str(), collection(&r.path)) {
+        ("GET", Some((api_version, kind))) => (200, list(api_version, kind, vec![])),
+        ("POST", _) => (201, r.body.clone()),
+        ("PATCH", _) if r.path.ends_with("/status") => (200, app_json.clone()),
+        ("PATCH", _) if r.path.contains("/deployments/") => failure(code, "Invalid", message),
+        ("PATCH", _) => (200, r.body.clone()),
+        _ => failure(500, "InternalError", &format!("unexpected {}", r.line())),
+    })
+}
+
+fn bodies(log: &Log, method: &str, path_end: &str) -> Vec<Value> {
+    log.lock()
+        .unwrap()
+        .iter()
+        .filter(|r| r.method.as_str() == method && r.path.ends_with(path_end))
+        .map(|r| r.body.clone())
+        .collect()
+}
+
+#[tokio::test]
+async fn a_refused_apply_sets_failed_naming_the_child_and_the_server_message_then_backs_off() {
+    const REFUSAL: &str = "Deployment.apps \"appstrate-api\" is invalid: spec.template.spec.containers[0].resources.requests: Invalid value: \"2\": must be less than or equal to cpu limit of 1";
+    let app = with_finalizer(0);
+    let (client, log) = refusing_deployment(&app, 422, REFUSAL);
+    let ctx = context_with_events(client, unreachable_api());
+    let guard = Arc::new(DeserializeGuard(Ok(app)));
+
+    let err = reconcile(guard.clone(), ctx.clone())
+        .await
+        .expect_err("a refused apply is a reconcile error");
+    assert_eq!(err.metric_label(), "invalid");
+
+    let statuses = bodies(&log, "PATCH", "/status");
+    let last = statuses.last().expect("status written");
+    assert_eq!(last["status"]["phase"], "Failed", "{last}");
+    let ready = last["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .expect("Ready condition")
+        .clone();
+    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("ApplyFailed")));
+    let message = ready["message"].as_str().unwrap();
+    assert!(
+        message.starts_with("Deployment/appstrate-api: ") && message.contains("must be less than or equal to cpu limit"),
+        "{message}"
+    );
+
+    let events = bodies(&log, "POST", "/events");
+    let warning = events
+        .iter()
+        .find(|e| e["reason"] == "ApplyFailed")
+        .unwrap_or_else(|| panic!("no ApplyFailed event in {events:?}"));
+    assert_eq!(warning["type"], "Warning");
+    assert_eq!(warning["note"].as_str(), Some(message));
+
+    // The error policy still backs off: 5 s, then 10 s.
+    assert_eq!(
+        error_policy(guard.clone(), &err, ctx.clone()),
+        Action::requeue(Duration::from_secs(5))
+    );
+    assert_eq!(
+        error_policy(guard, &err, ctx),
+        Action::requeue(Duration::from_secs(10))
+    );
+}
+
+#[tokio::test]
+async fn a_server_error_on_apply_is_retried_without_marking_the_resource_failed() {
+    let app = with_finalizer(0);
+    let (client, log) = refusing_deployment(&app, 503, "etcdserver: leader changed");
+    let err = reconcile(
+        Arc::new(DeserializeGuard(Ok(app))),
+        context_with_events(client, unreachable_api()),
+    )
+    .await
+    .expect_err("a failed apply is a reconcile error");
+    assert_eq!(err.metric_label(), "kube_api");
+    assert!(bodies(&log, "PATCH", "/status").is_empty(), "no Failed phase for a transient error");
 }
