@@ -757,21 +757,36 @@ async fn cleanup(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
+    // Children are deleted here, not left to the garbage collector through their owner
+    // references: an API server without a controller-manager has none. Workloads go first, so
+    // nothing still mounts a volume or reads a Secret when those are deleted.
+    let mut kinds = vec![
+        ChildKind::Deployment,
+        ChildKind::StatefulSet,
+        ChildKind::Service,
+    ];
     if app.spec.deletion_policy == DeletionPolicy::Delete {
-        let lp = ListParams::default().labels(&labels::instance_selector(&name));
-        let mut deleted = Vec::new();
-        for kind in [ChildKind::PersistentVolumeClaim, ChildKind::Secret] {
-            let api = dyn_api(&ctx.client, &ns, kind);
-            for obj in api.list(&lp).await?.items {
-                let child = obj.name_any();
-                match api.delete(&child, &DeleteParams::background()).await {
-                    Ok(_) => deleted.push(format!("{}/{child}", kind.kind())),
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+        kinds.extend([ChildKind::PersistentVolumeClaim, ChildKind::Secret]);
+    }
+    let mut deleted = Vec::new();
+    for kind in kinds {
+        let api = dyn_api(&ctx.client, &ns, kind);
+        for obj in list_kind(&ctx.client, &ns, &name, kind).await? {
+            let value = serde_json::to_value(&obj)?;
+            // Already going away, or controlled by another owner: not ours to delete.
+            if is_terminating(&value) || (!kind.holds_data() && owned_by_other(&value, app)) {
+                continue;
+            }
+            let child = obj.name_any();
+            match api.delete(&child, &DeleteParams::background()).await {
+                Ok(_) => deleted.push(format!("{}/{child}", kind.kind())),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        info!(object = %key, deleted = ?deleted, "deletionPolicy Delete: data removed");
+    }
+    if app.spec.deletion_policy == DeletionPolicy::Delete {
+        info!(object = %key, deleted = ?deleted, "deletionPolicy Delete: children and data removed");
         if !deleted.is_empty() {
             ctx.event(
                 app,
@@ -782,7 +797,7 @@ async fn cleanup(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
             .await;
         }
     } else {
-        info!(object = %key, "deletionPolicy Retain: PVCs and generated Secrets kept");
+        info!(object = %key, deleted = ?deleted, "deletionPolicy Retain: children removed, PVCs and generated Secrets kept");
     }
     ctx.metrics.set_phase(&key, None);
     Ok(Action::await_change())

@@ -216,3 +216,146 @@ async fn a_server_error_on_apply_is_retried_without_marking_the_resource_failed(
     assert_eq!(err.metric_label(), "kube_api");
     assert!(bodies(&log, "PATCH", "/status").is_empty(), "no Failed phase for a transient error");
 }
+
+#[tokio::test]
+async fn deletion_with_policy_delete_removes_workloads_before_volumes_and_secrets() {
+    let mut app = with_finalizer(1);
+    app.spec.deletion_policy = operator::v1alpha1::DeletionPolicy::Delete;
+    app.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let mut gone = serde_json::to_value(&app).unwrap();
+    gone["metadata"]["finalizers"] = json!([]);
+    let (client, log) = serve(move |r| match (r.method.as_str(), collection(&r.path)) {
+        ("GET", Some((api_version, kind))) => {
+            let names: &[&str] = match kind {
+                "Deployment" => &["appstrate-api"],
+                "StatefulSet" => &["appstrate-postgres"],
+                "Service" => &["appstrate-api", "appstrate-postgres"],
+                "PersistentVolumeClaim" => &["appstrate-data", "data-appstrate-postgres-0"],
+                _ => &["appstrate-boot-secrets", "appstrate-postgres"],
+            };
+            let items = names
+                .iter()
+                .map(|n| {
+                    let mut c = child(api_version, kind, n, false);
+                    if matches!(kind, "PersistentVolumeClaim" | "Secret") {
+                        c["metadata"].as_object_mut().unwrap().remove("ownerReferences");
+                    }
+                    c
+                })
+                .collect();
+            (200, list(api_version, kind, items))
+        }
+        ("DELETE", _) => deleted(),
+        ("PATCH", _) => (200, gone.clone()),
+        ("POST", _) => (201, r.body.clone()),
+        _ => failure(500, "InternalError", &format!("unexpected {}", r.line())),
+    });
+    let action = reconcile(
+        Arc::new(DeserializeGuard(Ok(app))),
+        context_with_events(client, unreachable_api()),
+    )
+    .await
+    .expect("cleanup succeeds");
+    assert_eq!(action, Action::await_change());
+
+    let deletes: Vec<String> = lines(&log)
+        .into_iter()
+        .filter_map(|l| l.strip_prefix("DELETE /api").map(|p| p.rsplit_once("/namespaces/default/").unwrap().1.to_string()))
+        .collect();
+    assert_eq!(
+        deletes,
+        vec![
+            "deployments/appstrate-api",
+            "statefulsets/appstrate-postgres",
+            "services/appstrate-api",
+            "services/appstrate-postgres",
+            "persistentvolumeclaims/appstrate-data",
+            "persistentvolumeclaims/data-appstrate-postgres-0",
+            "secrets/appstrate-boot-secrets",
+            "secrets/appstrate-postgres",
+        ],
+        "workloads go before the volumes they mount and the Secrets they read"
+    );
+    // The finalizer comes off last, once every child is deleted.
+    let last = lines(&log).pop().unwrap();
+    assert_eq!(
+        last,
+        "PATCH /apis/appstrate.dev/v1alpha1/namespaces/default/appstrates/appstrate"
+    );
+}
+
+#[tokio::test]
+async fn deletion_with_policy_retain_still_deletes_owned_workloads_but_keeps_data() {
+    let mut app = with_finalizer(1);
+    app.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        k8s_openapi::jiff::Timestamp::now(),
+    ));
+    let gone = serde_json::to_value(&app).unwrap();
+    let (client, log) = serve(move |r| match (r.method.as_str(), collection(&r.path)) {
+        ("GET", Some((api_version, kind))) => {
+            let mut items = vec![child(api_version, kind, &format!("appstrate-{}", kind.to_lowercase()), false)];
+            // Labelled like ours but controlled by another owner: never ours to delete.
+            let mut foreign = child(api_version, kind, "someone-else", false);
+            foreign["metadata"]["ownerReferences"][0]["uid"] = json!("another-uid");
+            items.push(foreign);
+            (200, list(api_version, kind, items))
+        }
+        ("DELETE", _) => deleted(),
+        ("PATCH", _) => (200, gone.clone()),
+        _ => failure(500, "InternalError", &format!("unexpected {}", r.line())),
+    });
+    reconcile(
+        Arc::new(DeserializeGuard(Ok(app))),
+        crate::common::context(client, unreachable_api()),
+    )
+    .await
+    .expect("cleanup succeeds");
+    let deletes: Vec<String> = lines(&log)
+        .into_iter()
+        .filter(|l| l.starts_with("DELETE "))
+        .collect();
+    assert_eq!(
+        deletes,
+        vec![
+            "DELETE /apis/apps/v1/namespaces/default/deployments/appstrate-deployment",
+            "DELETE /apis/apps/v1/namespaces/default/statefulsets/appstrate-statefulset",
+            "DELETE /api/v1/namespaces/default/services/appstrate-service",
+        ]
+    );
+}
+
+#[tokio::test]
+async fn event_notes_are_cut_to_the_api_server_limit() {
+    // 3000 two-byte characters: cutting at 1024 bytes must not split one.
+    static LONG: std::sync::LazyLock<String> = std::sync::LazyLock::new(|| "é".repeat(3000));
+    let app = with_finalizer(0);
+    let (client, log) = refusing_deployment(&app, 422, LONG.as_str());
+    reconcile(
+        Arc::new(DeserializeGuard(Ok(app))),
+        context_with_events(client, unreachable_api()),
+    )
+    .await
+    .expect_err("refused");
+    let events = bodies(&log, "POST", "/events");
+    let note = events
+        .iter()
+        .find(|e| e["reason"] == "ApplyFailed")
+        .and_then(|e| e["note"].as_str())
+        .expect("ApplyFailed event")
+        .to_string();
+    assert!(note.len() <= 1024, "note is {} bytes", note.len());
+    assert!(note.len() > 1000, "the note keeps as much as fits: {} bytes", note.len());
+    assert!(note.starts_with("Deployment/appstrate-api: éé") && note.ends_with('…'), "{note}");
+    // The condition keeps the whole message (well under its 32 KiB limit).
+    let status = bodies(&log, "PATCH", "/status").pop().unwrap();
+    let ready = status["status"]["conditions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["type"] == "Ready")
+        .unwrap()
+        .clone();
+    assert!(ready["message"].as_str().unwrap().ends_with(LONG.as_str()));
+}
