@@ -274,7 +274,7 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
     let previous_phase = previous.as_ref().and_then(|s| s.phase);
 
     // 1 Validate: an invalid spec touches no child.
-    if let Err(invalid) = crate::validate::validate(&app.spec) {
+    if let Err(invalid) = crate::validate::validate_resource(app) {
         let message = invalid.to_string();
         let conds = vec![status::invalid_spec_condition(&message)];
         let st = AppstrateStatus {
