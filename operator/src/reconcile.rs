@@ -27,10 +27,52 @@ use crate::v1alpha1::{
     Appstrate, AppstrateStatus, DeletionPolicy, Endpoints, Phase, RunAdapter, FINALIZER,
 };
 
-/// Requeue while anything is not ready.
+/// Requeue while anything is not ready (default of `REQUEUE_NOT_READY_SECONDS`).
 pub const REQUEUE_NOT_READY: Duration = Duration::from_secs(10);
-/// Requeue once everything is ready (eventual-consistency sweep).
+/// Requeue once everything is ready, an eventual-consistency sweep (default of
+/// `REQUEUE_READY_SECONDS`).
 pub const REQUEUE_READY: Duration = Duration::from_secs(300);
+
+/// Periodic reconcile intervals. Changes to owned children trigger a reconcile at once through
+/// the controller's watches; these only bound how stale the observed readiness can get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requeue {
+    pub not_ready: Duration,
+    pub ready: Duration,
+}
+
+impl Default for Requeue {
+    fn default() -> Self {
+        Requeue {
+            not_ready: REQUEUE_NOT_READY,
+            ready: REQUEUE_READY,
+        }
+    }
+}
+
+impl Requeue {
+    /// Reads `REQUEUE_NOT_READY_SECONDS` and `REQUEUE_READY_SECONDS` through `var` (unset or
+    /// empty: the default); a value that is not a whole number of seconds from 1 to 86400 is an
+    /// error naming the variable.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Requeue, String> {
+        let read = |name: &str, default: Duration| -> Result<Duration, String> {
+            match var(name).filter(|v| !v.trim().is_empty()) {
+                None => Ok(default),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if (1..=86_400).contains(&n) => Ok(Duration::from_secs(n)),
+                    _ => Err(format!(
+                        "{name}={v:?} is invalid: set a whole number of seconds from 1 to 86400, or unset it for {}",
+                        default.as_secs()
+                    )),
+                },
+            }
+        };
+        Ok(Requeue {
+            not_ready: read("REQUEUE_NOT_READY_SECONDS", REQUEUE_NOT_READY)?,
+            ready: read("REQUEUE_READY_SECONDS", REQUEUE_READY)?,
+        })
+    }
+}
 /// First and last delay of the error backoff.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -90,6 +132,7 @@ pub struct Context {
     pub recorder: Option<Recorder>,
     /// Consecutive failures per object, for the exponential error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    requeue: Requeue,
 }
 
 impl Context {
@@ -105,7 +148,14 @@ impl Context {
             metrics,
             recorder,
             failures: Mutex::new(HashMap::new()),
+            requeue: Requeue::default(),
         }
+    }
+
+    /// The same context with other periodic reconcile intervals.
+    pub fn with_requeue(mut self, requeue: Requeue) -> Context {
+        self.requeue = requeue;
+        self
     }
 
     async fn event(&self, app: &Appstrate, type_: EventType, reason: &str, note: String) {
@@ -440,9 +490,9 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
 
     // 8 Requeue.
     Ok(Action::requeue(if ready {
-        REQUEUE_READY
+        ctx.requeue.ready
     } else {
-        REQUEUE_NOT_READY
+        ctx.requeue.not_ready
     }))
 }
 
@@ -881,6 +931,44 @@ mod tests {
         assert!(!is_subset(&fewer, &current));
         let changed = json!({"spec": {"env": [{"name": "A", "value": "2"}]}});
         assert!(!is_subset(&changed, &current));
+    }
+
+    #[test]
+    fn requeue_intervals_come_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(Requeue::from_env(env(&[])), Ok(Requeue::default()));
+        assert_eq!(
+            Requeue::from_env(env(&[
+                ("REQUEUE_NOT_READY_SECONDS", "3"),
+                ("REQUEUE_READY_SECONDS", "3600")
+            ])),
+            Ok(Requeue {
+                not_ready: Duration::from_secs(3),
+                ready: Duration::from_secs(3600)
+            })
+        );
+        for bad in ["0", "-1", "ten", "1.5", "86401"] {
+            let err = Requeue::from_env(move |n: &str| {
+                (n == "REQUEUE_READY_SECONDS").then(|| bad.to_string())
+            })
+            .expect_err(bad);
+            assert!(err.starts_with("REQUEUE_READY_SECONDS=") && err.contains("1 to 86400"), "{err}");
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate_utf8("short", 1024), "short");
+        let cut = truncate_utf8(&"é".repeat(600), 1024);
+        assert!(cut.len() <= 1024 && cut.ends_with('…'), "{}", cut.len());
+        assert_eq!(cut.chars().filter(|c| *c == 'é').count(), (1024 - 3) / 2);
     }
 
     #[test]
