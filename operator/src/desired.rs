@@ -763,7 +763,11 @@ mod tests {
                 seen.insert(name);
             }
         }
-        assert!(seen.contains("S3_BUCKET") && seen.contains("DOCKER_SOCKET") && seen.contains("DATABASE_URL"));
+        assert!(
+            seen.contains("S3_BUCKET")
+                && seen.contains("DOCKER_SOCKET")
+                && seen.contains("DATABASE_URL")
+        );
     }
 
     #[test]

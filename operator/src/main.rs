@@ -154,13 +154,15 @@ async fn main() -> anyhow::Result<()> {
         controller: MANAGER.into(),
         instance: Some(identity.clone()),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Arc::new(HttpHealthProbe::default()),
-        metrics.clone(),
-        Some(Recorder::new(client.clone(), reporter)),
-    )
-    .with_requeue(requeue));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Arc::new(HttpHealthProbe::default()),
+            metrics.clone(),
+            Some(Recorder::new(client.clone(), reporter)),
+        )
+        .with_requeue(requeue),
+    );
 
     let watch_ns = env("WATCH_NAMESPACE");
     fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>

@@ -959,7 +959,10 @@ mod tests {
                 (n == "REQUEUE_READY_SECONDS").then(|| bad.to_string())
             })
             .expect_err(bad);
-            assert!(err.starts_with("REQUEUE_READY_SECONDS=") && err.contains("1 to 86400"), "{err}");
+            assert!(
+                err.starts_with("REQUEUE_READY_SECONDS=") && err.contains("1 to 86400"),
+                "{err}"
+            );
         }
     }
 

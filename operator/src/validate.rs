@@ -9,7 +9,8 @@ use std::fmt;
 use kube::ResourceExt;
 
 use crate::v1alpha1::{
-    AccessMode, Appstrate, AppstrateSpec, RunAdapter, MAX_NAME_LEN, RESERVED_ENV, RESERVED_ENV_PREFIX,
+    AccessMode, Appstrate, AppstrateSpec, RunAdapter, MAX_NAME_LEN, RESERVED_ENV,
+    RESERVED_ENV_PREFIX,
 };
 
 /// One rule a spec breaks, naming the field.
@@ -448,17 +449,12 @@ mod tests {
         for ok in ["a", "appstrate", "my-app-2", &"a".repeat(43)] {
             assert_eq!(check_name(ok), Ok(()), "{ok}");
         }
-        for bad in [
-            "",
-            "2app",
-            "my.app",
-            "-app",
-            "app-",
-            "App",
-            &"a".repeat(44),
-        ] {
+        for bad in ["", "2app", "my.app", "-app", "app-", "App", &"a".repeat(44)] {
             let err = check_name(bad).expect_err(bad);
-            assert!(err.contains("DNS-1035") && err.contains("52 characters"), "{err}");
+            assert!(
+                err.contains("DNS-1035") && err.contains("52 characters"),
+                "{err}"
+            );
         }
     }
 
@@ -466,13 +462,30 @@ mod tests {
     fn extra_env_cannot_override_what_the_operator_sets() {
         let with = |name: &str| format!("{BASE}extraEnv: [{{name: {name}, value: x}}]\n");
         assert_eq!(fields(&with("FEATURE_FLAG")), Vec::<&str>::new());
-        for reserved in ["DATABASE_URL", "REDIS_URL", "S3_BUCKET", "S3_ANYTHING", "PORT", "APP_URL", "BETTER_AUTH_SECRET", "RUN_ADAPTER", "SIDECAR_POOL_SIZE"] {
+        for reserved in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "S3_BUCKET",
+            "S3_ANYTHING",
+            "PORT",
+            "APP_URL",
+            "BETTER_AUTH_SECRET",
+            "RUN_ADAPTER",
+            "SIDECAR_POOL_SIZE",
+        ] {
             let invalid = validate(&spec(&with(reserved))).expect_err(reserved);
             assert_eq!(invalid.0[0].field, "spec.extraEnv");
-            assert!(invalid.0[0].message.contains(reserved) && invalid.0[0].message.contains("set by the operator"), "{invalid}");
+            assert!(
+                invalid.0[0].message.contains(reserved)
+                    && invalid.0[0].message.contains("set by the operator"),
+                "{invalid}"
+            );
         }
         let twice = format!("{BASE}extraEnv: [{{name: A, value: x}}, {{name: A, value: y}}]\n");
-        assert!(validate(&spec(&twice)).unwrap_err().to_string().contains("A is listed twice"));
+        assert!(validate(&spec(&twice))
+            .unwrap_err()
+            .to_string()
+            .contains("A is listed twice"));
     }
 
     #[test]

@@ -288,8 +288,14 @@ async fn cluster_apply_to_children() -> anyhow::Result<Duration> {
         Api::<DeserializeGuard<Appstrate>>::namespaced(client.clone(), &ns),
         watcher::Config::default().any_semantic(),
     )
-    .owns(Api::<Deployment>::namespaced(client.clone(), &ns), children.clone())
-    .owns(Api::<StatefulSet>::namespaced(client.clone(), &ns), children.clone())
+    .owns(
+        Api::<Deployment>::namespaced(client.clone(), &ns),
+        children.clone(),
+    )
+    .owns(
+        Api::<StatefulSet>::namespaced(client.clone(), &ns),
+        children.clone(),
+    )
     .owns(Api::<Service>::namespaced(client.clone(), &ns), children)
     .run(operator::reconcile, operator::error_policy, ctx)
     .for_each(|_| async {});
@@ -364,7 +370,11 @@ async fn cluster_apply_to_children() -> anyhow::Result<Duration> {
             .map(|l| l.items)
             .unwrap_or_default()
         {
-            if o.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
+            if o.metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| !f.is_empty())
+            {
                 let _ = api
                     .patch(
                         &o.name_any(),

@@ -293,7 +293,12 @@ fn requeue_intervals_reach_the_operator_environment() {
             .as_array()
             .unwrap()
             .iter()
-            .filter(|e| e["name"].as_str().unwrap_or_default().starts_with("REQUEUE_"))
+            .filter(|e| {
+                e["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("REQUEUE_")
+            })
             .map(|e| {
                 (
                     e["name"].as_str().unwrap().to_string(),
@@ -302,10 +307,12 @@ fn requeue_intervals_reach_the_operator_environment() {
             })
             .collect()
     };
-    let pair = |a: &str, b: &str| vec![
-        ("REQUEUE_NOT_READY_SECONDS".to_string(), a.to_string()),
-        ("REQUEUE_READY_SECONDS".to_string(), b.to_string()),
-    ];
+    let pair = |a: &str, b: &str| {
+        vec![
+            ("REQUEUE_NOT_READY_SECONDS".to_string(), a.to_string()),
+            ("REQUEUE_READY_SECONDS".to_string(), b.to_string()),
+        ]
+    };
     assert_eq!(env_of(serde_json::json!({})), pair("10", "300"));
     assert_eq!(
         env_of(serde_json::json!({"requeue": {"notReadySeconds": 30, "readySeconds": 3600}})),

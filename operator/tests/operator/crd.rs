@@ -262,15 +262,30 @@ mod cel {
         let at = crd.find("extraEnv:").expect("extraEnv in the CRD");
         let section = &crd[at..at + crd[at..].find("\n              image").unwrap_or(4000)];
         assert!(section.contains("x-kubernetes-list-type: map"), "{section}");
-        assert!(section.contains("x-kubernetes-list-map-keys:\n                - name"), "{section}");
+        assert!(
+            section.contains("x-kubernetes-list-map-keys:\n                - name"),
+            "{section}"
+        );
 
-        let ok = with(0, json!({"extraEnv": [{"name": "FEATURE_X", "value": "1"}]}));
+        let ok = with(
+            0,
+            json!({"extraEnv": [{"name": "FEATURE_X", "value": "1"}]}),
+        );
         validate_cel(&ok).expect("a free name passes");
         validate(&ok.spec).expect("a free name passes");
-        for reserved in ["DATABASE_URL", "S3_BUCKET", "BETTER_AUTH_SECRET", "PORT", "SIDECAR_POOL_SIZE"] {
+        for reserved in [
+            "DATABASE_URL",
+            "S3_BUCKET",
+            "BETTER_AUTH_SECRET",
+            "PORT",
+            "SIDECAR_POOL_SIZE",
+        ] {
             let app = with(0, json!({"extraEnv": [{"name": reserved, "value": "x"}]}));
             let text = format!("{:?}", validate_cel(&app).expect_err(reserved));
-            assert!(text.contains("set by the operator and cannot be overridden"), "{text}");
+            assert!(
+                text.contains("set by the operator and cannot be overridden"),
+                "{text}"
+            );
             let invalid = validate(&app.spec).expect_err(reserved);
             assert!(invalid.to_string().contains(reserved), "{invalid}");
         }
@@ -283,18 +298,36 @@ mod cel {
         let grown = with(2, json!({"dataVolume": {"size": "3000Mi"}}));
         validate_cel_update(&grown, &old).expect("the data volume may grow");
         let shrunk = with(2, json!({"dataVolume": {"size": "1500Mi"}}));
-        let text = format!("{:?}", validate_cel_update(&shrunk, &old).expect_err("shrink"));
-        assert!(text.contains("spec.dataVolume.size cannot shrink"), "{text}");
-
-        let resized = with(2, json!({"postgres": {"managed": {"storage": "50Gi"}}}));
-        let text = format!("{:?}", validate_cel_update(&resized, &old).expect_err("resize"));
-        assert!(text.contains("spec.postgres.managed.storage is immutable"), "{text}");
         let text = format!(
             "{:?}",
-            validate_cel_update(&with(2, json!({"redis": {"managed": {"storage": "9Gi"}}})), &old)
-                .expect_err("resize")
+            validate_cel_update(&shrunk, &old).expect_err("shrink")
         );
-        assert!(text.contains("spec.redis.managed.storage is immutable"), "{text}");
+        assert!(
+            text.contains("spec.dataVolume.size cannot shrink"),
+            "{text}"
+        );
+
+        let resized = with(2, json!({"postgres": {"managed": {"storage": "50Gi"}}}));
+        let text = format!(
+            "{:?}",
+            validate_cel_update(&resized, &old).expect_err("resize")
+        );
+        assert!(
+            text.contains("spec.postgres.managed.storage is immutable"),
+            "{text}"
+        );
+        let text = format!(
+            "{:?}",
+            validate_cel_update(
+                &with(2, json!({"redis": {"managed": {"storage": "9Gi"}}})),
+                &old
+            )
+            .expect_err("resize")
+        );
+        assert!(
+            text.contains("spec.redis.managed.storage is immutable"),
+            "{text}"
+        );
         // Unchanged resources pass the transition rules.
         for tier in 0..=3 {
             validate_cel_update(&example(tier), &example(tier))

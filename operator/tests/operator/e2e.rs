@@ -22,8 +22,8 @@ use kube::runtime::{watcher, Controller};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use operator::health::StaticHealthProbe;
 use operator::metrics::Metrics;
-use operator::v1alpha1::{Phase, FINALIZER};
 use operator::reconcile::Requeue;
+use operator::v1alpha1::{Phase, FINALIZER};
 use operator::{error_policy, reconcile, Appstrate, Context};
 use serde_json::json;
 
@@ -167,7 +167,12 @@ impl TestNs {
         self.operator.abort();
         if !gone {
             // The operator did not finish its cleanup (the test failed): let go of the finalizers.
-            for app in apps.list(&ListParams::default()).await.map(|l| l.items).unwrap_or_default() {
+            for app in apps
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+            {
                 let _ = apps
                     .patch(
                         &app.name_any(),
@@ -202,7 +207,11 @@ async fn purge_namespace(client: &Client, ns: &str) {
             .map(|l| l.items)
             .unwrap_or_default();
         for o in items {
-            if o.metadata.finalizers.as_ref().is_some_and(|f| !f.is_empty()) {
+            if o.metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| !f.is_empty())
+            {
                 let _ = api
                     .patch(
                         &o.name_any(),
@@ -263,15 +272,17 @@ fn start_operator(client: Client, ns: &str, requeue: Requeue) -> tokio::task::Jo
         controller: "appstrate-operator".into(),
         instance: Some("e2e".into()),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Arc::new(StaticHealthProbe(Err(
-            "the API is not reachable from the test".into(),
-        ))),
-        Arc::new(Metrics::default()),
-        Some(Recorder::new(client.clone(), reporter)),
-    )
-    .with_requeue(requeue));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Arc::new(StaticHealthProbe(Err(
+                "the API is not reachable from the test".into(),
+            ))),
+            Arc::new(Metrics::default()),
+            Some(Recorder::new(client.clone(), reporter)),
+        )
+        .with_requeue(requeue),
+    );
     let children =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=appstrate-operator");
     let apps: Api<DeserializeGuard<Appstrate>> = Api::namespaced(client.clone(), ns);
@@ -387,7 +398,11 @@ async fn e2e_new_resource_gets_finalizer_children_and_not_ready_status() {
         assert!(t.live_names::<Deployment>().await.is_empty());
         assert!(t.live_names::<StatefulSet>().await.is_empty());
         assert!(t.live_names::<Service>().await.is_empty());
-        assert_eq!(t.live_names::<Secret>().await.len(), 4, "generated Secrets kept");
+        assert_eq!(
+            t.live_names::<Secret>().await.len(),
+            4,
+            "generated Secrets kept"
+        );
         assert_eq!(
             t.live_names::<PersistentVolumeClaim>().await,
             vec!["appstrate-data"],
@@ -433,17 +448,51 @@ async fn e2e_periodic_reconciles_of_an_unchanged_resource_write_nothing() {
 
         let versions = || async {
             let mut v = Vec::new();
-            v.push(secrets.get("appstrate-boot-secrets").await.unwrap().resource_version());
-            v.push(t.api::<StatefulSet>().get("appstrate-postgres").await.unwrap().resource_version());
-            v.push(t.api::<Deployment>().get("appstrate-api").await.unwrap().resource_version());
-            v.push(t.api::<Service>().get("appstrate-api").await.unwrap().resource_version());
-            v.push(t.api::<PersistentVolumeClaim>().get("appstrate-data").await.unwrap().resource_version());
+            v.push(
+                secrets
+                    .get("appstrate-boot-secrets")
+                    .await
+                    .unwrap()
+                    .resource_version(),
+            );
+            v.push(
+                t.api::<StatefulSet>()
+                    .get("appstrate-postgres")
+                    .await
+                    .unwrap()
+                    .resource_version(),
+            );
+            v.push(
+                t.api::<Deployment>()
+                    .get("appstrate-api")
+                    .await
+                    .unwrap()
+                    .resource_version(),
+            );
+            v.push(
+                t.api::<Service>()
+                    .get("appstrate-api")
+                    .await
+                    .unwrap()
+                    .resource_version(),
+            );
+            v.push(
+                t.api::<PersistentVolumeClaim>()
+                    .get("appstrate-data")
+                    .await
+                    .unwrap()
+                    .resource_version(),
+            );
             v.push(apps.get("appstrate").await.unwrap().resource_version());
             v
         };
         let before = versions().await;
         tokio::time::sleep(Duration::from_secs(8)).await;
-        assert_eq!(versions().await, before, "no child nor the status was rewritten");
+        assert_eq!(
+            versions().await,
+            before,
+            "no child nor the status was rewritten"
+        );
     })
     .await;
 }
@@ -465,8 +514,18 @@ async fn e2e_deleted_child_is_repaired_through_the_owns_watch() {
         let deployments = t.api::<Deployment>();
         let services = t.api::<Service>();
         wait_for("API Deployment and Service", || async {
-            deployments.get_opt("appstrate-api").await.ok().flatten().is_some()
-                && services.get_opt("appstrate-api").await.ok().flatten().is_some()
+            deployments
+                .get_opt("appstrate-api")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+                && services
+                    .get_opt("appstrate-api")
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
         })
         .await;
         // Let the first reconciles (triggered by the children's own creation) settle.
@@ -487,7 +546,10 @@ async fn e2e_deleted_child_is_repaired_through_the_owns_watch() {
                 .is_some_and(|d| d.uid() != dep_uid)
         })
         .await;
-        println!("deleted Deployment recreated after {} ms", started.elapsed().as_millis());
+        println!(
+            "deleted Deployment recreated after {} ms",
+            started.elapsed().as_millis()
+        );
 
         let svc_uid = services.get("appstrate-api").await.unwrap().uid();
         services
@@ -514,45 +576,50 @@ async fn e2e_lowering_tier_prunes_statefulsets_and_keeps_data() {
     let Some(client) = cluster().await else {
         return;
     };
-    in_namespace(client, "appst-e2e-down", default_requeue(), |t| async move {
-        t.create(example(2)).await;
-        wait_for("tier-2 children", || async {
-            t.names::<StatefulSet>().await.len() == 2
-        })
-        .await;
-        t.api::<Appstrate>()
-            .patch(
-                "appstrate",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"spec": {"tier": 0}})),
-            )
-            .await
-            .unwrap();
-        wait_for("StatefulSets pruned", || async {
-            t.live_names::<StatefulSet>().await.is_empty()
-        })
-        .await;
-        assert_eq!(t.live_names::<Service>().await, vec!["appstrate-api"]);
-        assert!(t
-            .names::<PersistentVolumeClaim>()
-            .await
-            .contains(&"appstrate-data".to_string()));
-        assert_eq!(
-            t.names::<Secret>().await,
-            vec![
-                "appstrate-boot-secrets",
-                "appstrate-postgres",
-                "appstrate-redis"
-            ]
-        );
-        wait_for("status tier 0", || async {
+    in_namespace(
+        client,
+        "appst-e2e-down",
+        default_requeue(),
+        |t| async move {
+            t.create(example(2)).await;
+            wait_for("tier-2 children", || async {
+                t.names::<StatefulSet>().await.len() == 2
+            })
+            .await;
             t.api::<Appstrate>()
-                .get("appstrate")
+                .patch(
+                    "appstrate",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"tier": 0}})),
+                )
                 .await
-                .is_ok_and(|a| a.status.as_ref().and_then(|s| s.tier) == Some(0))
-        })
-        .await;
-    })
+                .unwrap();
+            wait_for("StatefulSets pruned", || async {
+                t.live_names::<StatefulSet>().await.is_empty()
+            })
+            .await;
+            assert_eq!(t.live_names::<Service>().await, vec!["appstrate-api"]);
+            assert!(t
+                .names::<PersistentVolumeClaim>()
+                .await
+                .contains(&"appstrate-data".to_string()));
+            assert_eq!(
+                t.names::<Secret>().await,
+                vec![
+                    "appstrate-boot-secrets",
+                    "appstrate-postgres",
+                    "appstrate-redis"
+                ]
+            );
+            wait_for("status tier 0", || async {
+                t.api::<Appstrate>()
+                    .get("appstrate")
+                    .await
+                    .is_ok_and(|a| a.status.as_ref().and_then(|s| s.tier) == Some(0))
+            })
+            .await;
+        },
+    )
     .await;
 }
 
@@ -623,7 +690,10 @@ async fn e2e_invalid_resource_is_refused_by_the_api_server() {
         let mut app = example(0);
         app.metadata.name = Some("a".repeat(44));
         let err = refused(app).await;
-        assert!(err.contains("DNS-1035 label of at most 43 characters"), "{err}");
+        assert!(
+            err.contains("DNS-1035 label of at most 43 characters"),
+            "{err}"
+        );
 
         let mut app = example(0);
         app.spec.extra_env = vec![operator::v1alpha1::ExtraEnvVar {

@@ -30,7 +30,10 @@ fn with_finalizer(tier: u8) -> Appstrate {
 /// A desired object as the API server would return it: with server-set metadata.
 fn live(object: &Value) -> Value {
     let mut v = object.clone();
-    let name = v["metadata"]["name"].as_str().unwrap_or_default().to_string();
+    let name = v["metadata"]["name"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     v["metadata"]["resourceVersion"] = json!("42");
     v["metadata"]["uid"] = json!(format!("uid-{name}"));
     v["metadata"]["creationTimestamp"] = json!("2026-01-01T00:00:00Z");
@@ -177,10 +180,14 @@ async fn a_refused_apply_sets_failed_naming_the_child_and_the_server_message_the
         .find(|c| c["type"] == "Ready")
         .expect("Ready condition")
         .clone();
-    assert_eq!((ready["status"].as_str(), ready["reason"].as_str()), (Some("False"), Some("ApplyFailed")));
+    assert_eq!(
+        (ready["status"].as_str(), ready["reason"].as_str()),
+        (Some("False"), Some("ApplyFailed"))
+    );
     let message = ready["message"].as_str().unwrap();
     assert!(
-        message.starts_with("Deployment/appstrate-api: ") && message.contains("must be less than or equal to cpu limit"),
+        message.starts_with("Deployment/appstrate-api: ")
+            && message.contains("must be less than or equal to cpu limit"),
         "{message}"
     );
 
@@ -214,7 +221,10 @@ async fn a_server_error_on_apply_is_retried_without_marking_the_resource_failed(
     .await
     .expect_err("a failed apply is a reconcile error");
     assert_eq!(err.metric_label(), "kube_api");
-    assert!(bodies(&log, "PATCH", "/status").is_empty(), "no Failed phase for a transient error");
+    assert!(
+        bodies(&log, "PATCH", "/status").is_empty(),
+        "no Failed phase for a transient error"
+    );
 }
 
 #[tokio::test]
@@ -240,7 +250,10 @@ async fn deletion_with_policy_delete_removes_workloads_before_volumes_and_secret
                 .map(|n| {
                     let mut c = child(api_version, kind, n, false);
                     if matches!(kind, "PersistentVolumeClaim" | "Secret") {
-                        c["metadata"].as_object_mut().unwrap().remove("ownerReferences");
+                        c["metadata"]
+                            .as_object_mut()
+                            .unwrap()
+                            .remove("ownerReferences");
                     }
                     c
                 })
@@ -262,7 +275,10 @@ async fn deletion_with_policy_delete_removes_workloads_before_volumes_and_secret
 
     let deletes: Vec<String> = lines(&log)
         .into_iter()
-        .filter_map(|l| l.strip_prefix("DELETE /api").map(|p| p.rsplit_once("/namespaces/default/").unwrap().1.to_string()))
+        .filter_map(|l| {
+            l.strip_prefix("DELETE /api")
+                .map(|p| p.rsplit_once("/namespaces/default/").unwrap().1.to_string())
+        })
         .collect();
     assert_eq!(
         deletes,
@@ -295,7 +311,12 @@ async fn deletion_with_policy_retain_still_deletes_owned_workloads_but_keeps_dat
     let gone = serde_json::to_value(&app).unwrap();
     let (client, log) = serve(move |r| match (r.method.as_str(), collection(&r.path)) {
         ("GET", Some((api_version, kind))) => {
-            let mut items = vec![child(api_version, kind, &format!("appstrate-{}", kind.to_lowercase()), false)];
+            let mut items = vec![child(
+                api_version,
+                kind,
+                &format!("appstrate-{}", kind.to_lowercase()),
+                false,
+            )];
             // Labelled like ours but controlled by another owner: never ours to delete.
             let mut foreign = child(api_version, kind, "someone-else", false);
             foreign["metadata"]["ownerReferences"][0]["uid"] = json!("another-uid");
@@ -346,8 +367,15 @@ async fn event_notes_are_cut_to_the_api_server_limit() {
         .expect("ApplyFailed event")
         .to_string();
     assert!(note.len() <= 1024, "note is {} bytes", note.len());
-    assert!(note.len() > 1000, "the note keeps as much as fits: {} bytes", note.len());
-    assert!(note.starts_with("Deployment/appstrate-api: éé") && note.ends_with('…'), "{note}");
+    assert!(
+        note.len() > 1000,
+        "the note keeps as much as fits: {} bytes",
+        note.len()
+    );
+    assert!(
+        note.starts_with("Deployment/appstrate-api: éé") && note.ends_with('…'),
+        "{note}"
+    );
     // The condition keeps the whole message (well under its 32 KiB limit).
     let status = bodies(&log, "PATCH", "/status").pop().unwrap();
     let ready = status["status"]["conditions"]
