@@ -518,8 +518,11 @@ async fn report_apply_failure(app: &Appstrate, ctx: &Context, child: &str, serve
         app.metadata.generation,
         &now(),
     ));
-    if let Err(e) = write_status(app, ctx, &st).await {
-        warn!(object = %key, error = %e, "could not write the Failed status");
+    // Unchanged on a retry: no write, so no watch event cuts the backoff short.
+    if previous != Some(&st) {
+        if let Err(e) = write_status(app, ctx, &st).await {
+            warn!(object = %key, error = %e, "could not write the Failed status");
+        }
     }
     ctx.metrics.set_phase(&key, Some(Phase::Failed));
     let same_message = previous

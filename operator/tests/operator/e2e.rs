@@ -486,6 +486,8 @@ async fn e2e_periodic_reconciles_of_an_unchanged_resource_write_nothing() {
             v.push(apps.get("appstrate").await.unwrap().resource_version());
             v
         };
+        // Let the reconciles triggered by the children's creation settle first.
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let before = versions().await;
         tokio::time::sleep(Duration::from_secs(8)).await;
         assert_eq!(

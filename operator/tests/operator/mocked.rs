@@ -199,6 +199,24 @@ async fn a_refused_apply_sets_failed_naming_the_child_and_the_server_message_the
     assert_eq!(warning["type"], "Warning");
     assert_eq!(warning["note"].as_str(), Some(message));
 
+    // A retry that meets the same refusal writes nothing and publishes no second Event.
+    let mut failed = with_finalizer(0);
+    failed.status = Some(serde_json::from_value(last["status"].clone()).unwrap());
+    let (client, log) = refusing_deployment(&failed, 422, REFUSAL);
+    reconcile(
+        Arc::new(DeserializeGuard(Ok(failed))),
+        context_with_events(client, unreachable_api()),
+    )
+    .await
+    .expect_err("still refused");
+    assert!(bodies(&log, "PATCH", "/status").is_empty());
+    assert!(
+        !bodies(&log, "POST", "/events")
+            .iter()
+            .any(|e| e["reason"] == "ApplyFailed"),
+        "one ApplyFailed Event per message"
+    );
+
     // The error policy still backs off: 5 s, then 10 s.
     assert_eq!(
         error_policy(guard.clone(), &err, ctx.clone()),
