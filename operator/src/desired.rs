@@ -748,6 +748,29 @@ mod tests {
     }
 
     #[test]
+    fn every_variable_the_operator_sets_is_reserved_from_extra_env() {
+        let external = "apiVersion: appstrate.dev/v1alpha1\nkind: Appstrate\nmetadata: {name: demo}\nspec:\n  tier: 3\n  image: appstrate:1\n  appUrl: https://a.example\n  postgres: {external: {secretRef: {name: db}}}\n  redis: {external: {secretRef: {name: r}}}\n  storage: {external: {secretRef: {name: s3}}}\n  runAdapter: docker\n";
+        let managed = "apiVersion: appstrate.dev/v1alpha1\nkind: Appstrate\nmetadata: {name: demo}\nspec:\n  tier: 3\n  image: appstrate:1\n  appUrl: https://a.example\n  postgres: {managed: {}}\n  redis: {managed: {}}\n  storage: {managed: {}}\n";
+        let mut seen = std::collections::BTreeSet::new();
+        for yaml in [TIER0, TIER2, external, managed] {
+            let a = app(yaml);
+            for e in api_env("demo", &a.spec, &Plan::of(&a.spec)) {
+                let name = e["name"].as_str().unwrap().to_string();
+                assert!(
+                    crate::validate::is_reserved_env(&name),
+                    "{name} is set by the operator but not reserved"
+                );
+                seen.insert(name);
+            }
+        }
+        assert!(
+            seen.contains("S3_BUCKET")
+                && seen.contains("DOCKER_SOCKET")
+                && seen.contains("DATABASE_URL")
+        );
+    }
+
+    #[test]
     fn tier_up_adds_children_and_env_tier_down_removes_them() {
         let t0 = desired_objects(&app(TIER0));
         let t2 = desired_objects(&app(TIER2));

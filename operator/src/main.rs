@@ -2,7 +2,8 @@
 //!
 //! Environment: `LOG_LEVEL` (info), `LOG_FORMAT` (json|text), `METRICS_PORT` (8080),
 //! `POD_NAMESPACE` (namespace of the leader-election Lease), `POD_NAME` (Lease holder identity),
-//! `LEADER_ELECTION` (true), `WATCH_NAMESPACE` (all namespaces when unset).
+//! `LEADER_ELECTION` (true), `WATCH_NAMESPACE` (all namespaces when unset),
+//! `REQUEUE_NOT_READY_SECONDS` (10) and `REQUEUE_READY_SECONDS` (300): periodic reconciles.
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -74,6 +75,10 @@ async fn main() -> anyhow::Result<()> {
     let identity =
         env("POD_NAME").unwrap_or_else(|| format!("appstrate-operator-{}", std::process::id()));
     let leader_election = env("LEADER_ELECTION").is_none_or(|v| v != "false");
+    let requeue = operator::reconcile::Requeue::from_env(env).map_err(|message| {
+        error!(%message, "invalid configuration");
+        anyhow::anyhow!(message)
+    })?;
 
     let metrics = Arc::new(Metrics::default());
     let ready = Arc::new(AtomicBool::new(false));
@@ -149,12 +154,15 @@ async fn main() -> anyhow::Result<()> {
         controller: MANAGER.into(),
         instance: Some(identity.clone()),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Arc::new(HttpHealthProbe::default()),
-        metrics.clone(),
-        Some(Recorder::new(client.clone(), reporter)),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Arc::new(HttpHealthProbe::default()),
+            metrics.clone(),
+            Some(Recorder::new(client.clone(), reporter)),
+        )
+        .with_requeue(requeue),
+    );
 
     let watch_ns = env("WATCH_NAMESPACE");
     fn api<K>(client: &Client, ns: &Option<String>) -> Api<K>

@@ -9,7 +9,7 @@ use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use kube::core::error_boundary::InvalidObject;
-use kube::core::{DeserializeGuard, DynamicObject};
+use kube::core::{DeserializeGuard, DynamicObject, TypeMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
 use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
@@ -27,10 +27,52 @@ use crate::v1alpha1::{
     Appstrate, AppstrateStatus, DeletionPolicy, Endpoints, Phase, RunAdapter, FINALIZER,
 };
 
-/// Requeue while anything is not ready.
+/// Requeue while anything is not ready (default of `REQUEUE_NOT_READY_SECONDS`).
 pub const REQUEUE_NOT_READY: Duration = Duration::from_secs(10);
-/// Requeue once everything is ready (eventual-consistency sweep).
+/// Requeue once everything is ready, an eventual-consistency sweep (default of
+/// `REQUEUE_READY_SECONDS`).
 pub const REQUEUE_READY: Duration = Duration::from_secs(300);
+
+/// Periodic reconcile intervals. Changes to owned children trigger a reconcile at once through
+/// the controller's watches; these only bound how stale the observed readiness can get.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Requeue {
+    pub not_ready: Duration,
+    pub ready: Duration,
+}
+
+impl Default for Requeue {
+    fn default() -> Self {
+        Requeue {
+            not_ready: REQUEUE_NOT_READY,
+            ready: REQUEUE_READY,
+        }
+    }
+}
+
+impl Requeue {
+    /// Reads `REQUEUE_NOT_READY_SECONDS` and `REQUEUE_READY_SECONDS` through `var` (unset or
+    /// empty: the default); a value that is not a whole number of seconds from 1 to 86400 is an
+    /// error naming the variable.
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> Result<Requeue, String> {
+        let read = |name: &str, default: Duration| -> Result<Duration, String> {
+            match var(name).filter(|v| !v.trim().is_empty()) {
+                None => Ok(default),
+                Some(v) => match v.trim().parse::<u64>() {
+                    Ok(n) if (1..=86_400).contains(&n) => Ok(Duration::from_secs(n)),
+                    _ => Err(format!(
+                        "{name}={v:?} is invalid: set a whole number of seconds from 1 to 86400, or unset it for {}",
+                        default.as_secs()
+                    )),
+                },
+            }
+        };
+        Ok(Requeue {
+            not_ready: read("REQUEUE_NOT_READY_SECONDS", REQUEUE_NOT_READY)?,
+            ready: read("REQUEUE_READY_SECONDS", REQUEUE_READY)?,
+        })
+    }
+}
 /// First and last delay of the error backoff.
 pub const BACKOFF_MIN: Duration = Duration::from_secs(5);
 pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
@@ -45,6 +87,22 @@ pub enum Error {
     MissingNamespace,
     #[error("cannot serialize object: {0}")]
     Serialize(#[from] serde_json::Error),
+    #[error("the API server refused {child}: {source}")]
+    Apply {
+        child: String,
+        #[source]
+        source: kube::Error,
+    },
+}
+
+fn kube_label(e: &kube::Error) -> &'static str {
+    match e {
+        kube::Error::Api(s) if s.code == 409 => "conflict",
+        kube::Error::Api(s) if s.code == 403 => "forbidden",
+        kube::Error::Api(s) if s.code == 422 => "invalid",
+        kube::Error::Api(_) => "kube_api",
+        _ => "kube_client",
+    }
 }
 
 impl Error {
@@ -52,11 +110,7 @@ impl Error {
     pub fn metric_label(&self) -> &'static str {
         use kube::runtime::finalizer::Error as F;
         match self {
-            Error::Kube(kube::Error::Api(s)) if s.code == 409 => "conflict",
-            Error::Kube(kube::Error::Api(s)) if s.code == 403 => "forbidden",
-            Error::Kube(kube::Error::Api(s)) if s.code == 422 => "invalid",
-            Error::Kube(kube::Error::Api(_)) => "kube_api",
-            Error::Kube(_) => "kube_client",
+            Error::Kube(e) | Error::Apply { source: e, .. } => kube_label(e),
             Error::Finalizer(f) => match f.as_ref() {
                 F::ApplyFailed(e) | F::CleanupFailed(e) => e.metric_label(),
                 F::AddFinalizer(_) => "add_finalizer",
@@ -78,6 +132,7 @@ pub struct Context {
     pub recorder: Option<Recorder>,
     /// Consecutive failures per object, for the exponential error backoff.
     failures: Mutex<HashMap<String, u32>>,
+    requeue: Requeue,
 }
 
 impl Context {
@@ -93,7 +148,14 @@ impl Context {
             metrics,
             recorder,
             failures: Mutex::new(HashMap::new()),
+            requeue: Requeue::default(),
         }
+    }
+
+    /// The same context with other periodic reconcile intervals.
+    pub fn with_requeue(mut self, requeue: Requeue) -> Context {
+        self.requeue = requeue;
+        self
     }
 
     async fn event(&self, app: &Appstrate, type_: EventType, reason: &str, note: String) {
@@ -103,7 +165,7 @@ impl Context {
         let ev = KubeEvent {
             type_,
             reason: reason.into(),
-            note: Some(note),
+            note: Some(truncate_utf8(&note, EVENT_NOTE_MAX_BYTES)),
             action: "Reconcile".into(),
             secondary: None,
         };
@@ -211,12 +273,42 @@ fn now() -> Time {
 /// Existing children by kind and name, as listed by the instance labels.
 type Existing = BTreeMap<(ChildKind, String), Value>;
 
-async fn list_children(client: &Client, ns: &str, instance: &str) -> Result<Existing, Error> {
+/// Lists one kind of child by the instance labels, each item carrying its `apiVersion` and `kind`.
+///
+/// The API server omits `apiVersion`/`kind` on the items of a list of built-in resources, while
+/// a desired object always carries them: without this, every listed child would differ from its
+/// desired form.
+async fn list_kind(
+    client: &Client,
+    ns: &str,
+    instance: &str,
+    kind: ChildKind,
+) -> Result<Vec<DynamicObject>, Error> {
     let lp = ListParams::default().labels(&labels::instance_selector(instance));
+    let list = dyn_api(client, ns, kind).list(&lp).await?;
+    Ok(list.items.into_iter().map(|o| with_type(kind, o)).collect())
+}
+
+/// Sets `apiVersion` and `kind` from the resource type the object was listed as.
+pub fn with_type(kind: ChildKind, mut obj: DynamicObject) -> DynamicObject {
+    let ar = kind.api_resource();
+    obj.types = Some(TypeMeta {
+        api_version: ar.api_version,
+        kind: ar.kind,
+    });
+    obj
+}
+
+/// Whether the object is already being deleted (a `deletionTimestamp` is set): pruning and
+/// cleanup leave it to the API server instead of deleting it again.
+pub fn is_terminating(obj: &Value) -> bool {
+    !obj["metadata"]["deletionTimestamp"].is_null()
+}
+
+async fn list_children(client: &Client, ns: &str, instance: &str) -> Result<Existing, Error> {
     let mut out = Existing::new();
     for kind in ChildKind::ALL {
-        let list = dyn_api(client, ns, kind).list(&lp).await?;
-        for obj in list.items {
+        for obj in list_kind(client, ns, instance, kind).await? {
             let name = obj.name_any();
             out.insert((kind, name), serde_json::to_value(&obj)?);
         }
@@ -232,7 +324,7 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
     let previous_phase = previous.as_ref().and_then(|s| s.phase);
 
     // 1 Validate: an invalid spec touches no child.
-    if let Err(invalid) = crate::validate::validate(&app.spec) {
+    if let Err(invalid) = crate::validate::validate_resource(app) {
         let message = invalid.to_string();
         let conds = vec![status::invalid_spec_condition(&message)];
         let st = AppstrateStatus {
@@ -305,9 +397,22 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
                 applied.insert(k, current.clone());
             }
             _ => {
-                let result = dyn_api(client, &ns, obj.kind)
+                let result = match dyn_api(client, &ns, obj.kind)
                     .patch(&obj.name, &apply_params(), &Patch::Apply(&obj.object))
-                    .await?;
+                    .await
+                {
+                    Ok(result) => result,
+                    // Refused (invalid, conflict, forbidden…): say so on the resource, then back off.
+                    Err(kube::Error::Api(s)) if (400..500).contains(&s.code) => {
+                        let child = format!("{}/{}", obj.kind.kind(), obj.name);
+                        report_apply_failure(app, ctx, &child, &s.message).await;
+                        return Err(Error::Apply {
+                            child,
+                            source: kube::Error::Api(s),
+                        });
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 debug!(object = %key, kind = obj.kind.kind(), child = %obj.name, "applied");
                 applied.insert(k, serde_json::to_value(&result)?);
             }
@@ -320,7 +425,7 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
         if kind.holds_data() || applied.contains_key(&(*kind, child.clone())) {
             continue;
         }
-        if owned_by_other(obj, app) {
+        if owned_by_other(obj, app) || is_terminating(obj) {
             continue;
         }
         match dyn_api(client, &ns, *kind)
@@ -385,10 +490,66 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
 
     // 8 Requeue.
     Ok(Action::requeue(if ready {
-        REQUEUE_READY
+        ctx.requeue.ready
     } else {
-        REQUEUE_NOT_READY
+        ctx.requeue.not_ready
     }))
+}
+
+/// Phase `Failed` with `Ready=False` (reason `ApplyFailed`) naming the refused child and the API
+/// server's message, and a Warning Event when the message is new. The other conditions keep
+/// their last observed values. Best effort: the reconcile error that follows drives the backoff.
+async fn report_apply_failure(app: &Appstrate, ctx: &Context, child: &str, server_message: &str) {
+    let key = object_key(&app.metadata);
+    let message = truncate_utf8(
+        &format!("{child}: {server_message}"),
+        CONDITION_MESSAGE_MAX_BYTES,
+    );
+    warn!(object = %key, %child, message = %server_message, "server-side apply refused");
+    let previous = app.status.as_ref();
+    let mut st = previous.cloned().unwrap_or_default();
+    st.phase = Some(Phase::Failed);
+    st.observed_generation = app.metadata.generation;
+    st.tier = Some(app.spec.tier);
+    st.conditions.retain(|c| c.type_ != status::READY);
+    st.conditions.extend(status::to_conditions(
+        &[status::apply_failed_condition(&message)],
+        previous,
+        app.metadata.generation,
+        &now(),
+    ));
+    // Unchanged on a retry: no write, so no watch event cuts the backoff short.
+    if previous != Some(&st) {
+        if let Err(e) = write_status(app, ctx, &st).await {
+            warn!(object = %key, error = %e, "could not write the Failed status");
+        }
+    }
+    ctx.metrics.set_phase(&key, Some(Phase::Failed));
+    let same_message = previous
+        .and_then(|p| p.conditions.iter().find(|c| c.type_ == status::READY))
+        .is_some_and(|c| c.reason == status::APPLY_FAILED && c.message == message);
+    if !same_message {
+        ctx.event(app, EventType::Warning, status::APPLY_FAILED, message)
+            .await;
+    }
+}
+
+/// The API server's limit on a Kubernetes Event's `note` (events.k8s.io/v1).
+pub const EVENT_NOTE_MAX_BYTES: usize = 1024;
+/// The API server's limit on a condition's `message`.
+pub const CONDITION_MESSAGE_MAX_BYTES: usize = 32 * 1024;
+
+/// `s` cut to at most `max` bytes on a character boundary, ending with `…` when cut.
+pub fn truncate_utf8(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    const ELLIPSIS: &str = "…";
+    let mut end = max.saturating_sub(ELLIPSIS.len());
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}{ELLIPSIS}", &s[..end])
 }
 
 /// A listed child that carries a controller reference to some other owner is not ours to prune.
@@ -649,21 +810,36 @@ async fn cleanup(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
         }
     }
 
+    // Children are deleted here, not left to the garbage collector through their owner
+    // references: an API server without a controller-manager has none. Workloads go first, so
+    // nothing still mounts a volume or reads a Secret when those are deleted.
+    let mut kinds = vec![
+        ChildKind::Deployment,
+        ChildKind::StatefulSet,
+        ChildKind::Service,
+    ];
     if app.spec.deletion_policy == DeletionPolicy::Delete {
-        let lp = ListParams::default().labels(&labels::instance_selector(&name));
-        let mut deleted = Vec::new();
-        for kind in [ChildKind::PersistentVolumeClaim, ChildKind::Secret] {
-            let api = dyn_api(&ctx.client, &ns, kind);
-            for obj in api.list(&lp).await?.items {
-                let child = obj.name_any();
-                match api.delete(&child, &DeleteParams::background()).await {
-                    Ok(_) => deleted.push(format!("{}/{child}", kind.kind())),
-                    Err(kube::Error::Api(s)) if s.code == 404 => {}
-                    Err(e) => return Err(e.into()),
-                }
+        kinds.extend([ChildKind::PersistentVolumeClaim, ChildKind::Secret]);
+    }
+    let mut deleted = Vec::new();
+    for kind in kinds {
+        let api = dyn_api(&ctx.client, &ns, kind);
+        for obj in list_kind(&ctx.client, &ns, &name, kind).await? {
+            let value = serde_json::to_value(&obj)?;
+            // Already going away, or controlled by another owner: not ours to delete.
+            if is_terminating(&value) || (!kind.holds_data() && owned_by_other(&value, app)) {
+                continue;
+            }
+            let child = obj.name_any();
+            match api.delete(&child, &DeleteParams::background()).await {
+                Ok(_) => deleted.push(format!("{}/{child}", kind.kind())),
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => return Err(e.into()),
             }
         }
-        info!(object = %key, deleted = ?deleted, "deletionPolicy Delete: data removed");
+    }
+    if app.spec.deletion_policy == DeletionPolicy::Delete {
+        info!(object = %key, deleted = ?deleted, "deletionPolicy Delete: children and data removed");
         if !deleted.is_empty() {
             ctx.event(
                 app,
@@ -674,7 +850,7 @@ async fn cleanup(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
             .await;
         }
     } else {
-        info!(object = %key, "deletionPolicy Retain: PVCs and generated Secrets kept");
+        info!(object = %key, deleted = ?deleted, "deletionPolicy Retain: children removed, PVCs and generated Secrets kept");
     }
     ctx.metrics.set_phase(&key, None);
     Ok(Action::await_change())
@@ -758,6 +934,47 @@ mod tests {
         assert!(!is_subset(&fewer, &current));
         let changed = json!({"spec": {"env": [{"name": "A", "value": "2"}]}});
         assert!(!is_subset(&changed, &current));
+    }
+
+    #[test]
+    fn requeue_intervals_come_from_the_environment() {
+        let env = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| *k == name)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        assert_eq!(Requeue::from_env(env(&[])), Ok(Requeue::default()));
+        assert_eq!(
+            Requeue::from_env(env(&[
+                ("REQUEUE_NOT_READY_SECONDS", "3"),
+                ("REQUEUE_READY_SECONDS", "3600")
+            ])),
+            Ok(Requeue {
+                not_ready: Duration::from_secs(3),
+                ready: Duration::from_secs(3600)
+            })
+        );
+        for bad in ["0", "-1", "ten", "1.5", "86401"] {
+            let err = Requeue::from_env(move |n: &str| {
+                (n == "REQUEUE_READY_SECONDS").then(|| bad.to_string())
+            })
+            .expect_err(bad);
+            assert!(
+                err.starts_with("REQUEUE_READY_SECONDS=") && err.contains("1 to 86400"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn truncation_keeps_whole_characters() {
+        assert_eq!(truncate_utf8("short", 1024), "short");
+        let cut = truncate_utf8(&"é".repeat(600), 1024);
+        assert!(cut.len() <= 1024 && cut.ends_with('…'), "{}", cut.len());
+        assert_eq!(cut.chars().filter(|c| *c == 'é').count(), (1024 - 3) / 2);
     }
 
     #[test]

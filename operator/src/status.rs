@@ -218,6 +218,13 @@ pub fn ready_condition(conds: &[Cond]) -> Cond {
     }
 }
 
+/// Reason of `Ready=False` when the API server refuses the apply of a child.
+pub const APPLY_FAILED: &str = "ApplyFailed";
+
+pub fn apply_failed_condition(message: &str) -> Cond {
+    Cond::new(READY, false, APPLY_FAILED, message)
+}
+
 pub fn invalid_spec_condition(message: &str) -> Cond {
     Cond::new(READY, false, "InvalidSpec", message)
 }

@@ -4,10 +4,45 @@
 //! schemars, cross-field rules as CEL (`x-kubernetes-validations`), so `kubectl apply` of a bad
 //! resource is refused by the API server with a clear message.
 
-use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::api::core::v1::{EnvVarSource, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
+
+/// Longest resource name: `<name>-postgres` names a StatefulSet, and a StatefulSet name must
+/// leave room in 63 characters for the `-<hash>` of its pods' `controller-revision-hash` label
+/// (at most 52 characters); 52 - len("-postgres") = 43.
+pub const MAX_NAME_LEN: usize = 43;
+
+/// CEL rule on the root: `metadata.name` is a DNS-1035 label of at most [`MAX_NAME_LEN`].
+pub const NAME_RULE: &str = "self.metadata.name.size() <= 43 && !self.metadata.name.contains('.') && !(self.metadata.name.startsWith('0') || self.metadata.name.startsWith('1') || self.metadata.name.startsWith('2') || self.metadata.name.startsWith('3') || self.metadata.name.startsWith('4') || self.metadata.name.startsWith('5') || self.metadata.name.startsWith('6') || self.metadata.name.startsWith('7') || self.metadata.name.startsWith('8') || self.metadata.name.startsWith('9'))";
+pub const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label of at most 43 characters (a lowercase letter first, then lowercase letters, digits or '-', no '.'): children are named after it, such as the StatefulSet <name>-postgres, which must fit in 52 characters, and Services, which must be DNS-1035 labels";
+
+/// Environment variables the operator sets on the API container itself: `spec.extraEnv` may not
+/// name them (a duplicate would make the Deployment's env list invalid), nor any `S3_*`.
+pub const RESERVED_ENV: [&str; 16] = [
+    "PORT",
+    "APP_URL",
+    "APP_ENV",
+    "LOG_FORMAT",
+    "DATA_DIR",
+    "BETTER_AUTH_SECRET",
+    "UPLOAD_SIGNING_SECRET",
+    "CONNECTION_ENCRYPTION_KEY",
+    "DATABASE_URL",
+    "REDIS_URL",
+    "FS_STORAGE_PATH",
+    "AWS_ACCESS_KEY_ID",
+    "AWS_SECRET_ACCESS_KEY",
+    "RUN_ADAPTER",
+    "DOCKER_SOCKET",
+    "SIDECAR_POOL_SIZE",
+];
+/// Prefix reserved for the S3 settings the operator sets.
+pub const RESERVED_ENV_PREFIX: &str = "S3_";
+
+const EXTRA_ENV_RULE: &str = "!(self.name in ['PORT', 'APP_URL', 'APP_ENV', 'LOG_FORMAT', 'DATA_DIR', 'BETTER_AUTH_SECRET', 'UPLOAD_SIGNING_SECRET', 'CONNECTION_ENCRYPTION_KEY', 'DATABASE_URL', 'REDIS_URL', 'FS_STORAGE_PATH', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'RUN_ADAPTER', 'DOCKER_SOCKET', 'SIDECAR_POOL_SIZE']) && !self.name.startsWith('S3_')";
+const EXTRA_ENV_MESSAGE: &str = "spec.extraEnv: this name is set by the operator and cannot be overridden (PORT, APP_URL, APP_ENV, LOG_FORMAT, DATA_DIR, BETTER_AUTH_SECRET, UPLOAD_SIGNING_SECRET, CONNECTION_ENCRYPTION_KEY, DATABASE_URL, REDIS_URL, FS_STORAGE_PATH, S3_*, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, RUN_ADAPTER, DOCKER_SOCKET, SIDECAR_POOL_SIZE); configure it through the spec instead";
 
 /// Finalizer that runs the cleanup of data volumes and generated Secrets.
 pub const FINALIZER: &str = "appstrates.appstrate.dev/cleanup";
@@ -27,7 +62,11 @@ pub const FINALIZER: &str = "appstrates.appstrate.dev/cleanup";
     printcolumn = r#"{"name":"Tier","type":"integer","jsonPath":".spec.tier"}"#,
     printcolumn = r#"{"name":"Phase","type":"string","jsonPath":".status.phase"}"#,
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
-    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    // The API server already enforces a DNS-1123 subdomain (lowercase letters, digits, '-', '.').
+    // `contains`/`startsWith` instead of `matches`: metadata.name has no maxLength in the schema
+    // CEL sees, and a regex over an unbounded string exceeds the rule cost budget.
+    validation = Rule::new(NAME_RULE).message(NAME_MESSAGE)
 )]
 #[x_kube(
     validation = Rule::new("self.tier < 1 || has(self.postgres)").message("spec.postgres is required when tier >= 1"),
@@ -98,13 +137,32 @@ pub struct AppstrateSpec {
     #[serde(default)]
     pub deletion_policy: DeletionPolicy,
 
-    /// Extra environment variables appended to the API container.
+    /// Extra environment variables appended to the API container, keyed by name. Names the
+    /// operator sets itself are refused.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub extra_env: Vec<EnvVar>,
+    #[schemars(length(max = 128))]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub extra_env: Vec<ExtraEnvVar>,
 
     /// Resources of the API container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+}
+
+/// One entry of `spec.extraEnv`: the shape of a container's `EnvVar`.
+#[derive(Deserialize, Serialize, Clone, Debug, Default, PartialEq, KubeSchema)]
+#[x_kube(validation = Rule::new(EXTRA_ENV_RULE).message(EXTRA_ENV_MESSAGE))]
+#[serde(rename_all = "camelCase")]
+pub struct ExtraEnvVar {
+    /// Variable name.
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    /// Literal value.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    /// Source of the value (Secret key, ConfigMap key, field or resource reference).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
 }
 
 fn default_replicas() -> i32 {
@@ -182,12 +240,14 @@ impl AccessMode {
 /// A Kubernetes quantity such as `1Gi` or `500Mi`.
 const QUANTITY_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|E)?$";
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolume {
-    /// Requested size.
+    /// Requested size. It can grow (when the storage class allows expansion), never shrink.
     #[serde(default = "default_data_size")]
-    #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 64))]
+    // Transition rule with the CEL quantity library (Kubernetes >= 1.30).
+    #[x_kube(validation = Rule::new("quantity(self).compareTo(quantity(oldSelf)) >= 0").message("spec.dataVolume.size cannot shrink: a PersistentVolumeClaim can only grow"))]
     pub size: String,
     /// Storage class; the cluster default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -234,7 +294,7 @@ pub struct ExternalUrl {
     pub secret_ref: UrlSecretRef,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedPostgres {
     #[serde(default = "default_postgres_image")]
@@ -243,6 +303,7 @@ pub struct ManagedPostgres {
     /// Size of the database volume.
     #[serde(default = "default_postgres_storage")]
     #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.postgres.managed.storage is immutable: it sizes the StatefulSet's volumeClaimTemplates, which cannot change; resize the PVC data-<name>-postgres-0 directly"))]
     pub storage: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
@@ -278,7 +339,7 @@ pub struct PostgresSpec {
     pub external: Option<ExternalUrl>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedRedis {
     #[serde(default = "default_redis_image")]
@@ -286,6 +347,7 @@ pub struct ManagedRedis {
     pub image: String,
     #[serde(default = "default_redis_storage")]
     #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.redis.managed.storage is immutable: it sizes the StatefulSet's volumeClaimTemplates, which cannot change; resize the PVC data-<name>-redis-0 directly"))]
     pub storage: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub storage_class_name: Option<String>,
@@ -320,7 +382,7 @@ pub struct RedisSpec {
     pub external: Option<ExternalUrl>,
 }
 
-#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ManagedStorage {
     #[serde(default = "default_minio_image")]
@@ -328,6 +390,7 @@ pub struct ManagedStorage {
     pub image: String,
     #[serde(default = "default_minio_storage")]
     #[schemars(regex(pattern = QUANTITY_PATTERN))]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("spec.storage.managed.storage is immutable: it sizes the StatefulSet's volumeClaimTemplates, which cannot change; resize the PVC data-<name>-minio-0 directly"))]
     pub storage: String,
     /// Bucket the API creates at boot.
     #[serde(default = "default_bucket")]

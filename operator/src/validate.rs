@@ -6,7 +6,12 @@
 
 use std::fmt;
 
-use crate::v1alpha1::{AccessMode, AppstrateSpec, RunAdapter};
+use kube::ResourceExt;
+
+use crate::v1alpha1::{
+    AccessMode, Appstrate, AppstrateSpec, RunAdapter, MAX_NAME_LEN, RESERVED_ENV,
+    RESERVED_ENV_PREFIX,
+};
 
 /// One rule a spec breaks, naming the field.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -197,9 +202,20 @@ pub fn validate(spec: &AppstrateSpec) -> Result<(), InvalidSpec> {
             bad("spec.secretsRef.name", "must not be empty".into());
         }
     }
+    let mut seen = std::collections::BTreeSet::new();
     for (i, env) in spec.extra_env.iter().enumerate() {
         if env.name.is_empty() {
             bad("spec.extraEnv", format!("entry {i} has an empty name"));
+        } else if is_reserved_env(&env.name) {
+            bad(
+                "spec.extraEnv",
+                format!(
+                    "{} is set by the operator and cannot be overridden; configure it through the spec instead",
+                    env.name
+                ),
+            );
+        } else if !seen.insert(env.name.as_str()) {
+            bad("spec.extraEnv", format!("{} is listed twice", env.name));
         }
     }
 
@@ -208,6 +224,48 @@ pub fn validate(spec: &AppstrateSpec) -> Result<(), InvalidSpec> {
     } else {
         Err(InvalidSpec(v))
     }
+}
+
+/// Checks the whole resource: its name (children are named after it), then its spec.
+pub fn validate_resource(app: &Appstrate) -> Result<(), InvalidSpec> {
+    let mut v = Vec::new();
+    if let Err(message) = check_name(&app.name_any()) {
+        v.push(Violation {
+            field: "metadata.name",
+            message,
+        });
+    }
+    if let Err(InvalidSpec(spec)) = validate(&app.spec) {
+        v.extend(spec);
+    }
+    if v.is_empty() {
+        Ok(())
+    } else {
+        Err(InvalidSpec(v))
+    }
+}
+
+/// A DNS-1035 label of at most [`MAX_NAME_LEN`] characters, the rule of the CRD's root CEL rule.
+pub fn check_name(name: &str) -> Result<(), String> {
+    let b = name.as_bytes();
+    let ok = !b.is_empty()
+        && b.len() <= MAX_NAME_LEN
+        && b[0].is_ascii_lowercase()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(format!(
+            "{name:?} must be a DNS-1035 label of at most {MAX_NAME_LEN} characters (a lowercase letter first, then lowercase letters, digits or '-'): children are named after it, such as the StatefulSet {name}-postgres, which must fit in 52 characters"
+        ))
+    }
+}
+
+/// Whether `spec.extraEnv` may not use this name (the operator sets it).
+pub fn is_reserved_env(name: &str) -> bool {
+    RESERVED_ENV.contains(&name) || name.starts_with(RESERVED_ENV_PREFIX)
 }
 
 /// `https://host[:port][/path]`, or plain http on localhost / 127.0.0.1 only.
@@ -384,6 +442,50 @@ mod tests {
         );
         // Tiers 0 and 1 force one replica instead of refusing.
         assert_eq!(fields(&format!("{BASE}replicas: 3\n")), Vec::<&str>::new());
+    }
+
+    #[test]
+    fn names_are_dns1035_labels_of_at_most_43_characters() {
+        for ok in ["a", "appstrate", "my-app-2", &"a".repeat(43)] {
+            assert_eq!(check_name(ok), Ok(()), "{ok}");
+        }
+        for bad in ["", "2app", "my.app", "-app", "app-", "App", &"a".repeat(44)] {
+            let err = check_name(bad).expect_err(bad);
+            assert!(
+                err.contains("DNS-1035") && err.contains("52 characters"),
+                "{err}"
+            );
+        }
+    }
+
+    #[test]
+    fn extra_env_cannot_override_what_the_operator_sets() {
+        let with = |name: &str| format!("{BASE}extraEnv: [{{name: {name}, value: x}}]\n");
+        assert_eq!(fields(&with("FEATURE_FLAG")), Vec::<&str>::new());
+        for reserved in [
+            "DATABASE_URL",
+            "REDIS_URL",
+            "S3_BUCKET",
+            "S3_ANYTHING",
+            "PORT",
+            "APP_URL",
+            "BETTER_AUTH_SECRET",
+            "RUN_ADAPTER",
+            "SIDECAR_POOL_SIZE",
+        ] {
+            let invalid = validate(&spec(&with(reserved))).expect_err(reserved);
+            assert_eq!(invalid.0[0].field, "spec.extraEnv");
+            assert!(
+                invalid.0[0].message.contains(reserved)
+                    && invalid.0[0].message.contains("set by the operator"),
+                "{invalid}"
+            );
+        }
+        let twice = format!("{BASE}extraEnv: [{{name: A, value: x}}, {{name: A, value: y}}]\n");
+        assert!(validate(&spec(&twice))
+            .unwrap_err()
+            .to_string()
+            .contains("A is listed twice"));
     }
 
     #[test]

@@ -4,7 +4,9 @@
 //! prints p50/p99 for the first reconcile (every child and Secret created) and for steady-state
 //! reconciles (nothing to change), plus the process RSS afterwards. When the `appstrate-operator`
 //! binary sits next to this one (or `OPERATOR_BIN` names it), it is also started against an empty
-//! in-process API server and its idle RSS is printed.
+//! in-process API server and its idle RSS is printed. When `KUBECONFIG` is set, the controller
+//! also runs in-process against that cluster: the time from creating the tier-3 resource to
+//! every child existing is printed (a bare kube-apiserver is enough: nothing waits for pods).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -185,6 +187,17 @@ async fn main() -> anyhow::Result<()> {
             kib as f64 / 1024.0
         );
     }
+    if std::env::var_os("KUBECONFIG").is_some() {
+        match cluster_apply_to_children().await {
+            Ok(d) => println!(
+                "cluster (KUBECONFIG): apply -> every child exists: {} ms",
+                d.as_millis()
+            ),
+            Err(e) => println!("cluster (KUBECONFIG): not measured ({e:#})"),
+        }
+    } else {
+        println!("cluster: not measured (set KUBECONFIG)");
+    }
     let bin = std::env::var_os("OPERATOR_BIN")
         .map(std::path::PathBuf::from)
         .or_else(|| {
@@ -209,4 +222,180 @@ async fn main() -> anyhow::Result<()> {
         ),
     }
     Ok(())
+}
+
+/// Runs the controller in-process against the `KUBECONFIG` cluster, in a namespace of its own,
+/// and measures the time from creating the tier-3 resource to every child existing. Everything
+/// is removed afterwards without relying on the cluster's controllers.
+async fn cluster_apply_to_children() -> anyhow::Result<Duration> {
+    use futures::StreamExt;
+    use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
+    use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Secret, Service};
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+    use kube::core::{ApiResource, DynamicObject};
+    use kube::runtime::{watcher, Controller};
+    use kube::{CustomResourceExt, ResourceExt};
+
+    let client = kube::Client::try_default().await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "appstrates.appstrate.dev",
+        &PatchParams::apply("appstrate-bench").force(),
+        &Patch::Apply(Appstrate::crd()),
+    )
+    .await?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let established = crds.get("appstrates.appstrate.dev").await.is_ok_and(|c| {
+            c.status
+                .and_then(|s| s.conditions)
+                .unwrap_or_default()
+                .iter()
+                .any(|c| c.type_ == "Established" && c.status == "True")
+        });
+        if established {
+            break;
+        }
+        anyhow::ensure!(Instant::now() < deadline, "CRD not established in 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let ns = format!(
+        "appstrate-bench-{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_nanos()
+            % 0xffff_ffff
+    );
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(serde_json::json!({"metadata": {"name": ns}}))?,
+        )
+        .await?;
+
+    let ctx = Arc::new(Context::new(
+        client.clone(),
+        Arc::new(StaticHealthProbe(Err("not probed by the bench".into()))),
+        Arc::new(Metrics::default()),
+        None,
+    ));
+    let children =
+        watcher::Config::default().labels("app.kubernetes.io/managed-by=appstrate-operator");
+    let controller = Controller::new(
+        Api::<DeserializeGuard<Appstrate>>::namespaced(client.clone(), &ns),
+        watcher::Config::default().any_semantic(),
+    )
+    .owns(
+        Api::<Deployment>::namespaced(client.clone(), &ns),
+        children.clone(),
+    )
+    .owns(
+        Api::<StatefulSet>::namespaced(client.clone(), &ns),
+        children.clone(),
+    )
+    .owns(Api::<Service>::namespaced(client.clone(), &ns), children)
+    .run(operator::reconcile, operator::error_policy, ctx)
+    .for_each(|_| async {});
+    let operator = tokio::spawn(controller);
+
+    let mut app: Appstrate = serde_yaml::from_str(TIER3)?;
+    app.metadata.namespace = Some(ns.clone());
+    let apps: Api<Appstrate> = Api::namespaced(client.clone(), &ns);
+    let lp = ListParams::default().labels("app.kubernetes.io/managed-by=appstrate-operator");
+    async fn count<K>(client: &kube::Client, ns: &str, lp: &ListParams) -> usize
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        Api::<K>::namespaced(client.clone(), ns)
+            .list(lp)
+            .await
+            .map(|l| l.items.len())
+            .unwrap_or(0)
+    }
+    let start = Instant::now();
+    let created = apps.create(&PostParams::default(), &app).await;
+    let mut measured = created.map(|_| ()).map_err(anyhow::Error::from);
+    if measured.is_ok() {
+        measured = loop {
+            if count::<Deployment>(&client, &ns, &lp).await == 1
+                && count::<StatefulSet>(&client, &ns, &lp).await == 3
+                && count::<Service>(&client, &ns, &lp).await == 4
+                && count::<Secret>(&client, &ns, &lp).await == 4
+            {
+                break Ok(());
+            }
+            if start.elapsed() > Duration::from_secs(120) {
+                break Err(anyhow::anyhow!("children not all created within 120 s"));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+    }
+    let elapsed = start.elapsed();
+
+    // Clean up: the running operator's finalizer cleanup deletes the workloads; the rest
+    // (Retain data, Events) and the namespace are removed here.
+    let _ = apps.delete("appstrate", &DeleteParams::default()).await;
+    let gone_by = Instant::now() + Duration::from_secs(60);
+    while apps.get_opt("appstrate").await.ok().flatten().is_some() && Instant::now() < gone_by {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    operator.abort();
+    if apps.get_opt("appstrate").await.ok().flatten().is_some() {
+        let _ = apps
+            .patch(
+                "appstrate",
+                &PatchParams::default(),
+                &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+            )
+            .await;
+    }
+    for ar in [
+        ApiResource::erase::<Deployment>(&()),
+        ApiResource::erase::<StatefulSet>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<PersistentVolumeClaim>(&()),
+        ApiResource::erase::<Secret>(&()),
+        ApiResource::erase::<k8s_openapi::api::events::v1::Event>(&()),
+    ] {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), &ns, &ar);
+        for o in api
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default()
+        {
+            if o.metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| !f.is_empty())
+            {
+                let _ = api
+                    .patch(
+                        &o.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(serde_json::json!({"metadata": {"finalizers": null}})),
+                    )
+                    .await;
+            }
+            let _ = api.delete(&o.name_any(), &DeleteParams::background()).await;
+        }
+    }
+    let _ = namespaces.delete(&ns, &DeleteParams::default()).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    // No namespace controller on a bare API server: finalize the Terminating namespace by hand.
+    if let Ok(Some(mut n)) = namespaces.get_opt(&ns).await {
+        if let Some(spec) = n.spec.as_mut() {
+            spec.finalizers = Some(vec![]);
+        }
+        let _ = namespaces
+            .replace_subresource("finalize", &ns, &PostParams::default(), &n)
+            .await;
+    }
+    measured.map(|()| elapsed)
 }

@@ -269,6 +269,7 @@ fn every_value_is_documented_and_defaults_match_the_spec() {
         "logLevel": "info",
         "logFormat": "json",
         "metrics": {"port": 8080},
+        "requeue": {"notReadySeconds": 10, "readySeconds": 300},
         "resources": {"requests": {"cpu": "50m", "memory": "64Mi"}, "limits": {"cpu": "500m", "memory": "256Mi"}},
         "podSecurityContext": {"runAsNonRoot": true, "runAsUser": 65532, "fsGroup": 65532,
             "seccompProfile": {"type": "RuntimeDefault"}},
@@ -279,4 +280,42 @@ fn every_value_is_documented_and_defaults_match_the_spec() {
     for (k, want) in expect.as_object().unwrap() {
         assert_eq!(&v[k], want, "values.yaml {k}");
     }
+}
+
+#[test]
+fn requeue_intervals_reach_the_operator_environment() {
+    let Some(python) = helm_python() else { return };
+    let env_of = |values: Value| -> Vec<(String, String)> {
+        let (lint, docs) = render(&python, values);
+        assert_lint_clean(&lint);
+        let dep = kinds(&docs, "Deployment")[0];
+        dep["spec"]["template"]["spec"]["containers"][0]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e["name"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .starts_with("REQUEUE_")
+            })
+            .map(|e| {
+                (
+                    e["name"].as_str().unwrap().to_string(),
+                    e["value"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect()
+    };
+    let pair = |a: &str, b: &str| {
+        vec![
+            ("REQUEUE_NOT_READY_SECONDS".to_string(), a.to_string()),
+            ("REQUEUE_READY_SECONDS".to_string(), b.to_string()),
+        ]
+    };
+    assert_eq!(env_of(serde_json::json!({})), pair("10", "300"));
+    assert_eq!(
+        env_of(serde_json::json!({"requeue": {"notReadySeconds": 30, "readySeconds": 3600}})),
+        pair("30", "3600")
+    );
 }

@@ -230,4 +230,108 @@ mod cel {
                 .unwrap_or_else(|e| panic!("validate() refuses {:?}: {e}", app.spec));
         }
     }
+
+    #[test]
+    fn names_that_cannot_name_children_are_refused_by_both_layers() {
+        use operator::validate::validate_resource;
+        for bad in [
+            "a".repeat(44),
+            "my.appstrate".to_string(),
+            "2appstrate".to_string(),
+        ] {
+            let mut app = example(0);
+            app.metadata.name = Some(bad.clone());
+            let errors = validate_cel(&app).expect_err(&format!("CEL accepts name {bad:?}"));
+            let text = format!("{errors:?}");
+            assert!(
+                text.contains("metadata.name must be a DNS-1035 label of at most 43 characters"),
+                "{text}"
+            );
+            let invalid = validate_resource(&app).expect_err("validate_resource() accepts it");
+            assert_eq!(invalid.0[0].field, "metadata.name", "{invalid}");
+        }
+        let mut app = example(0);
+        app.metadata.name = Some("a".repeat(43));
+        validate_cel(&app).expect("43 characters fit");
+        validate_resource(&app).expect("43 characters fit");
+    }
+
+    #[test]
+    fn extra_env_is_a_list_map_by_name_without_operator_variables() {
+        let crd = operator::crd_yaml();
+        let at = crd.find("extraEnv:").expect("extraEnv in the CRD");
+        let section = &crd[at..at + crd[at..].find("\n              image").unwrap_or(4000)];
+        assert!(section.contains("x-kubernetes-list-type: map"), "{section}");
+        assert!(
+            section.contains("x-kubernetes-list-map-keys:\n                - name"),
+            "{section}"
+        );
+
+        let ok = with(
+            0,
+            json!({"extraEnv": [{"name": "FEATURE_X", "value": "1"}]}),
+        );
+        validate_cel(&ok).expect("a free name passes");
+        validate(&ok.spec).expect("a free name passes");
+        for reserved in [
+            "DATABASE_URL",
+            "S3_BUCKET",
+            "BETTER_AUTH_SECRET",
+            "PORT",
+            "SIDECAR_POOL_SIZE",
+        ] {
+            let app = with(0, json!({"extraEnv": [{"name": reserved, "value": "x"}]}));
+            let text = format!("{:?}", validate_cel(&app).expect_err(reserved));
+            assert!(
+                text.contains("set by the operator and cannot be overridden"),
+                "{text}"
+            );
+            let invalid = validate(&app.spec).expect_err(reserved);
+            assert!(invalid.to_string().contains(reserved), "{invalid}");
+        }
+    }
+
+    #[test]
+    fn volume_sizes_never_shrink_and_statefulset_volumes_never_change() {
+        use kube::core::cel::validate_cel_update;
+        let old = with(2, json!({"dataVolume": {"size": "2Gi"}}));
+        let grown = with(2, json!({"dataVolume": {"size": "3000Mi"}}));
+        validate_cel_update(&grown, &old).expect("the data volume may grow");
+        let shrunk = with(2, json!({"dataVolume": {"size": "1500Mi"}}));
+        let text = format!(
+            "{:?}",
+            validate_cel_update(&shrunk, &old).expect_err("shrink")
+        );
+        assert!(
+            text.contains("spec.dataVolume.size cannot shrink"),
+            "{text}"
+        );
+
+        let resized = with(2, json!({"postgres": {"managed": {"storage": "50Gi"}}}));
+        let text = format!(
+            "{:?}",
+            validate_cel_update(&resized, &old).expect_err("resize")
+        );
+        assert!(
+            text.contains("spec.postgres.managed.storage is immutable"),
+            "{text}"
+        );
+        let text = format!(
+            "{:?}",
+            validate_cel_update(
+                &with(2, json!({"redis": {"managed": {"storage": "9Gi"}}})),
+                &old
+            )
+            .expect_err("resize")
+        );
+        assert!(
+            text.contains("spec.redis.managed.storage is immutable"),
+            "{text}"
+        );
+        // Unchanged resources pass the transition rules.
+        for tier in 0..=3 {
+            validate_cel_update(&example(tier), &example(tier))
+                .unwrap_or_else(|e| panic!("tier {tier}: {e:?}"));
+        }
+    }
 }

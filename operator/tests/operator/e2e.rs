@@ -1,14 +1,17 @@
 //! End-to-end tests against the cluster `KUBECONFIG` points at (`cargo test -p operator -- --ignored e2e`).
 //!
 //! Each test installs the CRD, creates a fresh namespace, runs the controller in-process scoped
-//! to it, and checks objects and status through the real API server. Test clusters may have no
-//! scheduler (and no controller-manager), so nothing waits for pods: the assertions are about
-//! objects and about status conditions that say nothing is ready yet.
+//! to it, and checks objects and status through the real API server. They pass against a bare
+//! kube-apiserver (no scheduler, no controller-manager): nothing waits for pods or ready
+//! replicas, nothing relies on the garbage collector (the operator deletes its children itself),
+//! a PVC counts as deleted once it has a `deletionTimestamp` (its `kubernetes.io/pvc-protection`
+//! finalizer is removed by a controller a bare API server does not run), and the namespace is
+//! emptied and finalized by the test itself, even when an assertion fails.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{Namespace, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -19,6 +22,7 @@ use kube::runtime::{watcher, Controller};
 use kube::{Client, CustomResourceExt, ResourceExt};
 use operator::health::StaticHealthProbe;
 use operator::metrics::Metrics;
+use operator::reconcile::Requeue;
 use operator::v1alpha1::{Phase, FINALIZER};
 use operator::{error_policy, reconcile, Appstrate, Context};
 use serde_json::json;
@@ -65,14 +69,14 @@ struct TestNs {
 }
 
 impl TestNs {
-    async fn new(client: Client, prefix: &str) -> TestNs {
+    async fn new(client: Client, prefix: &str, requeue: Requeue) -> TestNs {
         let name = format!("{prefix}-{}", &uuid_suffix());
         let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": name}})).unwrap();
         Api::<Namespace>::all(client.clone())
             .create(&PostParams::default(), &ns)
             .await
             .expect("namespace created");
-        let operator = start_operator(client.clone(), &name);
+        let operator = start_operator(client.clone(), &name, requeue);
         TestNs {
             client,
             name,
@@ -104,28 +108,154 @@ impl TestNs {
             + serde::de::DeserializeOwned
             + std::fmt::Debug,
     {
+        self.names_where::<K>(|_| true).await
+    }
+
+    /// Names of the operator's objects of kind `K` that are not being deleted.
+    async fn live_names<K>(&self) -> Vec<String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
+        self.names_where::<K>(|o| o.meta().deletion_timestamp.is_none())
+            .await
+    }
+
+    async fn names_where<K>(&self, keep: impl Fn(&K) -> bool) -> Vec<String>
+    where
+        K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + std::fmt::Debug,
+    {
         let mut n: Vec<String> = self
             .api::<K>()
             .list(&ListParams::default().labels("app.kubernetes.io/managed-by=appstrate-operator"))
             .await
-            .map(|l| l.items.iter().map(|o| o.name_any()).collect())
+            .map(|l| {
+                l.items
+                    .iter()
+                    .filter(|o| keep(o))
+                    .map(|o| o.name_any())
+                    .collect()
+            })
             .unwrap_or_default();
         n.sort();
         n
     }
 
-    /// Deletes the resource while the operator still runs, then the namespace.
-    async fn teardown(self, app: &str) {
+    /// Deletes every Appstrate while the operator still runs (its cleanup is under test too),
+    /// stops the operator, then empties and removes the namespace.
+    async fn teardown(&self) {
         let apps = self.api::<Appstrate>();
-        let _ = apps.delete(app, &DeleteParams::default()).await;
-        wait_for("resource deleted", || async {
-            apps.get_opt(app).await.ok().flatten().is_none()
-        })
-        .await;
-        self.operator.abort();
-        let _ = Api::<Namespace>::all(self.client.clone())
-            .delete(&self.name, &DeleteParams::default())
+        let _ = apps
+            .delete_collection(&DeleteParams::default(), &ListParams::default())
             .await;
+        let gone = tokio::time::timeout(TIMEOUT, async {
+            while !apps
+                .list(&ListParams::default())
+                .await
+                .is_ok_and(|l| l.items.is_empty())
+            {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+        .await
+        .is_ok();
+        self.operator.abort();
+        if !gone {
+            // The operator did not finish its cleanup (the test failed): let go of the finalizers.
+            for app in apps
+                .list(&ListParams::default())
+                .await
+                .map(|l| l.items)
+                .unwrap_or_default()
+            {
+                let _ = apps
+                    .patch(
+                        &app.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                    )
+                    .await;
+            }
+        }
+        purge_namespace(&self.client, &self.name).await;
+    }
+}
+
+/// Empties a test namespace and removes it. A bare API server has no namespace controller to
+/// empty a Terminating namespace and remove its `kubernetes` finalizer, so the test deletes
+/// what it created (dropping finalizers no controller will remove) and finalizes the namespace.
+async fn purge_namespace(client: &Client, ns: &str) {
+    use kube::core::{ApiResource, DynamicObject};
+    let kinds = [
+        ApiResource::erase::<Deployment>(&()),
+        ApiResource::erase::<StatefulSet>(&()),
+        ApiResource::erase::<Service>(&()),
+        ApiResource::erase::<PersistentVolumeClaim>(&()),
+        ApiResource::erase::<Secret>(&()),
+        ApiResource::erase::<k8s_openapi::api::events::v1::Event>(&()),
+    ];
+    for ar in &kinds {
+        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, ar);
+        let items = api
+            .list(&ListParams::default())
+            .await
+            .map(|l| l.items)
+            .unwrap_or_default();
+        for o in items {
+            if o.metadata
+                .finalizers
+                .as_ref()
+                .is_some_and(|f| !f.is_empty())
+            {
+                let _ = api
+                    .patch(
+                        &o.name_any(),
+                        &PatchParams::default(),
+                        &Patch::Merge(json!({"metadata": {"finalizers": null}})),
+                    )
+                    .await;
+            }
+            let _ = api.delete(&o.name_any(), &DeleteParams::background()).await;
+        }
+    }
+    let namespaces = Api::<Namespace>::all(client.clone());
+    let _ = namespaces.delete(ns, &DeleteParams::default()).await;
+    for _ in 0..20 {
+        match namespaces.get_opt(ns).await {
+            Ok(None) | Err(_) => return,
+            Ok(Some(_)) => tokio::time::sleep(Duration::from_millis(250)).await,
+        }
+    }
+    // Still Terminating after 5 s: no namespace controller. Finalize it by hand.
+    if let Ok(Some(mut n)) = namespaces.get_opt(ns).await {
+        if let Some(spec) = n.spec.as_mut() {
+            spec.finalizers = Some(vec![]);
+        }
+        let _ = namespaces
+            .replace_subresource("finalize", ns, &PostParams::default(), &n)
+            .await;
+    }
+}
+
+/// Runs `body` in a fresh namespace with the operator running, then tears everything down,
+/// also when `body` panics (the panic is re-raised afterwards).
+async fn in_namespace<F, Fut>(client: Client, prefix: &str, requeue: Requeue, body: F)
+where
+    F: FnOnce(Arc<TestNs>) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let t = Arc::new(TestNs::new(client, prefix, requeue).await);
+    let outcome = std::panic::AssertUnwindSafe(body(t.clone()))
+        .catch_unwind()
+        .await;
+    t.teardown().await;
+    if let Err(panic) = outcome {
+        std::panic::resume_unwind(panic);
     }
 }
 
@@ -137,19 +267,22 @@ fn uuid_suffix() -> String {
     format!("{:x}", nanos % 0xffff_ffff)
 }
 
-fn start_operator(client: Client, ns: &str) -> tokio::task::JoinHandle<()> {
+fn start_operator(client: Client, ns: &str, requeue: Requeue) -> tokio::task::JoinHandle<()> {
     let reporter = Reporter {
         controller: "appstrate-operator".into(),
         instance: Some("e2e".into()),
     };
-    let ctx = Arc::new(Context::new(
-        client.clone(),
-        Arc::new(StaticHealthProbe(Err(
-            "the API is not reachable from the test".into(),
-        ))),
-        Arc::new(Metrics::default()),
-        Some(Recorder::new(client.clone(), reporter)),
-    ));
+    let ctx = Arc::new(
+        Context::new(
+            client.clone(),
+            Arc::new(StaticHealthProbe(Err(
+                "the API is not reachable from the test".into(),
+            ))),
+            Arc::new(Metrics::default()),
+            Some(Recorder::new(client.clone(), reporter)),
+        )
+        .with_requeue(requeue),
+    );
     let children =
         watcher::Config::default().labels("app.kubernetes.io/managed-by=appstrate-operator");
     let apps: Api<DeserializeGuard<Appstrate>> = Api::namespaced(client.clone(), ns);
@@ -192,144 +325,251 @@ fn condition(app: &Appstrate, type_: &str) -> Option<(String, String)> {
         .map(|c| (c.status.clone(), c.reason.clone()))
 }
 
+/// The operator's defaults (10 s while not Ready, 300 s once Ready).
+fn default_requeue() -> Requeue {
+    Requeue::default()
+}
+
 #[tokio::test]
 #[ignore = "needs a cluster: KUBECONFIG"]
 async fn e2e_new_resource_gets_finalizer_children_and_not_ready_status() {
     let Some(client) = cluster().await else {
         return;
     };
-    let t = TestNs::new(client, "appst-e2e-new").await;
-    let start = Instant::now();
-    t.create(example(3)).await;
-    wait_for("every child", || async {
-        t.names::<Deployment>().await.len() == 1
-            && t.names::<StatefulSet>().await.len() == 3
-            && t.names::<Service>().await.len() == 4
-            && t.names::<Secret>().await.len() == 4
-    })
-    .await;
-    println!(
-        "apply -> every child exists: {} ms",
-        start.elapsed().as_millis()
-    );
+    in_namespace(client, "appst-e2e-new", default_requeue(), |t| async move {
+        let start = Instant::now();
+        t.create(example(3)).await;
+        wait_for("every child", || async {
+            t.names::<Deployment>().await.len() == 1
+                && t.names::<StatefulSet>().await.len() == 3
+                && t.names::<Service>().await.len() == 4
+                && t.names::<Secret>().await.len() == 4
+        })
+        .await;
+        println!(
+            "apply -> every child exists: {} ms",
+            start.elapsed().as_millis()
+        );
 
-    let apps = t.api::<Appstrate>();
-    wait_for("status", || async {
-        apps.get("appstrate")
+        let apps = t.api::<Appstrate>();
+        wait_for("status", || async {
+            apps.get("appstrate")
+                .await
+                .is_ok_and(|a| a.status.as_ref().and_then(|s| s.phase).is_some())
+        })
+        .await;
+        let app = apps.get("appstrate").await.unwrap();
+        assert!(app.finalizers().iter().any(|f| f == FINALIZER));
+        let st = app.status.clone().unwrap();
+        assert_eq!(st.phase, Some(Phase::Provisioning));
+        assert_eq!(st.observed_generation, app.metadata.generation);
+        // No controller-manager or scheduler need run: nothing is ready, and the status says so.
+        assert_eq!(
+            condition(&app, "DatabaseReady"),
+            Some(("False".into(), "StatefulSetNotReady".into()))
+        );
+        assert_eq!(
+            condition(&app, "ApiReady"),
+            Some(("False".into(), "DeploymentProgressing".into()))
+        );
+        assert_eq!(
+            condition(&app, "Ready"),
+            Some(("False".into(), "DatabaseNotReady".into()))
+        );
+        let dep = t.api::<Deployment>().get("appstrate-api").await.unwrap();
+        assert_eq!(dep.owner_references()[0].uid, app.uid().unwrap());
+        assert!(t
+            .api::<Secret>()
+            .get("appstrate-boot-secrets")
             .await
-            .is_ok_and(|a| a.status.as_ref().and_then(|s| s.phase).is_some())
+            .unwrap()
+            .owner_references()
+            .is_empty());
+
+        // Deleting the resource deletes its workloads and Services: the operator does it itself,
+        // no garbage collector involved. Data stays (deletionPolicy Retain).
+        apps.delete("appstrate", &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_for("resource gone", || async {
+            apps.get_opt("appstrate").await.ok().flatten().is_none()
+        })
+        .await;
+        assert!(t.live_names::<Deployment>().await.is_empty());
+        assert!(t.live_names::<StatefulSet>().await.is_empty());
+        assert!(t.live_names::<Service>().await.is_empty());
+        assert_eq!(
+            t.live_names::<Secret>().await.len(),
+            4,
+            "generated Secrets kept"
+        );
+        assert_eq!(
+            t.live_names::<PersistentVolumeClaim>().await,
+            vec!["appstrate-data"],
+            "data kept"
+        );
     })
     .await;
-    let app = apps.get("appstrate").await.unwrap();
-    assert!(app.finalizers().iter().any(|f| f == FINALIZER));
-    let st = app.status.clone().unwrap();
-    assert_eq!(st.phase, Some(Phase::Provisioning));
-    assert_eq!(st.observed_generation, app.metadata.generation);
-    assert_eq!(
-        condition(&app, "DatabaseReady"),
-        Some(("False".into(), "StatefulSetNotReady".into()))
-    );
-    assert_eq!(
-        condition(&app, "ApiReady"),
-        Some(("False".into(), "DeploymentProgressing".into()))
-    );
-    assert_eq!(
-        condition(&app, "Ready"),
-        Some(("False".into(), "DatabaseNotReady".into()))
-    );
-    let dep = t.api::<Deployment>().get("appstrate-api").await.unwrap();
-    assert_eq!(dep.owner_references()[0].uid, app.uid().unwrap());
-    assert!(t
-        .api::<Secret>()
-        .get("appstrate-boot-secrets")
-        .await
-        .unwrap()
-        .owner_references()
-        .is_empty());
-    t.teardown("appstrate").await;
 }
 
 #[tokio::test]
 #[ignore = "needs a cluster: KUBECONFIG"]
-async fn e2e_deleted_child_is_recreated_and_unchanged_resource_is_not_rewritten() {
+async fn e2e_periodic_reconciles_of_an_unchanged_resource_write_nothing() {
     let Some(client) = cluster().await else {
         return;
     };
-    let t = TestNs::new(client, "appst-e2e-child").await;
-    t.create(example(1)).await;
-    let svc = t.api::<Service>();
-    wait_for("API Service", || async {
-        svc.get_opt("appstrate-api").await.ok().flatten().is_some()
-    })
-    .await;
-    let secrets = t.api::<Secret>();
-    wait_for("boot secrets", || async {
-        secrets
-            .get_opt("appstrate-boot-secrets")
-            .await
-            .ok()
-            .flatten()
-            .is_some()
-    })
-    .await;
+    // A 1 s requeue: the 8 s window below holds several periodic reconciles.
+    let fast = Requeue {
+        not_ready: Duration::from_secs(1),
+        ready: Duration::from_secs(1),
+    };
+    in_namespace(client, "appst-e2e-steady", fast, |t| async move {
+        t.create(example(1)).await;
+        let secrets = t.api::<Secret>();
+        wait_for("every tier-1 child", || async {
+            t.names::<Service>().await.len() == 2
+                && t.names::<StatefulSet>().await.len() == 1
+                && t.names::<Deployment>().await.len() == 1
+                && secrets
+                    .get_opt("appstrate-boot-secrets")
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+        })
+        .await;
+        let apps = t.api::<Appstrate>();
+        wait_for("status", || async {
+            apps.get("appstrate")
+                .await
+                .is_ok_and(|a| a.status.as_ref().and_then(|s| s.phase).is_some())
+        })
+        .await;
 
-    // Settle, then check the periodic requeue (10 s) writes nothing new.
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    let boot = secrets.get("appstrate-boot-secrets").await.unwrap();
-    let sts_gen = t
-        .api::<StatefulSet>()
-        .get("appstrate-postgres")
-        .await
-        .unwrap()
-        .metadata
-        .generation;
-    let dep_gen = t
-        .api::<Deployment>()
-        .get("appstrate-api")
-        .await
-        .unwrap()
-        .metadata
-        .generation;
-    let svc_rv = svc.get("appstrate-api").await.unwrap().resource_version();
-    tokio::time::sleep(Duration::from_secs(12)).await;
-    let boot_after = secrets.get("appstrate-boot-secrets").await.unwrap();
-    assert_eq!(boot_after.data, boot.data);
-    assert_eq!(boot_after.resource_version(), boot.resource_version());
-    assert_eq!(
-        t.api::<StatefulSet>()
-            .get("appstrate-postgres")
-            .await
-            .unwrap()
-            .metadata
-            .generation,
-        sts_gen
-    );
-    assert_eq!(
-        t.api::<Deployment>()
-            .get("appstrate-api")
-            .await
-            .unwrap()
-            .metadata
-            .generation,
-        dep_gen
-    );
-    assert_eq!(
-        svc.get("appstrate-api").await.unwrap().resource_version(),
-        svc_rv
-    );
-
-    svc.delete("appstrate-api", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_for("API Service recreated", || async {
-        svc.get_opt("appstrate-api")
-            .await
-            .ok()
-            .flatten()
-            .is_some_and(|s| s.resource_version() != svc_rv)
+        let versions = || async {
+            let mut v = Vec::new();
+            v.push(
+                secrets
+                    .get("appstrate-boot-secrets")
+                    .await
+                    .unwrap()
+                    .resource_version(),
+            );
+            v.push(
+                t.api::<StatefulSet>()
+                    .get("appstrate-postgres")
+                    .await
+                    .unwrap()
+                    .resource_version(),
+            );
+            v.push(
+                t.api::<Deployment>()
+                    .get("appstrate-api")
+                    .await
+                    .unwrap()
+                    .resource_version(),
+            );
+            v.push(
+                t.api::<Service>()
+                    .get("appstrate-api")
+                    .await
+                    .unwrap()
+                    .resource_version(),
+            );
+            v.push(
+                t.api::<PersistentVolumeClaim>()
+                    .get("appstrate-data")
+                    .await
+                    .unwrap()
+                    .resource_version(),
+            );
+            v.push(apps.get("appstrate").await.unwrap().resource_version());
+            v
+        };
+        // Let the reconciles triggered by the children's creation settle first.
+        tokio::time::sleep(Duration::from_secs(3)).await;
+        let before = versions().await;
+        tokio::time::sleep(Duration::from_secs(8)).await;
+        assert_eq!(
+            versions().await,
+            before,
+            "no child nor the status was rewritten"
+        );
     })
     .await;
-    t.teardown("appstrate").await;
+}
+
+#[tokio::test]
+#[ignore = "needs a cluster: KUBECONFIG"]
+async fn e2e_deleted_child_is_repaired_through_the_owns_watch() {
+    let Some(client) = cluster().await else {
+        return;
+    };
+    // Periodic reconciles every hour: a repair within the test's timeout can only come from
+    // the watch on owned children.
+    let slow = Requeue {
+        not_ready: Duration::from_secs(3600),
+        ready: Duration::from_secs(3600),
+    };
+    in_namespace(client, "appst-e2e-owns", slow, |t| async move {
+        t.create(example(1)).await;
+        let deployments = t.api::<Deployment>();
+        let services = t.api::<Service>();
+        wait_for("API Deployment and Service", || async {
+            deployments
+                .get_opt("appstrate-api")
+                .await
+                .ok()
+                .flatten()
+                .is_some()
+                && services
+                    .get_opt("appstrate-api")
+                    .await
+                    .ok()
+                    .flatten()
+                    .is_some()
+        })
+        .await;
+        // Let the first reconciles (triggered by the children's own creation) settle.
+        tokio::time::sleep(Duration::from_secs(2)).await;
+
+        let dep_uid = deployments.get("appstrate-api").await.unwrap().uid();
+        let started = Instant::now();
+        deployments
+            .delete("appstrate-api", &DeleteParams::background())
+            .await
+            .unwrap();
+        wait_for("API Deployment recreated", || async {
+            deployments
+                .get_opt("appstrate-api")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|d| d.uid() != dep_uid)
+        })
+        .await;
+        println!(
+            "deleted Deployment recreated after {} ms",
+            started.elapsed().as_millis()
+        );
+
+        let svc_uid = services.get("appstrate-api").await.unwrap().uid();
+        services
+            .delete("appstrate-api", &DeleteParams::background())
+            .await
+            .unwrap();
+        wait_for("API Service recreated", || async {
+            services
+                .get_opt("appstrate-api")
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|s| s.uid() != svc_uid)
+        })
+        .await;
+        assert!(started.elapsed() < Duration::from_secs(3600));
+    })
+    .await;
 }
 
 #[tokio::test]
@@ -338,72 +578,87 @@ async fn e2e_lowering_tier_prunes_statefulsets_and_keeps_data() {
     let Some(client) = cluster().await else {
         return;
     };
-    let t = TestNs::new(client, "appst-e2e-down").await;
-    t.create(example(2)).await;
-    wait_for("tier-2 children", || async {
-        t.names::<StatefulSet>().await.len() == 2
-    })
+    in_namespace(
+        client,
+        "appst-e2e-down",
+        default_requeue(),
+        |t| async move {
+            t.create(example(2)).await;
+            wait_for("tier-2 children", || async {
+                t.names::<StatefulSet>().await.len() == 2
+            })
+            .await;
+            t.api::<Appstrate>()
+                .patch(
+                    "appstrate",
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"tier": 0}})),
+                )
+                .await
+                .unwrap();
+            wait_for("StatefulSets pruned", || async {
+                t.live_names::<StatefulSet>().await.is_empty()
+            })
+            .await;
+            assert_eq!(t.live_names::<Service>().await, vec!["appstrate-api"]);
+            assert!(t
+                .names::<PersistentVolumeClaim>()
+                .await
+                .contains(&"appstrate-data".to_string()));
+            assert_eq!(
+                t.names::<Secret>().await,
+                vec![
+                    "appstrate-boot-secrets",
+                    "appstrate-postgres",
+                    "appstrate-redis"
+                ]
+            );
+            wait_for("status tier 0", || async {
+                t.api::<Appstrate>()
+                    .get("appstrate")
+                    .await
+                    .is_ok_and(|a| a.status.as_ref().and_then(|s| s.tier) == Some(0))
+            })
+            .await;
+        },
+    )
     .await;
-    t.api::<Appstrate>()
-        .patch(
-            "appstrate",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"tier": 0}})),
-        )
-        .await
-        .unwrap();
-    wait_for("StatefulSets pruned", || async {
-        t.names::<StatefulSet>().await.is_empty()
-    })
-    .await;
-    assert_eq!(t.names::<Service>().await, vec!["appstrate-api"]);
-    assert!(t
-        .names::<PersistentVolumeClaim>()
-        .await
-        .contains(&"appstrate-data".to_string()));
-    assert_eq!(
-        t.names::<Secret>().await,
-        vec![
-            "appstrate-boot-secrets",
-            "appstrate-postgres",
-            "appstrate-redis"
-        ]
-    );
-    wait_for("status tier 0", || async {
-        t.api::<Appstrate>()
-            .get("appstrate")
-            .await
-            .is_ok_and(|a| a.status.as_ref().and_then(|s| s.tier) == Some(0))
-    })
-    .await;
-    t.teardown("appstrate").await;
 }
 
 #[tokio::test]
 #[ignore = "needs a cluster: KUBECONFIG"]
-async fn e2e_delete_policy_removes_data_then_the_resource() {
+async fn e2e_delete_policy_removes_children_and_data_then_the_resource() {
     let Some(client) = cluster().await else {
         return;
     };
-    let t = TestNs::new(client, "appst-e2e-del").await;
-    let mut app = example(1);
-    app.spec.deletion_policy = operator::v1alpha1::DeletionPolicy::Delete;
-    t.create(app).await;
-    wait_for("PVC and Secrets", || async {
-        !t.names::<PersistentVolumeClaim>().await.is_empty() && t.names::<Secret>().await.len() == 2
+    in_namespace(client, "appst-e2e-del", default_requeue(), |t| async move {
+        let mut app = example(1);
+        app.spec.deletion_policy = operator::v1alpha1::DeletionPolicy::Delete;
+        t.create(app).await;
+        wait_for("PVC and Secrets", || async {
+            !t.names::<PersistentVolumeClaim>().await.is_empty()
+                && t.names::<Secret>().await.len() == 2
+                && t.names::<StatefulSet>().await.len() == 1
+        })
+        .await;
+        let apps = t.api::<Appstrate>();
+        apps.delete("appstrate", &DeleteParams::default())
+            .await
+            .unwrap();
+        wait_for("resource gone", || async {
+            apps.get_opt("appstrate").await.ok().flatten().is_none()
+        })
+        .await;
+        // Everything is deleted by the operator itself. A PVC keeps its
+        // kubernetes.io/pvc-protection finalizer until a controller-manager removes it, so
+        // "deleted" means gone or carrying a deletionTimestamp.
+        assert!(t.live_names::<Deployment>().await.is_empty());
+        assert!(t.live_names::<StatefulSet>().await.is_empty());
+        assert!(t.live_names::<Service>().await.is_empty());
+        assert!(t.live_names::<PersistentVolumeClaim>().await.is_empty());
+        assert!(t.names::<Secret>().await.is_empty());
     })
     .await;
-    let apps = t.api::<Appstrate>();
-    apps.delete("appstrate", &DeleteParams::default())
-        .await
-        .unwrap();
-    wait_for("resource gone", || async {
-        apps.get_opt("appstrate").await.ok().flatten().is_none()
-    })
-    .await;
-    assert!(t.names::<PersistentVolumeClaim>().await.is_empty());
-    assert!(t.names::<Secret>().await.is_empty());
-    t.teardown("appstrate").await;
 }
 
 #[tokio::test]
@@ -412,27 +667,77 @@ async fn e2e_invalid_resource_is_refused_by_the_api_server() {
     let Some(client) = cluster().await else {
         return;
     };
-    let t = TestNs::new(client, "appst-e2e-cel").await;
-    let mut app = example(0);
-    app.spec.run_adapter = operator::v1alpha1::RunAdapter::Docker;
-    app.metadata.namespace = Some(t.name.clone());
-    let err = t
-        .api::<Appstrate>()
-        .create(&PostParams::default(), &app)
+    in_namespace(client, "appst-e2e-cel", default_requeue(), |t| async move {
+        let refused = |mut app: Appstrate| {
+            let t = t.clone();
+            async move {
+                app.metadata.namespace = Some(t.name.clone());
+                t.api::<Appstrate>()
+                    .create(&PostParams::default(), &app)
+                    .await
+                    .expect_err("the API server refuses it")
+                    .to_string()
+            }
+        };
+        let mut app = example(0);
+        app.spec.run_adapter = operator::v1alpha1::RunAdapter::Docker;
+        let err = refused(app).await;
+        assert!(err.contains("docker requires tier 3"), "{err}");
+
+        let mut app = example(0);
+        app.spec.app_url = "http://x.example".into();
+        let err = refused(app).await;
+        assert!(err.contains("appUrl"), "{err}");
+
+        let mut app = example(0);
+        app.metadata.name = Some("a".repeat(44));
+        let err = refused(app).await;
+        assert!(
+            err.contains("DNS-1035 label of at most 43 characters"),
+            "{err}"
+        );
+
+        let mut app = example(0);
+        app.spec.extra_env = vec![operator::v1alpha1::ExtraEnvVar {
+            name: "DATABASE_URL".into(),
+            value: Some("postgres://elsewhere".into()),
+            value_from: None,
+        }];
+        let err = refused(app).await;
+        assert!(err.contains("cannot be overridden"), "{err}");
+
+        // Transition rules: the data volume may grow, never shrink (Kubernetes >= 1.30).
+        let mut app = example(1);
+        app.spec.data_volume.size = "2Gi".into();
+        t.create(app).await;
+        let apps = t.api::<Appstrate>();
+        apps.patch(
+            "appstrate",
+            &PatchParams::default(),
+            &Patch::Merge(json!({"spec": {"dataVolume": {"size": "3Gi"}}})),
+        )
         .await
-        .unwrap_err();
-    assert!(err.to_string().contains("docker requires tier 3"), "{err}");
-    let mut app = example(0);
-    app.spec.app_url = "http://x.example".into();
-    app.metadata.namespace = Some(t.name.clone());
-    let err = t
-        .api::<Appstrate>()
-        .create(&PostParams::default(), &app)
-        .await
-        .unwrap_err();
-    assert!(err.to_string().contains("appUrl"), "{err}");
-    t.operator.abort();
-    let _ = Api::<Namespace>::all(t.client.clone())
-        .delete(&t.name, &DeleteParams::default())
-        .await;
+        .expect("growing is allowed");
+        let err = apps
+            .patch(
+                "appstrate",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"dataVolume": {"size": "1Gi"}}})),
+            )
+            .await
+            .expect_err("shrinking is refused")
+            .to_string();
+        assert!(err.contains("cannot shrink"), "{err}");
+        let err = apps
+            .patch(
+                "appstrate",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"postgres": {"managed": {"storage": "50Gi"}}}})),
+            )
+            .await
+            .expect_err("resizing a StatefulSet volume is refused")
+            .to_string();
+        assert!(err.contains("immutable"), "{err}");
+    })
+    .await;
 }

@@ -10,4 +10,6 @@ mod crd;
 mod e2e;
 mod finalizer;
 mod golden;
+mod mock;
+mod mocked;
 mod reconcile;

@@ -636,3 +636,26 @@ async fn raising_tier_0_to_2_adds_children_and_rolls_the_api() {
     assert_eq!(app.status.as_ref().unwrap().tier, Some(2));
     assert_eq!(condition(&app, "RedisReady").reason, "StatefulSetNotReady");
 }
+
+#[tokio::test]
+async fn a_name_too_long_for_its_children_is_reported_not_applied() {
+    // Reaches the operator only where the CRD's CEL rule is missing (an older CRD).
+    let long = "a".repeat(44);
+    let app = appstrate(&format!(
+        "apiVersion: appstrate.dev/v1alpha1\nkind: Appstrate\nmetadata: {{name: {long}}}\nspec:\n  tier: 0\n  image: appstrate:0.1.0\n  appUrl: https://a.example\n"
+    ));
+    let client = fake(app).await;
+    let action = run(&client, &long, unreachable_api()).await;
+    assert_eq!(action, Action::await_change());
+    let app = get_app(&client, &long).await;
+    assert_eq!(app.status.as_ref().unwrap().phase, Some(Phase::Failed));
+    let ready = condition(&app, "Ready");
+    assert_eq!(ready.reason, "InvalidSpec");
+    assert!(
+        ready.message.starts_with("metadata.name: ") && ready.message.contains("43 characters"),
+        "{}",
+        ready.message
+    );
+    assert_eq!(names::<Deployment>(&client).await, Vec::<String>::new());
+    assert_eq!(names::<Secret>(&client).await, Vec::<String>::new());
+}
