@@ -140,6 +140,8 @@ fn free_port() -> u16 {
 struct Operator {
     child: std::process::Child,
     port: u16,
+    /// Drains stderr as it is written: a full pipe would block the operator's logging and its exit.
+    stderr: Option<std::thread::JoinHandle<String>>,
 }
 
 impl Operator {
@@ -156,7 +158,18 @@ impl Operator {
             .stderr(Stdio::piped())
             .spawn()
             .expect("operator starts");
-        Operator { child, port }
+        let mut pipe = child.stderr.take().expect("stderr is piped");
+        let stderr = std::thread::spawn(move || {
+            use std::io::Read;
+            let mut out = String::new();
+            let _ = pipe.read_to_string(&mut out);
+            out
+        });
+        Operator {
+            child,
+            port,
+            stderr: Some(stderr),
+        }
     }
 
     async fn wait_ready(&self) {
@@ -178,24 +191,22 @@ impl Operator {
         let pid = libc::pid_t::try_from(self.child.id()).expect("pid fits");
         // SAFETY: plain kill(2) on the child this test spawned.
         assert_eq!(unsafe { libc::kill(pid, libc::SIGTERM) }, 0);
-        let deadline = Instant::now() + Duration::from_secs(15);
+        let deadline = Instant::now() + Duration::from_secs(30);
         let exit = loop {
             if let Some(exit) = self.child.try_wait().unwrap() {
                 break exit;
             }
             if Instant::now() > deadline {
                 let _ = self.child.kill();
-                panic!("operator did not stop within 15 s of SIGTERM");
+                panic!("operator did not stop within 30 s of SIGTERM");
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        let mut stderr = String::new();
-        use std::io::Read;
-        let _ = self
-            .child
+        let stderr = self
             .stderr
             .take()
-            .map(|mut e| e.read_to_string(&mut stderr));
+            .and_then(|t| t.join().ok())
+            .unwrap_or_default();
         (exit, stderr)
     }
 }
