@@ -90,10 +90,51 @@ pub async fn bridge_gateway() -> String {
         .inspect_network("bridge", None)
         .await
         .expect("the default bridge network");
+    let iface = net
+        .options
+        .as_ref()
+        .and_then(|o| o.get("com.docker.network.bridge.name").cloned())
+        .unwrap_or_else(|| "docker0".to_string());
+    // A daemon's first start can leave the default bridge's IPAM config without a gateway
+    // (seen with Debian's docker.io 20.10); the bridge interface's own address is the gateway.
     net.ipam
         .and_then(|i| i.config)
         .and_then(|c| c.into_iter().find_map(|c| c.gateway))
-        .expect("the bridge network has a gateway")
+        .filter(|g| !g.is_empty())
+        .or_else(|| interface_ipv4(&iface))
+        .unwrap_or_else(|| panic!("the bridge network has no gateway and {iface} has no IPv4 address"))
+}
+
+/// The first IPv4 address of the network interface `name`, from getifaddrs(3).
+fn interface_ipv4(name: &str) -> Option<String> {
+    let mut addrs: *mut libc::ifaddrs = std::ptr::null_mut();
+    // SAFETY: getifaddrs fills `addrs` with a list we free below with freeifaddrs.
+    if unsafe { libc::getifaddrs(&mut addrs) } != 0 {
+        return None;
+    }
+    let mut found = None;
+    let mut cur = addrs;
+    while !cur.is_null() {
+        // SAFETY: `cur` is a node of the list getifaddrs returned, which is still alive.
+        let ifa = unsafe { &*cur };
+        cur = ifa.ifa_next;
+        if ifa.ifa_addr.is_null() || ifa.ifa_name.is_null() {
+            continue;
+        }
+        // SAFETY: ifa_name is a NUL-terminated string owned by the list.
+        let ifname = unsafe { std::ffi::CStr::from_ptr(ifa.ifa_name) };
+        // SAFETY: ifa_addr is non-null and points to a sockaddr of the family it names.
+        let family = i32::from(unsafe { (*ifa.ifa_addr).sa_family });
+        if ifname.to_bytes() == name.as_bytes() && family == libc::AF_INET {
+            // SAFETY: an AF_INET address is a sockaddr_in.
+            let sin = unsafe { &*(ifa.ifa_addr as *const libc::sockaddr_in) };
+            found = Some(std::net::Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)).to_string());
+            break;
+        }
+    }
+    // SAFETY: `addrs` came from getifaddrs and is freed once.
+    unsafe { libc::freeifaddrs(addrs) };
+    found
 }
 
 /// The `appstrate.instance` label of a server whose data directory is `data_dir`.
