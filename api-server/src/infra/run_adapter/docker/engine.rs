@@ -6,6 +6,7 @@ use std::path::Path;
 
 use bollard::errors::Error as DockerError;
 use bollard::models::NetworkCreateRequest;
+use bollard::query_parameters::ListNetworksOptions;
 use bollard::Docker;
 use futures::StreamExt;
 
@@ -218,26 +219,112 @@ pub async fn ensure_network(
 ) -> Result<(), DockerError> {
     match docker.inspect_network(name, None).await {
         Ok(_) => return Ok(()),
-        Err(e) if is_not_found(&e) => {}
+        Err(e) if is_not_found(&e) => {
+            let req = NetworkCreateRequest {
+                name: name.to_string(),
+                driver: Some("bridge".into()),
+                internal: Some(internal),
+                labels: Some(labels),
+                ..Default::default()
+            };
+            match docker.create_network(req).await {
+                Ok(_) => {}
+                Err(e) if is_conflict(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        // Two networks of that name already exist (see below): keep one.
+        Err(e) if is_ambiguous(&e) => {}
         Err(e) => return Err(e),
     }
-    let req = NetworkCreateRequest {
-        name: name.to_string(),
-        driver: Some("bridge".into()),
-        internal: Some(internal),
-        labels: Some(labels),
-        ..Default::default()
-    };
-    match docker.create_network(req).await {
-        Ok(_) => Ok(()),
-        Err(e) if is_conflict(&e) => Ok(()),
-        Err(e) => Err(e),
+    // Engines before API 1.44 do not refuse a second network of the same name: two servers booting
+    // together can both create one, after which every use of the name is "ambiguous". All of them
+    // keep the network with the smallest id and remove the others, which nothing uses yet.
+    dedupe_networks(docker, name).await
+}
+
+/// A Docker error saying that a name matches more than one object.
+fn is_ambiguous(e: &DockerError) -> bool {
+    matches!(
+        e,
+        DockerError::DockerResponseServerError { status_code: 400, message } if message.contains("ambiguous")
+    )
+}
+
+/// Removes every network named exactly `name` but the one with the smallest id.
+async fn dedupe_networks(docker: &Docker, name: &str) -> Result<(), DockerError> {
+    let filters = HashMap::from([("name".to_string(), vec![name.to_string()])]);
+    let networks = docker
+        .list_networks(Some(ListNetworksOptions {
+            filters: Some(filters),
+        }))
+        .await?;
+    // The engine's name filter matches substrings.
+    let mut ids: Vec<String> = networks
+        .into_iter()
+        .filter(|n| n.name.as_deref() == Some(name))
+        .filter_map(|n| n.id)
+        .collect();
+    ids.sort();
+    for id in ids.iter().skip(1) {
+        match docker.remove_network(id).await {
+            Ok(()) => tracing::info!(network = name, id = %id, "removed a duplicate network"),
+            Err(e) if is_not_found(&e) => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Two servers booting together on an engine before API 1.44 can each create the shared network;
+    /// the next `ensure_network` leaves exactly one of them, so its name resolves again.
+    #[tokio::test]
+    async fn duplicate_networks_of_one_name_are_reduced_to_one() {
+        if !test_support::services::docker_available() {
+            return;
+        }
+        let docker = connect("unix:///var/run/docker.sock").await.expect("engine");
+        let name = format!("appstrate-test-dedupe-{}", std::process::id());
+        let create = || NetworkCreateRequest {
+            name: name.clone(),
+            driver: Some("bridge".into()),
+            internal: Some(true),
+            ..Default::default()
+        };
+        let first = docker.create_network(create()).await;
+        let second = docker.create_network(create()).await;
+        let count = |docker: Docker, name: String| async move {
+            let filters = HashMap::from([("name".to_string(), vec![name.clone()])]);
+            docker
+                .list_networks(Some(ListNetworksOptions {
+                    filters: Some(filters),
+                }))
+                .await
+                .unwrap()
+                .into_iter()
+                .filter(|n| n.name.as_deref() == Some(name.as_str()))
+                .count()
+        };
+        let before = count(docker.clone(), name.clone()).await;
+        let result = ensure_network(&docker, &name, true, HashMap::new()).await;
+        let after = count(docker.clone(), name.clone()).await;
+        let inspect = docker.inspect_network(&name, None).await;
+        let _ = docker.remove_network(&name).await;
+        first.expect("first network");
+        if second.is_err() {
+            // An engine that refuses duplicate names (API 1.44+): nothing to reduce.
+            assert_eq!(before, 1);
+        } else {
+            assert_eq!(before, 2, "the engine accepted a duplicate name");
+        }
+        result.expect("ensure_network resolves the duplicate");
+        assert_eq!(after, 1);
+        inspect.expect("the name resolves to one network again");
+    }
 
     #[test]
     fn a_tar_holds_one_executable() {
