@@ -94,6 +94,8 @@ pub(crate) struct Inner {
     unavailable: Mutex<Option<String>>,
     images_ok: AtomicBool,
     pool_started: AtomicBool,
+    /// The pool's background task, awaited at shutdown so that no sidecar is created after the sweep.
+    pool_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Inner {
@@ -103,7 +105,8 @@ impl Inner {
             && !self.pool.is_closed()
             && !self.pool_started.swap(true, Ordering::SeqCst)
         {
-            tokio::spawn(pool::maintain(self.clone()));
+            let task = tokio::spawn(pool::maintain(self.clone()));
+            *self.pool_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
     }
 
@@ -271,6 +274,7 @@ impl DockerAdapter {
                 unavailable: Mutex::new(Some("the Docker adapter is not prepared yet".into())),
                 images_ok: AtomicBool::new(false),
                 pool_started: AtomicBool::new(false),
+                pool_task: Mutex::new(None),
             }),
         })
     }
@@ -356,6 +360,18 @@ impl RunAdapter for DockerAdapter {
     async fn shutdown(&self) {
         let inner = &self.inner;
         let pooled = inner.pool.close();
+        // A sidecar the pool is creating right now is removed by the task itself once it sees the
+        // pool closed; wait for that before sweeping, or the sidecar would outlive the server.
+        let task = inner
+            .pool_task
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .take();
+        if let Some(task) = task {
+            if tokio::time::timeout(Duration::from_secs(15), task).await.is_err() {
+                tracing::warn!("the sidecar pool did not stop within 15 s");
+            }
+        }
         futures::future::join_all(pooled.iter().map(|sc| inner.remove_container(&sc.id))).await;
         inner.metrics.pool_ready.set(0);
         inner.sweep().await;

@@ -98,7 +98,20 @@ async fn create_one(inner: &Inner) -> Result<SidecarHandle, String> {
     let labels = HashMap::from([(POOL_LABEL.to_string(), "sidecar".to_string())]);
     let sc = inner.create_sidecar(&name, labels).await?;
     tracing::debug!(sidecar = %sc.name, "pool sidecar created");
-    if inner.wait_ready(&sc, READY_LIMIT).await {
+    // Shutdown closes the pool and waits for this task: stop waiting for readiness at once.
+    let closed = async {
+        while !inner.pool.is_closed() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let ready = tokio::select! {
+        ready = inner.wait_ready(&sc, READY_LIMIT) => ready,
+        () = closed => {
+            inner.remove_container(&sc.id).await;
+            return Err(format!("pool sidecar {name} removed: the server is stopping"));
+        }
+    };
+    if ready {
         tracing::debug!(sidecar = %sc.name, "pool sidecar ready");
         Ok(sc)
     } else {
@@ -141,6 +154,7 @@ pub async fn maintain(inner: Arc<Inner>) {
                             .push_back(sc);
                         tracing::debug!("pool replenished");
                     }
+                    Err(_) if pool.is_closed() => {}
                     Err(e) => {
                         failures += 1;
                         tracing::warn!(error = %e, "could not create a pool sidecar (set SIDECAR_POOL_SIZE=0 to disable the pool)");
