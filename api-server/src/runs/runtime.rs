@@ -412,7 +412,7 @@ pub async fn finalize_run(
     if !won {
         return Ok(false);
     }
-    state.runs.sink.forget_buffers(run_id);
+    super::events::forget_buffers(state, run_id).await;
     if let Some(fresh) = state.infra.db.get_run(run_id).await? {
         super::create::breadcrumb(state, &fresh, "run completed").await;
         super::publish_update(state, &fresh).await;

@@ -80,7 +80,7 @@ pub fn verify(
 }
 
 /// A validated CloudEvent from the runner.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunEvent {
     pub event_type: String,
     pub sequence: i64,
