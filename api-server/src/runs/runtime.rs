@@ -41,6 +41,8 @@ pub struct Runtime {
     active: Mutex<HashMap<String, ActiveRun>>,
     pub sink: SinkState,
     waiters: Mutex<HashMap<String, usize>>,
+    /// Set when graceful shutdown begins (§5.3 step 1): SSE streams and long-polls end.
+    shutting_down: watch::Sender<bool>,
 }
 
 impl Runtime {
@@ -50,6 +52,16 @@ impl Runtime {
             active: Mutex::new(HashMap::new()),
             sink: SinkState::default(),
             waiters: Mutex::new(HashMap::new()),
+            shutting_down: watch::channel(false).0,
+        }
+    }
+
+    /// Resolves once graceful shutdown has begun (at once if it already has).
+    pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutting_down.subscribe();
+        async move {
+            // An error means the runtime is gone: shut down as well.
+            let _ = rx.wait_for(|down| *down).await;
         }
     }
 
@@ -543,6 +555,8 @@ pub async fn cleanup_orphans(state: &AppState) {
 
 /// Shutdown step 3: active runs get the grace period, then are stopped and failed.
 pub async fn shutdown(state: &AppState, grace: Duration) {
+    // SSE streams and long-polls end now (§5.3 step 1), so they never hold the server open.
+    state.runs.shutting_down.send_replace(true);
     let deadline = tokio::time::Instant::now() + grace;
     while state.runs.active_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -760,3 +760,146 @@ async fn the_example_hello_agent_runs_to_success() {
     let system = system_prompt(&fake.requests()[0]).unwrap();
     assert!(system.contains("Ada") || fake.requests()[0].body.windows(3).any(|w| w == b"Ada"));
 }
+
+/// Graceful shutdown (SIGTERM) closes SSE streams and answers long-polls at once (§5.3 step 1), so
+/// neither holds the server open: it exits 0 within a few seconds.
+#[tokio::test]
+async fn sigterm_ends_sse_streams_and_long_polls_promptly() {
+    use std::process::{Command, Stdio};
+    let fake = FakeLlm::start(vec![Turn::text("slow").with_delay(120_000)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env: Vec<(&str, String)> = vec![
+        ("BETTER_AUTH_SECRET", "s".into()),
+        ("UPLOAD_SIGNING_SECRET", "0123456789abcdef".into()),
+        (
+            "CONNECTION_ENCRYPTION_KEY",
+            test_support::app::TEST_ENCRYPTION_KEY.into(),
+        ),
+        ("PORT", port.to_string()),
+        ("HOST", "127.0.0.1".into()),
+        ("LLM_BASE_URL", fake.url()),
+        ("LLM_API_KEY", "sk-test".into()),
+        ("LLM_MODEL", "m".into()),
+        ("EGRESS_ALLOW_INTERNAL_HOSTS", "127.0.0.1".into()),
+        (
+            "RUNNER_BIN",
+            test_support::app::runner_bin()
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        ("SYSTEM_PACKAGES_DIR", "./none".into()),
+        ("SHUTDOWN_GRACE_SECONDS", "1".into()),
+    ];
+    let command = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_appstrate"));
+        cmd.args(args)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        cmd
+    };
+    let out = command(&["bootstrap"]).output().unwrap();
+    let boot: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = boot["apiKey"].as_str().unwrap().to_string();
+    // Waited for below (SIGTERM + wait); killed if the test fails first.
+    #[allow(clippy::zombie_processes)]
+    let mut server = command(&["serve"]).stderr(Stdio::null()).spawn().unwrap();
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            unsafe {
+                libc::kill(self.0 as i32, libc::SIGKILL);
+            }
+        }
+    }
+    let _guard = KillOnDrop(server.id());
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/health")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run: Value = client
+        .post(format!("{base}/api/runs/inline"))
+        .bearer_auth(&key)
+        .json(&inline(json!({}), "x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+
+    // Two streams and a long-poll, read to their end in the background.
+    let stream = |path: String| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let resp = client.get(path).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let _ = resp.text().await;
+            Instant::now()
+        })
+    };
+    let one = stream(format!("{base}/api/realtime/runs/{id}?token={key}"));
+    let all = stream(format!("{base}/api/realtime/runs?token={key}"));
+    let poll = {
+        let client = client.clone();
+        let url = format!("{base}/api/runs/{id}?wait=55");
+        let key = key.clone();
+        tokio::spawn(async move {
+            let r = client.get(url).bearer_auth(key).send().await.unwrap();
+            let status = r.status().as_u16();
+            let _ = r.text().await;
+            (status, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!one.is_finished() && !all.is_finished() && !poll.is_finished());
+
+    let sigterm = Instant::now();
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGTERM);
+    }
+    let ended = |t: Instant| t.duration_since(sigterm);
+    let one = tokio::time::timeout(Duration::from_secs(5), one)
+        .await
+        .expect("the run stream ends at shutdown")
+        .unwrap();
+    let all = tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .expect("the app-wide stream ends at shutdown")
+        .unwrap();
+    let (status, answered) = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the long-poll is answered at shutdown")
+        .unwrap();
+    assert_eq!(status, 200);
+    for t in [one, all, answered] {
+        assert!(ended(t) < Duration::from_secs(3), "{:?}", ended(t));
+    }
+    // Grace (1 s) for the run, then exit 0 — well before grace + 10 s.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let code = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(0));
+}
