@@ -338,19 +338,33 @@ async fn supervise(
             }
         }
     };
+    // `wait` returned once stdout and stderr were read to the end, so the tail is complete.
     let tail = workload.tail();
+    let last: Vec<String> = tail[tail.len().saturating_sub(50)..].to_vec();
     if code != 0 {
-        let last: Vec<&String> = tail
-            .iter()
-            .rev()
-            .take(50)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
         tracing::warn!(run_id = %run.id, code, output = ?last, "runner exited with a non-zero code");
     }
     workload.teardown().await;
+    if code != 0 && stop.is_none() && !last.is_empty() {
+        // The reason of a crash is usually in its last lines: keep them with the run.
+        let log = crate::infra::database::runs::NewLog {
+            log_type: "system".into(),
+            level: "error".into(),
+            event: "runner_output".into(),
+            message: format!(
+                "Last output of the agent {} (exit code {code}): {}",
+                state.runs.adapter.workload_noun(),
+                last.last().map(String::as_str).unwrap_or("")
+            ),
+            data: Some(json!({"exitCode": code, "lines": last})),
+        };
+        match state.infra.db.insert_log(&run.id, &log, now()).await {
+            Ok(row) => super::publish(state, "run_log", run, super::run_log(&row)).await,
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "could not keep the runner's output")
+            }
+        }
+    }
     let outcome = match stop {
         Some(StopRequest::External) => None,
         Some(StopRequest::Finalize(o)) => Some(*o),
