@@ -62,7 +62,7 @@ pub struct SinkLock {
 
 enum LockInner {
     Local(#[allow(dead_code)] tokio::sync::OwnedMutexGuard<()>),
-    Redis(redis::RedisLock),
+    Redis(Box<redis::RedisLock>),
 }
 
 impl SinkLock {
@@ -74,7 +74,7 @@ impl SinkLock {
 
     fn redis(lock: redis::RedisLock) -> SinkLock {
         SinkLock {
-            inner: Some(LockInner::Redis(lock)),
+            inner: Some(LockInner::Redis(Box::new(lock))),
         }
     }
 
