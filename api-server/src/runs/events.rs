@@ -80,14 +80,6 @@ impl SinkState {
         runs.insert(run.id.clone(), sink.clone());
         Ok(sink)
     }
-
-    /// Forgets the secret of a finished run.
-    pub fn forget(&self, run_id: &str) {
-        self.runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .remove(run_id);
-    }
 }
 
 fn replay_window(state: &AppState) -> Duration {
