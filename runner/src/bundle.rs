@@ -25,9 +25,47 @@ impl Bundle {
     }
 }
 
+/// Offsets of every central-directory record from `start`, read straight from the bytes (the ZIP
+/// reader keeps only one of several same-named entries, so this is the only way to see the others).
+fn central_record_offsets(bytes: &[u8], start: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let Ok(mut pos) = usize::try_from(start) else {
+        return out;
+    };
+    let u16_at = |at: usize| -> Option<usize> {
+        Some(u16::from_le_bytes(bytes.get(at..at + 2)?.try_into().ok()?) as usize)
+    };
+    while bytes.get(pos..pos + 4) == Some(&[0x50, 0x4b, 0x01, 0x02][..]) {
+        let (Some(n), Some(e), Some(c)) = (u16_at(pos + 28), u16_at(pos + 30), u16_at(pos + 32))
+        else {
+            break;
+        };
+        out.push(pos as u64);
+        pos += 46 + n + e + c;
+    }
+    out
+}
+
+/// Reads the bundle. Entries are matched on their exact stored name (no decoding or normalisation),
+/// and a bundle with two entries of one name is refused, so the entry read is always the one the
+/// platform validated.
 pub fn read(bytes: &[u8]) -> Result<Bundle, String> {
     let mut zip =
         zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a ZIP: {e}"))?;
+    let mut kept = std::collections::HashSet::new();
+    for i in 0..zip.len() {
+        kept.insert(
+            zip.by_index_raw(i)
+                .map_err(|e| format!("entry {i}: {e}"))?
+                .central_header_start(),
+        );
+    }
+    if central_record_offsets(bytes, zip.central_directory_start())
+        .iter()
+        .any(|p| !kept.contains(p))
+    {
+        return Err("the bundle has two entries with the same name".into());
+    }
     let mut manifest = None;
     let mut prompt = None;
     let mut skills = Vec::new();
@@ -36,7 +74,10 @@ pub fn read(bytes: &[u8]) -> Result<Bundle, String> {
         if f.is_dir() {
             continue;
         }
-        let name = f.name().to_string();
+        // The stored bytes, not `name()`, which the reader may have decoded from CP437.
+        let Ok(name) = String::from_utf8(f.name_raw().to_vec()) else {
+            continue;
+        };
         let wanted = name == "manifest.json"
             || name == "prompt.md"
             || (name.starts_with("skills/") && name.ends_with("/SKILL.md"));
@@ -127,6 +168,27 @@ mod tests {
             ]
         );
         assert_eq!(b.output_schema().unwrap()["type"], "object");
+    }
+
+    #[test]
+    fn duplicate_names_are_refused() {
+        let bytes = zip_of(&[
+            ("manifest.json", "{}"),
+            ("prompt.md", "validated"),
+            ("prompt.mX", "smuggled"),
+        ]);
+        // Rename the third entry (local header and central record) to `prompt.md`.
+        let mut dup = bytes.clone();
+        let mut renamed = 0;
+        for i in 0..dup.len() - 9 {
+            if &dup[i..i + 9] == b"prompt.mX" {
+                dup[i..i + 9].copy_from_slice(b"prompt.md");
+                renamed += 1;
+            }
+        }
+        assert_eq!(renamed, 2);
+        assert!(read(&dup).unwrap_err().contains("same name"));
+        assert_eq!(read(&bytes).unwrap().prompt, "validated");
     }
 
     #[test]

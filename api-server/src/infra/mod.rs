@@ -7,6 +7,7 @@ pub mod queue;
 pub mod ratelimit;
 pub mod redis_client;
 pub mod run_adapter;
+pub mod sink_memory;
 pub mod storage;
 
 use std::sync::Arc;
@@ -17,6 +18,7 @@ use database::Database;
 use pubsub::PubSub;
 use queue::JobQueue;
 use ratelimit::RateLimiter;
+use sink_memory::SinkMemory;
 use storage::ObjectStore;
 
 /// The selected adapters.
@@ -27,6 +29,8 @@ pub struct Infra {
     pub pubsub: Arc<dyn PubSub>,
     pub rate_limiter: Arc<dyn RateLimiter>,
     pub queue: Arc<dyn JobQueue>,
+    /// Replay memory, gap buffer and per-run lock of the event sink.
+    pub sink_memory: Arc<dyn SinkMemory>,
     /// The shared Redis connection at Tier 2 (`REDIS_URL`), for `/health`.
     pub redis: Option<redis_client::Redis>,
 }
@@ -171,6 +175,7 @@ type SharedAdapters = (
     Arc<dyn PubSub>,
     Arc<dyn RateLimiter>,
     Arc<dyn JobQueue>,
+    Arc<dyn SinkMemory>,
     Option<redis_client::Redis>,
 );
 
@@ -221,42 +226,46 @@ impl Infra {
 
         let storage = connect_storage(config).await?;
         let poll = Duration::from_secs(config.scheduler_poll_interval_seconds);
-        let (pubsub, rate_limiter, queue, redis): SharedAdapters = match &config.redis_url {
-            Some(url) => {
-                let redis = connect_redis(url.expose()).await?;
-                let pubsub = pubsub::RedisPubSub::connect(redis.clone())
-                    .await
-                    .map_err(|e| redis_error(redis.endpoint(), &e.to_string()))?;
-                for concern in ["queue", "pubsub", "rate_limiter"] {
-                    tracing::debug!(
-                        concern,
-                        r#impl = "redis",
-                        endpoint = redis.endpoint(),
-                        "adapter selected"
-                    );
+        let (pubsub, rate_limiter, queue, sink_memory, redis): SharedAdapters =
+            match &config.redis_url {
+                Some(url) => {
+                    let redis = connect_redis(url.expose()).await?;
+                    let pubsub = pubsub::RedisPubSub::connect(redis.clone())
+                        .await
+                        .map_err(|e| redis_error(redis.endpoint(), &e.to_string()))?;
+                    for concern in ["queue", "pubsub", "rate_limiter", "sink_memory"] {
+                        tracing::debug!(
+                            concern,
+                            r#impl = "redis",
+                            endpoint = redis.endpoint(),
+                            "adapter selected"
+                        );
+                    }
+                    (
+                        Arc::new(pubsub),
+                        Arc::new(ratelimit::RedisRateLimiter::new(redis.clone())),
+                        Arc::new(queue::RedisQueue::new(
+                            redis.clone(),
+                            queue::RedisQueueOptions::new(poll),
+                        )),
+                        Arc::new(sink_memory::RedisSinkMemory::new(redis.clone())),
+                        Some(redis),
+                    )
                 }
-                (
-                    Arc::new(pubsub),
-                    Arc::new(ratelimit::RedisRateLimiter::new(redis.clone())),
-                    Arc::new(queue::RedisQueue::new(
-                        redis.clone(),
-                        queue::RedisQueueOptions::new(poll),
-                    )),
-                    Some(redis),
-                )
-            }
-            None => {
-                selected("queue", "local");
-                selected("pubsub", "local");
-                selected("rate_limiter", "memory");
-                (
-                    Arc::new(pubsub::LocalPubSub::default()),
-                    Arc::new(ratelimit::MemoryRateLimiter::default()),
-                    Arc::new(queue::LocalQueue::new(poll)),
-                    None,
-                )
-            }
-        };
+                None => {
+                    selected("queue", "local");
+                    selected("pubsub", "local");
+                    selected("rate_limiter", "memory");
+                    selected("sink_memory", "local");
+                    (
+                        Arc::new(pubsub::LocalPubSub::default()),
+                        Arc::new(ratelimit::MemoryRateLimiter::default()),
+                        Arc::new(queue::LocalQueue::new(poll)),
+                        Arc::new(sink_memory::LocalSinkMemory::default()),
+                        None,
+                    )
+                }
+            };
 
         Ok(Infra {
             db,
@@ -264,6 +273,7 @@ impl Infra {
             pubsub,
             rate_limiter,
             queue,
+            sink_memory,
             redis,
         })
     }

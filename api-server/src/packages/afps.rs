@@ -5,6 +5,7 @@
 //! cap), and nothing is written anywhere — only the few files the platform interprets are kept in
 //! memory. Every problem is reported as a [`FieldError`] with `field` = `archive` or `manifest.<path>`.
 
+use std::collections::{HashMap, HashSet};
 use std::io::{Cursor, Read};
 
 use base64::Engine as _;
@@ -83,6 +84,121 @@ pub fn unsafe_path_reason(raw: &[u8]) -> Option<&'static str> {
     None
 }
 
+/// An entry name with `.` segments and repeated or trailing `/` removed: two entries whose names
+/// normalise to the same path would land on the same file when extracted.
+pub fn normalised_name(raw: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(raw.len());
+    for seg in raw.split(|b| *b == b'/') {
+        if seg.is_empty() || seg == b"." {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push(b'/');
+        }
+        out.extend_from_slice(seg);
+    }
+    out
+}
+
+/// One central-directory record as written in the archive.
+struct CentralRecord {
+    /// Offset of the record in the bytes.
+    position: u64,
+    /// The name in the record's header.
+    header_name: Vec<u8>,
+    /// The Info-ZIP Unicode Path extra field (0x7075), which readers may use instead.
+    unicode_name: Option<Vec<u8>>,
+}
+
+impl CentralRecord {
+    /// The name readers use: the Unicode Path when present, else the header name.
+    fn name(&self) -> &[u8] {
+        self.unicode_name.as_deref().unwrap_or(&self.header_name)
+    }
+}
+
+/// Every record of the central directory starting at `start`, in order, read straight from the bytes.
+///
+/// The ZIP reader indexes entries by name and keeps only one of several entries with the same name,
+/// so duplicates are only visible here. Stops at the first byte run that is not a central-directory
+/// record, or after `limit` records.
+fn central_records(bytes: &[u8], start: u64, limit: usize) -> Vec<CentralRecord> {
+    const SIGNATURE: &[u8] = &[0x50, 0x4b, 0x01, 0x02];
+    let u16_at = |b: &[u8], at: usize| -> Option<usize> {
+        Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?) as usize)
+    };
+    let mut out = Vec::new();
+    let Ok(mut pos) = usize::try_from(start) else {
+        return out;
+    };
+    while out.len() < limit {
+        let Some(rest) = bytes.get(pos..) else { break };
+        if rest.len() < 46 || &rest[..4] != SIGNATURE {
+            break;
+        }
+        let (Some(n), Some(e), Some(c)) = (u16_at(rest, 28), u16_at(rest, 30), u16_at(rest, 32))
+        else {
+            break;
+        };
+        let (Some(header_name), Some(extra)) = (rest.get(46..46 + n), rest.get(46 + n..46 + n + e))
+        else {
+            break;
+        };
+        let mut unicode_name = None;
+        let mut at = 0;
+        while let (Some(id), Some(len)) = (u16_at(extra, at), u16_at(extra, at + 2)) {
+            let Some(data) = extra.get(at + 4..at + 4 + len) else {
+                break;
+            };
+            // Version (1 byte), CRC-32 of the header name (4 bytes), then the UTF-8 name.
+            if id == 0x7075 && data.len() >= 5 {
+                unicode_name = Some(data[5..].to_vec());
+            }
+            at += 4 + len;
+        }
+        out.push(CentralRecord {
+            position: pos as u64,
+            header_name: header_name.to_vec(),
+            unicode_name,
+        });
+        pos += 46 + n + e + c;
+    }
+    out
+}
+
+/// `duplicate_entry` errors for names that occur more than once (exactly or after
+/// [`normalised_name`]), and for records the ZIP reader did not keep (`kept` = the central-directory
+/// offsets of the entries it indexes), which it shadows with a same-named entry.
+fn duplicate_errors(records: &[CentralRecord], kept: &HashSet<u64>) -> Vec<FieldError> {
+    let mut errors = Vec::new();
+    let mut seen: HashMap<Vec<u8>, &[u8]> = HashMap::new();
+    for record in records {
+        let name = record.name();
+        let shown = String::from_utf8_lossy(name).replace('\0', "\\0");
+        match seen.get(&normalised_name(name)) {
+            Some(first) if *first == name => errors.push(archive_error(
+                "duplicate_entry",
+                format!("{shown:?} appears more than once in the archive"),
+            )),
+            Some(first) => errors.push(archive_error(
+                "duplicate_entry",
+                format!(
+                    "{shown:?} and {:?} name the same path",
+                    String::from_utf8_lossy(first)
+                ),
+            )),
+            None if !kept.contains(&record.position) => errors.push(archive_error(
+                "duplicate_entry",
+                format!("{shown:?} appears more than once in the archive"),
+            )),
+            None => {
+                seen.insert(normalised_name(name), name);
+            }
+        }
+    }
+    errors
+}
+
 /// Whether an entry is ignored rather than kept (macOS resource forks).
 fn ignored(name: &str) -> bool {
     name == "__MACOSX" || name.starts_with("__MACOSX/")
@@ -112,6 +228,35 @@ pub fn parse(bytes: &[u8]) -> Result<AfpsPackage, AfpsError> {
 
     // Pass 1: names and entry kinds, without inflating anything.
     let mut errors = Vec::new();
+    let mut kept = HashSet::new();
+    for i in 0..archive.len() {
+        if let Ok(entry) = archive.by_index_raw(i) {
+            kept.insert(entry.central_header_start());
+        }
+    }
+    let records = central_records(bytes, archive.central_directory_start(), MAX_ENTRIES + 1);
+    if records.len() > MAX_ENTRIES {
+        return Err(invalid(archive_error(
+            "too_many_entries",
+            format!("the archive has more than {MAX_ENTRIES} entries; at most {MAX_ENTRIES} are allowed"),
+        )));
+    }
+    for record in &records {
+        // A reader may use either name; both must be safe.
+        for name in [Some(&record.header_name), record.unicode_name.as_ref()]
+            .into_iter()
+            .flatten()
+        {
+            if let Some(reason) = unsafe_path_reason(name) {
+                let shown = String::from_utf8_lossy(name).replace('\0', "\\0");
+                errors.push(archive_error("unsafe_path", format!("{shown:?}: {reason}")));
+            }
+        }
+    }
+    if !errors.is_empty() {
+        return Err(AfpsError::Invalid(errors));
+    }
+    errors.extend(duplicate_errors(&records, &kept));
     let mut files: Vec<(usize, String)> = Vec::new();
     for i in 0..archive.len() {
         let entry = match archive.by_index_raw(i) {
@@ -380,6 +525,70 @@ mod tests {
         }
         let z = zip_of(&agent_manifest(), &[("prompt.md", b"x"), ("../evil", b"x")]);
         assert_eq!(codes(parse(&z)), vec![("archive".into(), "unsafe_path")]);
+    }
+
+    /// `zip` with every occurrence of `from` (local header and central directory) replaced by `to`,
+    /// which has the same length: the way to get names a ZIP writer refuses to write.
+    fn renamed(zip: &[u8], from: &str, to: &str) -> Vec<u8> {
+        assert_eq!(from.len(), to.len());
+        let (from, to) = (from.as_bytes(), to.as_bytes());
+        let mut out = zip.to_vec();
+        let mut i = 0;
+        let mut n = 0;
+        while i + from.len() <= out.len() {
+            if &out[i..i + from.len()] == from {
+                out[i..i + from.len()].copy_from_slice(to);
+                n += 1;
+                i += from.len();
+            } else {
+                i += 1;
+            }
+        }
+        assert_eq!(
+            n, 2,
+            "the name is in one local header and one central record"
+        );
+        out
+    }
+
+    fn messages(r: Result<AfpsPackage, AfpsError>) -> Vec<(&'static str, String)> {
+        match r {
+            Err(AfpsError::Invalid(e)) => e.into_iter().map(|e| (e.code, e.message)).collect(),
+            other => panic!("expected invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn duplicate_names_are_rejected() {
+        // The same name twice: the second prompt would shadow the validated one.
+        let z = zip_of(
+            &agent_manifest(),
+            &[("prompt.md", b"validated"), ("prompt.mX", b"smuggled")],
+        );
+        let z = renamed(&z, "prompt.mX", "prompt.md");
+        let got = messages(parse(&z));
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert_eq!(got[0].0, "duplicate_entry");
+        assert!(got[0].1.contains("\"prompt.md\""), "{got:?}");
+
+        // Names equal once `.` segments and repeated slashes are dropped.
+        for (first, placeholder, second) in [
+            ("prompt.md", "xxprompt.md", "./prompt.md"),
+            ("docs/a.txt", "docsxxa.txt", "docs//a.txt"),
+            ("docs/a.txt", "docsxxxa.txt", "docs/./a.txt"),
+            ("docs/a.txt", "docsxa.txtx", "docs/a.txt/"),
+        ] {
+            let z = zip_of(&agent_manifest(), &[(first, b"1"), (placeholder, b"2")]);
+            let got = messages(parse(&renamed(&z, placeholder, second)));
+            assert!(
+                got.iter().any(|(c, m)| *c == "duplicate_entry"
+                    && m.contains(first)
+                    && m.contains(second)),
+                "{first} / {second}: {got:?}"
+            );
+        }
+        assert_eq!(normalised_name(b"./a//b/./c/"), b"a/b/c");
+        assert_eq!(normalised_name(b"a/b"), b"a/b");
     }
 
     #[test]

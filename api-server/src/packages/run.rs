@@ -147,7 +147,8 @@ fn copy_entries(
     let mut zip = zip::ZipArchive::new(Cursor::new(archive)).map_err(ApiError::internal)?;
     for i in 0..zip.len() {
         let entry = zip.by_index_raw(i).map_err(ApiError::internal)?;
-        let name = entry.name().to_string();
+        // The stored name the import validated (`name()` may be a CP437 decoding of it).
+        let name = String::from_utf8(entry.name_raw().to_vec()).map_err(ApiError::internal)?;
         if entry.is_dir() || name.starts_with("__MACOSX/") {
             continue;
         }

@@ -1,9 +1,11 @@
 //! Event-sink state and handling (§12.2–12.4): replay memory, the per-run gap buffer and the ordered,
-//! compare-and-set persistence of events. In memory per instance (Redis-backed with `REDIS_URL`).
+//! compare-and-set persistence of events. The memory lives behind
+//! [`SinkMemory`](crate::infra::sink_memory::SinkMemory): in process, or in Redis with `REDIS_URL` so
+//! that every instance shares it.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::{json, Value};
 
@@ -36,26 +38,30 @@ impl Accepted {
     }
 }
 
-#[derive(Default)]
-struct Inner {
-    /// `webhook-id`s seen, with when.
-    seen: HashMap<String, Instant>,
-    buffer: BTreeMap<i64, RunEvent>,
+/// 503 `sink_unavailable`: the sink memory (Redis at Tier 2) cannot be reached; the runner retries.
+pub fn unavailable(e: anyhow::Error) -> ApiError {
+    tracing::warn!(error = %e, "the event sink memory is unavailable");
+    let mut err = ApiError::unavailable(
+        "sink_unavailable",
+        "The event sink is temporarily unavailable; retry the request",
+    );
+    err.retry_after = Some(1);
+    err.with_header(axum::http::header::RETRY_AFTER, "1")
 }
 
-/// Sink memory of one run. The async mutex serialises its events.
+/// The decrypted secret of one run.
 pub struct RunSink {
     pub secret: String,
-    inner: tokio::sync::Mutex<Inner>,
 }
 
+/// Run secrets, decrypted once per instance.
 #[derive(Default)]
 pub struct SinkState {
     runs: Mutex<HashMap<String, Arc<RunSink>>>,
 }
 
 impl SinkState {
-    /// The sink memory of `run`, created with its decrypted secret on first use.
+    /// The sink of `run`, created with its decrypted secret on first use.
     pub fn get(&self, state: &AppState, run: &RunRow) -> Result<Arc<RunSink>, ApiError> {
         let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = runs.get(&run.id) {
@@ -67,56 +73,37 @@ impl SinkState {
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
             .ok_or_else(|| ApiError::internal("run sink secret cannot be decrypted"))?;
-        let sink = Arc::new(RunSink {
-            secret,
-            inner: tokio::sync::Mutex::new(Inner::default()),
-        });
+        let sink = Arc::new(RunSink { secret });
+        if runs.len() >= 10_000 {
+            runs.clear();
+        }
         runs.insert(run.id.clone(), sink.clone());
         Ok(sink)
     }
-
-    /// Drops buffered events after finalize; the replay memory stays for the replay window.
-    pub fn forget_buffers(&self, run_id: &str) {
-        let sink = self
-            .runs
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(run_id)
-            .cloned();
-        if let Some(s) = sink {
-            if let Ok(mut inner) = s.inner.try_lock() {
-                inner.buffer.clear();
-            }
-        }
-    }
-
-    /// Forgets runs whose memory is older than the replay window.
-    pub fn prune(&self, window: Duration, closed: impl Fn(&str) -> bool) {
-        let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
-        runs.retain(|id, sink| {
-            let Ok(inner) = sink.inner.try_lock() else {
-                return true;
-            };
-            let recent = inner.seen.values().any(|t| t.elapsed() < window);
-            recent || !closed(id)
-        });
-    }
 }
 
-impl RunSink {
-    /// Whether `webhook_id` was already accepted within the window.
-    pub async fn seen(&self, webhook_id: &str, window: Duration) -> bool {
-        let inner = self.inner.lock().await;
-        inner
-            .seen
-            .get(webhook_id)
-            .is_some_and(|t| t.elapsed() < window)
-    }
+fn replay_window(state: &AppState) -> Duration {
+    Duration::from_secs(state.config.run_event_replay_window_seconds)
+}
 
-    pub async fn remember(&self, webhook_id: &str) {
-        let mut inner = self.inner.lock().await;
-        inner.seen.insert(webhook_id.to_string(), Instant::now());
-    }
+/// Whether `webhook_id` of `run_id` was already accepted within the replay window.
+pub async fn seen(state: &AppState, run_id: &str, webhook_id: &str) -> Result<bool, ApiError> {
+    state
+        .infra
+        .sink_memory
+        .seen(run_id, webhook_id)
+        .await
+        .map_err(unavailable)
+}
+
+/// Remembers `webhook_id` of `run_id` for the replay window.
+pub async fn remember(state: &AppState, run_id: &str, webhook_id: &str) -> Result<(), ApiError> {
+    state
+        .infra
+        .sink_memory
+        .remember(run_id, webhook_id, replay_window(state))
+        .await
+        .map_err(unavailable)
 }
 
 /// Applies one in-order event: its log row, usage and output in one compare-and-set transaction, then
@@ -176,21 +163,28 @@ async fn apply(
 }
 
 /// Accepts event `event` for `run` (§12.3): persisted when it is next, buffered when early, replay when
-/// late or already seen.
+/// late or already seen. Runs under the run's sink lock, so two instances never persist concurrently.
 pub async fn accept(
     state: &AppState,
     run: &RunRow,
-    sink: &RunSink,
     webhook_id: &str,
     event: RunEvent,
 ) -> Result<Accepted, ApiError> {
-    let window = Duration::from_secs(state.config.run_event_replay_window_seconds);
-    let mut inner = sink.inner.lock().await;
-    if inner
-        .seen
-        .get(webhook_id)
-        .is_some_and(|t| t.elapsed() < window)
-    {
+    let memory = &state.infra.sink_memory;
+    let lock = memory.lock(&run.id).await.map_err(unavailable)?;
+    let outcome = accept_locked(state, run, webhook_id, event).await;
+    lock.release().await;
+    outcome
+}
+
+async fn accept_locked(
+    state: &AppState,
+    run: &RunRow,
+    webhook_id: &str,
+    event: RunEvent,
+) -> Result<Accepted, ApiError> {
+    let memory = &state.infra.sink_memory;
+    if seen(state, &run.id, webhook_id).await? {
         return Ok(Accepted::Replay);
     }
     // The stored sequence is authoritative (another instance may have written it).
@@ -203,55 +197,92 @@ pub async fn accept(
     let outcome = if event.sequence <= current.last_event_sequence {
         Accepted::Replay
     } else if event.sequence > current.last_event_sequence + 1 {
-        if inner.buffer.len() >= MAX_BUFFERED && !inner.buffer.contains_key(&event.sequence) {
+        let body = serde_json::to_string(&event).map_err(ApiError::internal)?;
+        if !memory
+            .buffer(&run.id, event.sequence, &body, MAX_BUFFERED)
+            .await
+            .map_err(unavailable)?
+        {
             return Err(ApiError::new(
                 axum::http::StatusCode::TOO_MANY_REQUESTS,
                 "event_buffer_full",
                 "Too many out-of-order events are buffered for this run",
             ));
         }
-        inner.buffer.insert(event.sequence, event);
         Accepted::Buffered
     } else {
         let outcome = apply(state, &current, &event, false)
             .await?
             .unwrap_or(Accepted::Replay);
         // Drain buffered successors.
+        let mut last = current.last_event_sequence.max(event.sequence);
         loop {
-            let next = current.last_event_sequence.max(event.sequence) + 1;
-            let Some(ev) = inner.buffer.remove(&next) else {
+            let next = last + 1;
+            let Some(body) = memory.take(&run.id, next).await.map_err(unavailable)? else {
+                break;
+            };
+            let Ok(ev) = serde_json::from_str::<RunEvent>(&body) else {
+                tracing::warn!(run_id = %run.id, sequence = next, "dropped an unreadable buffered event");
                 break;
             };
             if let Some(fresh) = state.infra.db.get_run(&run.id).await? {
                 current = fresh;
             }
-            if apply(state, &current, &ev, false).await?.is_none() {
-                break;
+            match apply(state, &current, &ev, false).await {
+                Ok(Some(_)) => last = next,
+                Ok(None) => break,
+                Err(e) => {
+                    // Keep it for the next event or finalize.
+                    let _ = memory.buffer(&run.id, next, &body, MAX_BUFFERED + 1).await;
+                    return Err(e);
+                }
             }
-            current.last_event_sequence = next;
         }
         outcome
     };
-    inner.seen.insert(webhook_id.to_string(), Instant::now());
+    remember(state, &run.id, webhook_id).await?;
     Ok(outcome)
 }
 
 /// At finalize, buffered events are persisted in sequence order, accepting gaps (§12.4).
 pub async fn drain_on_finalize(state: &AppState, run: &RunRow) {
-    let sink = match state.runs.sink.get(state, run) {
-        Ok(s) => s,
-        Err(_) => return,
+    let memory = &state.infra.sink_memory;
+    let lock = match memory.lock(&run.id).await {
+        Ok(l) => Some(l),
+        Err(e) => {
+            tracing::warn!(run_id = %run.id, error = %e, "finalizing without the run's event lock");
+            None
+        }
     };
-    let mut inner = sink.inner.lock().await;
-    let events: Vec<RunEvent> = std::mem::take(&mut inner.buffer).into_values().collect();
-    for ev in events {
+    let events = match memory.take_all(&run.id).await {
+        Ok(events) => events,
+        Err(e) => {
+            tracing::warn!(run_id = %run.id, error = %e, "buffered events could not be read at finalize");
+            Vec::new()
+        }
+    };
+    for body in events {
+        let Ok(ev) = serde_json::from_str::<RunEvent>(&body) else {
+            continue;
+        };
         let current = match state.infra.db.get_run(&run.id).await {
             Ok(Some(r)) => r,
-            _ => return,
+            _ => break,
         };
         if let Err(e) = apply(state, &current, &ev, true).await {
             tracing::warn!(run_id = %run.id, error = ?e.detail, "could not persist a buffered event at finalize");
         }
+    }
+    if let Some(lock) = lock {
+        lock.release().await;
+    }
+}
+
+/// Drops whatever was buffered after finalize (events that raced the verdict); the replay memory stays
+/// for the replay window.
+pub async fn forget_buffers(state: &AppState, run_id: &str) {
+    if let Err(e) = state.infra.sink_memory.take_all(run_id).await {
+        tracing::debug!(run_id, error = %e, "buffered events of a finished run were not cleared");
     }
 }
 

@@ -41,6 +41,8 @@ pub struct Runtime {
     active: Mutex<HashMap<String, ActiveRun>>,
     pub sink: SinkState,
     waiters: Mutex<HashMap<String, usize>>,
+    /// Set when graceful shutdown begins (§5.3 step 1): SSE streams and long-polls end.
+    shutting_down: watch::Sender<bool>,
 }
 
 impl Runtime {
@@ -50,6 +52,16 @@ impl Runtime {
             active: Mutex::new(HashMap::new()),
             sink: SinkState::default(),
             waiters: Mutex::new(HashMap::new()),
+            shutting_down: watch::channel(false).0,
+        }
+    }
+
+    /// Resolves once graceful shutdown has begun (at once if it already has).
+    pub fn shutdown_signal(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shutting_down.subscribe();
+        async move {
+            // An error means the runtime is gone: shut down as well.
+            let _ = rx.wait_for(|down| *down).await;
         }
     }
 
@@ -326,19 +338,33 @@ async fn supervise(
             }
         }
     };
+    // `wait` returned once stdout and stderr were read to the end, so the tail is complete.
     let tail = workload.tail();
+    let last: Vec<String> = tail[tail.len().saturating_sub(50)..].to_vec();
     if code != 0 {
-        let last: Vec<&String> = tail
-            .iter()
-            .rev()
-            .take(50)
-            .collect::<Vec<_>>()
-            .into_iter()
-            .rev()
-            .collect();
         tracing::warn!(run_id = %run.id, code, output = ?last, "runner exited with a non-zero code");
     }
     workload.teardown().await;
+    if code != 0 && stop.is_none() && !last.is_empty() {
+        // The reason of a crash is usually in its last lines: keep them with the run.
+        let log = crate::infra::database::runs::NewLog {
+            log_type: "system".into(),
+            level: "error".into(),
+            event: "runner_output".into(),
+            message: format!(
+                "Last output of the agent {} (exit code {code}): {}",
+                state.runs.adapter.workload_noun(),
+                last.last().map(String::as_str).unwrap_or("")
+            ),
+            data: Some(json!({"exitCode": code, "lines": last})),
+        };
+        match state.infra.db.insert_log(&run.id, &log, now()).await {
+            Ok(row) => super::publish(state, "run_log", run, super::run_log(&row)).await,
+            Err(e) => {
+                tracing::warn!(run_id = %run.id, error = %e, "could not keep the runner's output")
+            }
+        }
+    }
     let outcome = match stop {
         Some(StopRequest::External) => None,
         Some(StopRequest::Finalize(o)) => Some(*o),
@@ -412,7 +438,7 @@ pub async fn finalize_run(
     if !won {
         return Ok(false);
     }
-    state.runs.sink.forget_buffers(run_id);
+    super::events::forget_buffers(state, run_id).await;
     if let Some(fresh) = state.infra.db.get_run(run_id).await? {
         super::create::breadcrumb(state, &fresh, "run completed").await;
         super::publish_update(state, &fresh).await;
@@ -543,6 +569,8 @@ pub async fn cleanup_orphans(state: &AppState) {
 
 /// Shutdown step 3: active runs get the grace period, then are stopped and failed.
 pub async fn shutdown(state: &AppState, grace: Duration) {
+    // SSE streams and long-polls end now (§5.3 step 1), so they never hold the server open.
+    state.runs.shutting_down.send_replace(true);
     let deadline = tokio::time::Instant::now() + grace;
     while state.runs.active_count() > 0 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -57,7 +57,8 @@ pub fn verify(
         .trim()
         .parse()
         .map_err(|_| SignatureError::InvalidTimestamp)?;
-    if (now - ts).abs() > tolerance {
+    // `abs_diff` cannot overflow, whatever the timestamp (`now - i64::MIN` would).
+    if now.abs_diff(ts) > tolerance.max(0).unsigned_abs() {
         return Err(SignatureError::OutOfTolerance);
     }
     let mut mac = Hmac::<Sha256>::new_from_slice(key.as_bytes()).expect("any key length");
@@ -79,7 +80,7 @@ pub fn verify(
 }
 
 /// A validated CloudEvent from the runner.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct RunEvent {
     pub event_type: String,
     pub sequence: i64,
@@ -337,6 +338,23 @@ mod tests {
         assert_eq!(ok(&sig, "1000", 1301), Err(SignatureError::OutOfTolerance));
         assert_eq!(ok(&sig, "1000", 1300), Ok(()));
         assert_eq!(ok(&sig, "abc", 1000), Err(SignatureError::InvalidTimestamp));
+        // Extreme timestamps are out of tolerance, never an overflow.
+        for (ts, now) in [
+            (i64::MIN.to_string(), 1000),
+            (i64::MAX.to_string(), 1000),
+            (i64::MIN.to_string(), i64::MAX),
+            (i64::MAX.to_string(), i64::MIN),
+        ] {
+            assert_eq!(
+                ok(&sig, &ts, now),
+                Err(SignatureError::OutOfTolerance),
+                "{ts}"
+            );
+        }
+        assert_eq!(
+            ok(&sig, "99999999999999999999", 1000),
+            Err(SignatureError::InvalidTimestamp)
+        );
         assert_eq!(ok("v1,AAAA", "1000", 1000), Err(SignatureError::Invalid));
         assert_eq!(
             verify(&key, None, Some("1"), Some(&sig), body, 1, 300),

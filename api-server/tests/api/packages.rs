@@ -408,6 +408,40 @@ async fn every_rejection_names_the_problem() {
     let z = w.finish().unwrap().into_inner();
     assert_invalid(imp.import(z).await, "archive", "unsafe_path").await;
 
+    // Two entries named prompt.md (a ZIP writer refuses to write that, so the second entry is
+    // renamed in place), and two names that are the same path once `./` is dropped.
+    for (placeholder, second) in [("prompt.mX", "prompt.md"), ("xxprompt.md", "./prompt.md")] {
+        let z = zip_of(&[
+            ("manifest.json", &m),
+            ("prompt.md", b"validated"),
+            (placeholder, b"smuggled"),
+        ]);
+        let mut dup = z.clone();
+        let mut renamed = 0;
+        for i in 0..dup.len() - placeholder.len() {
+            if &dup[i..i + placeholder.len()] == placeholder.as_bytes() {
+                dup[i..i + placeholder.len()].copy_from_slice(second.as_bytes());
+                renamed += 1;
+            }
+        }
+        assert_eq!(renamed, 2, "local header and central record");
+        let r = imp.import(dup).await;
+        assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+        let b = json_of(r).await;
+        assert_eq!(b["code"], "invalid_package", "{b}");
+        let e = b["errors"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|e| e["code"] == "duplicate_entry")
+            .unwrap_or_else(|| panic!("no duplicate_entry in {b}"));
+        assert_eq!(e["field"], "archive");
+        assert!(
+            e["message"].as_str().unwrap().contains(second),
+            "the message names the path: {e}"
+        );
+    }
+
     // More than 1000 entries.
     let names: Vec<String> = (0..1001).map(|i| format!("f/{i}.txt")).collect();
     let mut files: Vec<(&str, &[u8])> = vec![("manifest.json", &m), ("prompt.md", b"x")];

@@ -760,3 +760,472 @@ async fn the_example_hello_agent_runs_to_success() {
     let system = system_prompt(&fake.requests()[0]).unwrap();
     assert!(system.contains("Ada") || fake.requests()[0].body.windows(3).any(|w| w == b"Ada"));
 }
+
+/// A stand-in runner: a shell script (the platform treats it like the real runner binary).
+fn script_runner(dir: &std::path::Path, body: &str) -> String {
+    use std::os::unix::fs::PermissionsExt;
+    let path = dir.join("runner.sh");
+    std::fs::write(&path, format!("#!/bin/sh\n{body}\n")).unwrap();
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path.to_string_lossy().into_owned()
+}
+
+/// A runner that ignores SIGTERM is SIGKILLed once the 5 s grace has passed.
+#[tokio::test]
+async fn a_runner_ignoring_sigterm_is_killed_after_the_grace() {
+    let dir = tempfile::tempdir().unwrap();
+    // The ignored disposition survives exec, so `sleep` ignores SIGTERM too.
+    let runner = script_runner(dir.path(), "trap '' TERM\nexec sleep 120");
+    let fake = FakeLlm::start(vec![]).await;
+    let app = llm_app(&fake, &[("RUNNER_BIN", &runner)]).await;
+    let run = start(&app, "/api/runs/inline", inline(json!({}), "x")).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let pid = wait_for_pid(&app, &id).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(alive(pid));
+
+    let t = Instant::now();
+    // The cancel answers once the workload is gone, so it runs alongside the checks.
+    let cancel = {
+        let request = app.key(Method::POST, &format!("/api/runs/{id}/cancel"));
+        tokio::spawn(async move { request.send().await.unwrap().status() })
+    };
+    // SIGTERM is ignored: still there well into the grace period.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(alive(pid), "the runner should have ignored SIGTERM");
+    while alive(pid) {
+        assert!(
+            t.elapsed() < Duration::from_millis(6500),
+            "not SIGKILLed after the 5 s grace"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(
+        t.elapsed() >= Duration::from_millis(4500),
+        "{:?}",
+        t.elapsed()
+    );
+    assert_eq!(cancel.await.unwrap(), 200);
+    let done = wait_terminal(&app, &id).await;
+    assert_eq!(done["status"], "cancelled");
+}
+
+/// A runner that dies with code 3 fails the run with the exit code, and its last output lines are kept
+/// with the run (an error log row), even when it exits right after writing them.
+#[tokio::test]
+async fn a_runner_exiting_with_code_3_keeps_its_last_output() {
+    let dir = tempfile::tempdir().unwrap();
+    let runner = script_runner(
+        dir.path(),
+        "i=0\nwhile [ $i -lt 300 ]; do echo \"noise $i\" >&2; i=$((i+1)); done\n\
+         echo 'fatal: cannot open the workspace' >&2\nexit 3",
+    );
+    let fake = FakeLlm::start(vec![]).await;
+    let app = llm_app(&fake, &[("RUNNER_BIN", &runner)]).await;
+    let run = start(&app, "/api/runs/inline", inline(json!({}), "x")).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let done = wait_terminal(&app, &id).await;
+    assert_eq!(done["status"], "failed", "{done}");
+    assert_eq!(done["error"], "Agent process exited with code 3");
+    let rows = logs(&app, &id).await;
+    let output = rows
+        .iter()
+        .find(|l| l["event"] == "runner_output")
+        .unwrap_or_else(|| panic!("no runner_output log: {rows:#?}"));
+    assert_eq!(output["level"], "error");
+    assert_eq!(output["type"], "system");
+    assert!(
+        output["message"]
+            .as_str()
+            .unwrap()
+            .contains("fatal: cannot open the workspace"),
+        "{output}"
+    );
+    let lines: Vec<&str> = output["data"]["lines"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l.as_str().unwrap())
+        .collect();
+    assert_eq!(lines.len(), 50, "the last 50 lines");
+    assert_eq!(*lines.last().unwrap(), "fatal: cannot open the workspace");
+    assert_eq!(lines[0], "noise 251");
+    assert_eq!(output["data"]["exitCode"], 3);
+}
+
+/// `per_org_global_rate_per_min`: the run after the limit is refused with 429.
+#[tokio::test]
+async fn the_per_org_run_rate_gate_answers_429() {
+    let fake = FakeLlm::start(vec![Turn::text("slow").with_delay(30_000)]).await;
+    let app = llm_app(
+        &fake,
+        &[(
+            "PLATFORM_RUN_LIMITS",
+            r#"{"per_org_global_rate_per_min": 2, "max_concurrent_per_org": 50}"#,
+        )],
+    )
+    .await;
+    for i in 0..2 {
+        start(
+            &app,
+            "/api/runs/inline",
+            inline(json!({}), &format!("run {i}")),
+        )
+        .await;
+    }
+    let r = app
+        .key(Method::POST, "/api/runs/inline")
+        .json(&inline(json!({}), "one too many"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert!(r.headers().get("retry-after").is_some());
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(b["code"], "org_run_rate_limited", "{b}");
+    let list: Value = app
+        .key(Method::GET, "/api/runs")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["data"].as_array().unwrap().len(),
+        2,
+        "no third run row"
+    );
+}
+
+/// The application-wide stream `/api/realtime/runs` carries a `run_update` for a run created after it
+/// was opened.
+#[tokio::test]
+async fn the_app_wide_stream_reports_new_runs() {
+    let fake = FakeLlm::start(vec![Turn::tool_call(
+        "output",
+        json!({"data": {"ok": true}}),
+    )])
+    .await;
+    let app = llm_app(&fake, &[]).await;
+    let mut resp = app
+        .client
+        .get(app.url(&format!("/api/realtime/runs?token={}", app.api_key)))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    // The opening ping: the subscription is in place.
+    let first = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&first).contains("ping"));
+    let run = start(&app, "/api/runs/inline", inline(json!({}), "x")).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let mut text = String::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut statuses = Vec::new();
+    while !statuses.contains(&"success".to_string()) {
+        assert!(Instant::now() < deadline, "no terminal run_update: {text}");
+        let chunk = tokio::time::timeout(Duration::from_secs(30), resp.chunk())
+            .await
+            .expect("a frame")
+            .unwrap()
+            .expect("the stream stays open");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        statuses = text
+            .split("\n\n")
+            .filter(|f| f.contains("event: run_update"))
+            .filter_map(|f| f.lines().find_map(|l| l.strip_prefix("data: ")))
+            .filter_map(|d| serde_json::from_str::<Value>(d).ok())
+            .filter(|v| v["id"] == id.as_str() || v["runId"] == id.as_str())
+            .map(|v| v["status"].as_str().unwrap_or("").to_string())
+            .collect();
+    }
+    assert!(
+        statuses.iter().any(|s| s == "pending" || s == "running"),
+        "{statuses:?}"
+    );
+    assert!(!text.contains(CANARY));
+}
+
+/// `allow_all_uris` lifts the URI allow-list, never the SSRF rules: metadata, private, loopback and
+/// IPv4-mapped loopback addresses are still refused by the sidecar, and nothing reaches them.
+#[tokio::test]
+async fn allow_all_uris_still_blocks_internal_addresses() {
+    use appstrate::packages::afps::build_zip;
+    use test_support::fake_upstream::{FakeUpstream, UpstreamResponse};
+
+    let upstream = FakeUpstream::start().await;
+    upstream.on(
+        "/secret",
+        UpstreamResponse::json(200, json!({"leak": true})),
+    );
+    let port = upstream.url().rsplit(':').next().unwrap().to_string();
+    let integration = json!({
+        "schema_version": "0.1", "name": "@tests/anywhere", "version": "1.0.0", "type": "integration",
+        "display_name": "Anywhere", "description": "Any URI",
+        "auths": {"main": {
+            "type": "api_key",
+            "allow_all_uris": true,
+            "credentials": {"schema": {"type": "object", "properties": {"token": {"type": "string"}}, "required": ["token"]}},
+            "delivery": {"http": {"in": "header", "name": "Authorization", "value": "{$credential.token}"}}
+        }}
+    });
+    let agent = json!({
+        "schema_version": "0.1", "name": "@tests/prober", "version": "1.0.0", "type": "agent",
+        "display_name": "Prober", "dependencies": {"integrations": {"@tests/anywhere": "^1.0.0"}}
+    });
+    let targets = [
+        "http://169.254.169.254/latest/meta-data".to_string(),
+        "http://10.0.0.1/".to_string(),
+        format!("http://[::1]:{port}/secret"),
+        format!("http://[::ffff:127.0.0.1]:{port}/secret"),
+    ];
+    let mut turns: Vec<Turn> = targets
+        .iter()
+        .map(|url| {
+            Turn::tool_call(
+                "api_call",
+                json!({"integration": "@tests/anywhere", "method": "GET", "url": url}),
+            )
+        })
+        .collect();
+    turns.push(Turn::tool_call("output", json!({"data": {"done": true}})));
+    let fake = FakeLlm::start(turns).await;
+    let app = llm_app(&fake, &[]).await;
+    import(
+        &app,
+        build_zip(&[("manifest.json", integration.to_string().as_bytes())]),
+    )
+    .await;
+    import(
+        &app,
+        build_zip(&[
+            ("manifest.json", agent.to_string().as_bytes()),
+            ("prompt.md", b"Probe."),
+        ]),
+    )
+    .await;
+    let r = app
+        .key(
+            Method::PUT,
+            "/api/packages/@tests/anywhere/connections/main",
+        )
+        .json(&json!({"credentials": {"token": "tok-anywhere-77"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let run = start(&app, "/api/agents/@tests/prober/run", json!({})).await;
+    let done = wait_terminal(&app, run["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "success", "{done}");
+
+    let bodies: Vec<String> = fake
+        .requests()
+        .iter()
+        .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+        .collect();
+    assert_eq!(bodies.len(), targets.len() + 1);
+    for (i, target) in targets.iter().enumerate() {
+        // The model's view after call i is request i + 1.
+        assert!(
+            bodies[i + 1].contains("blocked_address"),
+            "{target} was not refused as a blocked address: {}",
+            bodies[i + 1]
+        );
+    }
+    assert!(
+        upstream.requests().is_empty(),
+        "a loopback target was reached: {:?}",
+        upstream.requests()
+    );
+}
+
+/// `LLM_API=anthropic-messages`: a run end to end against the fake's messages API, with the key
+/// injected by the sidecar (never in the runner's environment).
+#[tokio::test]
+async fn an_anthropic_run_succeeds_end_to_end() {
+    let fake = FakeLlm::start(vec![
+        Turn::tool_call("log", json!({"level": "info", "message": "thinking"})),
+        Turn::tool_call("output", json!({"data": {"answer": 42}})).with_usage(11, 5),
+    ])
+    .await;
+    let app = llm_app(&fake, &[("LLM_API", "anthropic-messages")]).await;
+    let run = start(
+        &app,
+        "/api/runs/inline",
+        inline(json!({}), "What is the answer?"),
+    )
+    .await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let done = wait_terminal(&app, &id).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(done["result"]["output"]["answer"], 42);
+    let reqs = fake.requests();
+    assert_eq!(reqs.len(), 2);
+    for r in &reqs {
+        assert_eq!(r.path, "/v1/messages");
+        assert_eq!(
+            r.header("x-api-key"),
+            Some(CANARY),
+            "injected by the sidecar"
+        );
+        assert!(r.header("anthropic-version").is_some());
+        assert!(r.header("authorization").is_none());
+    }
+    let body: Value = serde_json::from_slice(&reqs[0].body).unwrap();
+    assert!(
+        body["system"].to_string().contains("What is the answer?")
+            || String::from_utf8_lossy(&reqs[0].body).contains("What is the answer?")
+    );
+    assert!(logs(&app, &id)
+        .await
+        .iter()
+        .any(|l| l["message"] == "thinking"));
+}
+
+/// Graceful shutdown (SIGTERM) closes SSE streams and answers long-polls at once (§5.3 step 1), so
+/// neither holds the server open: it exits 0 within a few seconds.
+#[tokio::test]
+async fn sigterm_ends_sse_streams_and_long_polls_promptly() {
+    use std::process::{Command, Stdio};
+    let fake = FakeLlm::start(vec![Turn::text("slow").with_delay(120_000)]).await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let env: Vec<(&str, String)> = vec![
+        ("BETTER_AUTH_SECRET", "s".into()),
+        ("UPLOAD_SIGNING_SECRET", "0123456789abcdef".into()),
+        (
+            "CONNECTION_ENCRYPTION_KEY",
+            test_support::app::TEST_ENCRYPTION_KEY.into(),
+        ),
+        ("PORT", port.to_string()),
+        ("HOST", "127.0.0.1".into()),
+        ("LLM_BASE_URL", fake.url()),
+        ("LLM_API_KEY", "sk-test".into()),
+        ("LLM_MODEL", "m".into()),
+        ("EGRESS_ALLOW_INTERNAL_HOSTS", "127.0.0.1".into()),
+        (
+            "RUNNER_BIN",
+            test_support::app::runner_bin()
+                .to_string_lossy()
+                .into_owned(),
+        ),
+        ("SYSTEM_PACKAGES_DIR", "./none".into()),
+        ("SHUTDOWN_GRACE_SECONDS", "1".into()),
+    ];
+    let command = |args: &[&str]| {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_appstrate"));
+        cmd.args(args)
+            .current_dir(dir.path())
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin");
+        for (k, v) in &env {
+            cmd.env(k, v);
+        }
+        cmd
+    };
+    let out = command(&["bootstrap"]).output().unwrap();
+    let boot: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = boot["apiKey"].as_str().unwrap().to_string();
+    // Waited for below (SIGTERM + wait); killed if the test fails first.
+    #[allow(clippy::zombie_processes)]
+    let mut server = command(&["serve"]).stderr(Stdio::null()).spawn().unwrap();
+    struct KillOnDrop(u32);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            unsafe {
+                libc::kill(self.0 as i32, libc::SIGKILL);
+            }
+        }
+    }
+    let _guard = KillOnDrop(server.id());
+    let base = format!("http://127.0.0.1:{port}");
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        if let Ok(r) = client.get(format!("{base}/health")).send().await {
+            if r.status() == 200 {
+                break;
+            }
+        }
+        assert!(Instant::now() < deadline, "server did not start");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let run: Value = client
+        .post(format!("{base}/api/runs/inline"))
+        .bearer_auth(&key)
+        .json(&inline(json!({}), "x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+
+    // Two streams and a long-poll, read to their end in the background.
+    let stream = |path: String| {
+        let client = client.clone();
+        tokio::spawn(async move {
+            let resp = client.get(path).send().await.unwrap();
+            assert_eq!(resp.status(), 200);
+            let _ = resp.text().await;
+            Instant::now()
+        })
+    };
+    let one = stream(format!("{base}/api/realtime/runs/{id}?token={key}"));
+    let all = stream(format!("{base}/api/realtime/runs?token={key}"));
+    let poll = {
+        let client = client.clone();
+        let url = format!("{base}/api/runs/{id}?wait=55");
+        let key = key.clone();
+        tokio::spawn(async move {
+            let r = client.get(url).bearer_auth(key).send().await.unwrap();
+            let status = r.status().as_u16();
+            let _ = r.text().await;
+            (status, Instant::now())
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!one.is_finished() && !all.is_finished() && !poll.is_finished());
+
+    let sigterm = Instant::now();
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGTERM);
+    }
+    let ended = |t: Instant| t.duration_since(sigterm);
+    let one = tokio::time::timeout(Duration::from_secs(5), one)
+        .await
+        .expect("the run stream ends at shutdown")
+        .unwrap();
+    let all = tokio::time::timeout(Duration::from_secs(5), all)
+        .await
+        .expect("the app-wide stream ends at shutdown")
+        .unwrap();
+    let (status, answered) = tokio::time::timeout(Duration::from_secs(5), poll)
+        .await
+        .expect("the long-poll is answered at shutdown")
+        .unwrap();
+    assert_eq!(status, 200);
+    for t in [one, all, answered] {
+        assert!(ended(t) < Duration::from_secs(3), "{:?}", ended(t));
+    }
+    // Grace (1 s) for the run, then exit 0 — well before grace + 10 s.
+    let deadline = Instant::now() + Duration::from_secs(8);
+    let code = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "the server did not exit");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(0));
+}

@@ -323,3 +323,132 @@ async fn long_poll_survives_a_dropped_subscription() {
     assert_eq!(run["status"], "failed");
     assert_eq!(run["error"], "stopped by the test");
 }
+
+/// Timestamps at the ends of i64 (and past them) are refused with 401, not a panic: the server keeps
+/// answering and a well-timed event is still accepted.
+#[tokio::test]
+async fn extreme_timestamps_are_refused_not_a_panic() {
+    let s = silent_run().await;
+    let id = s.run_id.clone();
+    for ts in [i64::MIN, i64::MAX, i64::MIN + 1] {
+        let (code, b) = s
+            .post("/events", &event(&id, 1, "x"), "w-extreme", ts, None)
+            .await;
+        assert_eq!(
+            (code, b["code"].as_str().unwrap_or("")),
+            (401, "timestamp_out_of_tolerance"),
+            "webhook-timestamp {ts}: {b}"
+        );
+    }
+    for raw in [
+        "-9223372036854775808",
+        "99999999999999999999999",
+        "1e18",
+        "",
+    ] {
+        let r = s
+            .app
+            .client
+            .post(s.app.url(&format!("/api/runs/{id}/events")))
+            .header("webhook-id", "w-raw")
+            .header("webhook-timestamp", raw)
+            .header("webhook-signature", "v1,AAAA")
+            .json(&event(&id, 1, "x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "webhook-timestamp {raw:?}");
+        let b: Value = r.json().await.unwrap();
+        assert!(
+            ["timestamp_out_of_tolerance", "invalid_timestamp"]
+                .contains(&b["code"].as_str().unwrap()),
+            "{raw:?}: {b}"
+        );
+    }
+    let (code, b) = s
+        .post("/events", &event(&id, 1, "fine"), "w-ok", now(), None)
+        .await;
+    assert_eq!((code, b["outcome"].as_str().unwrap()), (200, "persisted"));
+}
+
+/// `GET /logs?since=` walks every row exactly once, oldest first, with `hasMore` and a `Link` to the
+/// next page.
+#[tokio::test]
+async fn logs_cursor_walks_every_row_once() {
+    let s = silent_run().await;
+    let id = s.run_id.clone();
+    for seq in 1..=23 {
+        let (code, _) = s
+            .post(
+                "/events",
+                &event(&id, seq, &format!("m{seq}")),
+                &format!("w{seq}"),
+                now(),
+                None,
+            )
+            .await;
+        assert_eq!(code, 200);
+    }
+    let get = |q: String| {
+        let app = &s.app;
+        let id = id.clone();
+        async move {
+            let r = app
+                .key(Method::GET, &format!("/api/runs/{id}/logs{q}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200);
+            let link = r
+                .headers()
+                .get("link")
+                .map(|v| v.to_str().unwrap().to_string());
+            (r.json::<Value>().await.unwrap(), link)
+        }
+    };
+    let (all, _) = get(String::new()).await;
+    let all: Vec<i64> = all["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|l| l["id"].as_i64().unwrap())
+        .collect();
+    assert!(all.len() >= 23, "{all:?}");
+
+    let mut walked = Vec::new();
+    let mut messages = Vec::new();
+    let mut since = String::new();
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        assert!(pages < 50, "the cursor does not advance");
+        let (page, link) = get(format!("?limit=5{since}")).await;
+        let rows = page["data"].as_array().unwrap();
+        assert!(rows.len() <= 5);
+        for l in rows {
+            walked.push(l["id"].as_i64().unwrap());
+            if l["event"] == "progress" {
+                messages.push(l["message"].as_str().unwrap().to_string());
+            }
+        }
+        if page["hasMore"] != true {
+            break;
+        }
+        let last = walked.last().unwrap();
+        assert!(
+            link.as_deref().unwrap().contains(&format!("since={last}")),
+            "{link:?}"
+        );
+        since = format!("&since={last}");
+    }
+    assert_eq!(walked, all, "every row once, in order");
+    let mut sorted = walked.clone();
+    sorted.dedup();
+    assert_eq!(sorted.len(), walked.len(), "no duplicates");
+    let expected: Vec<String> = (1..=23).map(|i| format!("m{i}")).collect();
+    assert_eq!(messages, expected);
+    // Past the end: an empty page without more.
+    let (page, _) = get(format!("?since={}", walked.last().unwrap())).await;
+    assert_eq!(page["data"].as_array().unwrap().len(), 0);
+    assert_eq!(page["hasMore"], false);
+}

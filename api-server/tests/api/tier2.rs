@@ -754,3 +754,159 @@ async fn a_webhook_retry_queued_by_a_killed_instance_is_delivered_by_another() {
     let counts = queue.counts().await.unwrap();
     assert_eq!((counts.delayed, counts.processing, counts.dead), (0, 0, 0));
 }
+
+/// A signed request to the event sink of `run_id` on `app`.
+async fn sink_post(
+    app: &TestApp,
+    run_id: &str,
+    secret: &str,
+    path: &str,
+    body: &Value,
+    webhook_id: &str,
+) -> reqwest::Response {
+    let raw = body.to_string();
+    let ts = chrono::Utc::now().timestamp();
+    let sig = appstrate::runs::sink::sign(secret.as_bytes(), webhook_id, ts, raw.as_bytes());
+    app.client
+        .post(app.url(&format!("/api/runs/{run_id}{path}")))
+        .header("content-type", "application/json")
+        .header("webhook-id", webhook_id)
+        .header("webhook-timestamp", ts.to_string())
+        .header("webhook-signature", format!("v1,{sig}"))
+        .body(raw)
+        .send()
+        .await
+        .unwrap()
+}
+
+fn progress(run_id: &str, seq: i64) -> Value {
+    json!({"specversion": "1.0", "type": "appstrate.progress", "source": format!("/afps/runs/{run_id}"),
+           "id": format!("evt-{seq}"), "time": "2026-11-23T00:00:00Z", "datacontenttype": "application/json",
+           "data": {"message": format!("m{seq}")}, "sequence": seq})
+}
+
+async fn outcome(r: reqwest::Response) -> String {
+    let status = r.status();
+    let b: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{b}");
+    b["outcome"].as_str().unwrap().to_string()
+}
+
+/// The event sink's replay memory, gap buffer and per-run lock live in Redis: an event id accepted by
+/// A is a replay on B, out-of-order events buffered on different instances are persisted in order,
+/// concurrent deliveries through both instances persist each sequence once, and a Redis outage is a
+/// 503 `sink_unavailable` the runner can retry.
+#[tokio::test]
+async fn the_event_sink_dedupes_and_orders_events_across_instances() {
+    use std::os::unix::fs::PermissionsExt;
+    let pg = require!(postgres_database().await);
+    let mut redis = require!(RedisServer::start());
+    let fake = FakeLlm::start(vec![]).await;
+    // A workload that stays silent, so only the test talks to the sink.
+    let dir = tempfile::tempdir().unwrap();
+    let script = dir.path().join("silent-runner");
+    std::fs::write(&script, "#!/bin/sh\nexec sleep 120\n").unwrap();
+    std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let (a, b) = pair(
+        &pg,
+        &redis,
+        &fake,
+        &[("RUNNER_BIN", script.to_str().unwrap())],
+    )
+    .await;
+    let run_id = start_inline(&a, "@tiers/sink").await;
+    let row = a.state().infra.db.get_run(&run_id).await.unwrap().unwrap();
+    let secret = String::from_utf8(
+        a.state()
+            .keyring
+            .decrypt(&row.sink_secret_encrypted)
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(a.state().infra.sink_memory.kind(), "redis");
+    macro_rules! post {
+        ($app:expr, $seq:expr, $id:expr) => {
+            sink_post(
+                $app,
+                &run_id,
+                &secret,
+                "/events",
+                &progress(&run_id, $seq),
+                $id,
+            )
+        };
+    }
+
+    // Sequence 2 is early: buffered by A. The same webhook-id through B is a replay (the buffered event
+    // is not in the database, so only the shared memory can know).
+    assert_eq!(outcome(post!(&a, 2, "w-2").await).await, "buffered");
+    assert_eq!(outcome(post!(&b, 2, "w-2").await).await, "replay");
+    // 4 buffered by A, 3 by B; 1 through A persists 1 and drains 2, 3 and 4 in order.
+    assert_eq!(outcome(post!(&a, 4, "w-4").await).await, "buffered");
+    assert_eq!(outcome(post!(&b, 3, "w-3").await).await, "buffered");
+    assert_eq!(outcome(post!(&a, 1, "w-1").await).await, "persisted");
+    assert_eq!(outcome(post!(&b, 1, "w-1").await).await, "replay");
+
+    // 5..=30 delivered concurrently, in reverse order, each through both instances.
+    let mut tasks = tokio::task::JoinSet::new();
+    for seq in (5..=30i64).rev() {
+        for app in [&a, &b] {
+            let (client, url) = (app.client.clone(), app.url(""));
+            let (run_id, secret) = (run_id.clone(), secret.clone());
+            tasks.spawn(async move {
+                let raw = progress(&run_id, seq).to_string();
+                let ts = chrono::Utc::now().timestamp();
+                let id = format!("w-{seq}");
+                let sig = appstrate::runs::sink::sign(secret.as_bytes(), &id, ts, raw.as_bytes());
+                let r = client
+                    .post(format!("{url}/api/runs/{run_id}/events"))
+                    .header("content-type", "application/json")
+                    .header("webhook-id", &id)
+                    .header("webhook-timestamp", ts.to_string())
+                    .header("webhook-signature", format!("v1,{sig}"))
+                    .body(raw)
+                    .send()
+                    .await
+                    .unwrap();
+                r.status().as_u16()
+            });
+        }
+    }
+    while let Some(status) = tasks.join_next().await {
+        assert_eq!(status.unwrap(), 200);
+    }
+    let logs: Value = b
+        .key(Method::GET, &format!("/api/runs/{run_id}/logs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let messages: Vec<&str> = logs["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["event"] == "progress")
+        .map(|l| l["message"].as_str().unwrap())
+        .collect();
+    let expected: Vec<String> = (1..=30).map(|i| format!("m{i}")).collect();
+    assert_eq!(messages, expected, "each sequence once, in order");
+    let row = b.state().infra.db.get_run(&run_id).await.unwrap().unwrap();
+    assert_eq!(row.last_event_sequence, 30);
+
+    // Redis down: the sink answers 503 sink_unavailable (problem+json), and the retry succeeds.
+    redis.stop();
+    let r = post!(&b, 31, "w-31").await;
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.headers()["content-type"].to_str().unwrap(),
+        "application/problem+json"
+    );
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "sink_unavailable", "{body}");
+    redis.restart();
+    wait_healthy(&b).await;
+    assert_eq!(outcome(post!(&b, 31, "w-31").await).await, "persisted");
+    assert_eq!(outcome(post!(&a, 31, "w-31").await).await, "replay");
+}

@@ -38,6 +38,30 @@ pub fn inline_run_body() -> Value {
     })
 }
 
+/// Imports `examples/agents/hello.afps` (the run-start scenario's agent); already imported is fine.
+pub async fn import_example_agent(addr: SocketAddr, bearer: &str) -> anyhow::Result<()> {
+    let afps = super::server::repo_root().join("examples/agents/hello.afps");
+    let zip = std::fs::read(&afps).with_context(|| format!("reading {}", afps.display()))?;
+    let a = Conn::new(addr)
+        .send(
+            Method::POST,
+            "/api/packages/import",
+            bearer,
+            Some(("application/zip", Bytes::from(zip))),
+            || {},
+        )
+        .await?;
+    if !a.status.is_success() && a.status != hyper::StatusCode::CONFLICT {
+        bail!(
+            "POST /api/packages/import {}: {} {}",
+            afps.display(),
+            a.status,
+            String::from_utf8_lossy(&a.body)
+        );
+    }
+    Ok(())
+}
+
 /// One keep-alive HTTP/1.1 connection, reopened when the server closed it.
 pub struct Conn {
     addr: SocketAddr,

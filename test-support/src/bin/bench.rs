@@ -35,8 +35,9 @@ sub-benchmarks (default: all)
   agents req/s, p50/p99 for GET /api/agents (API key, one imported agent) per concurrency
          (target at c=16: ≥ 5,000 req/s, p99 < 20 ms, no errors)
   runs   process mode against an in-process fake LLM, release appstrate-runner:
-         POST /api/runs/inline → first runner event persisted, sequential (target p50 ≤ 30 ms);
-         runner peak RSS (VmHWM, target ≤ 15 MB); N concurrent runs (target 0 errors, runs/s)
+         POST /api/agents/@examples/hello/run → first runner event persisted, sequential (target
+         p50 ≤ 30 ms); runner peak RSS (VmHWM, target ≤ 15 MB); N concurrent inline runs whose model
+         answers are delayed so they overlap (target 0 errors; runs/s, runners alive at once)
   tier2  not part of all: needs PostgreSQL (TEST_DATABASE_URL) and redis-server (REDIS_SERVER_BIN or
          PATH), as scripts/services.sh provides. Two instances on PostgreSQL + Redis: GET /api/agents
          req/s at c=16 per instance and both at once; rate-limiter cost per hit, Redis vs memory;
@@ -53,9 +54,10 @@ options
   --idle SECS          idle time before reading the idle RSS (default 3)
   --bin PATH           the appstrate binary (default: target/release/appstrate, built if missing)
   --runner PATH        the runner binary (default: target/release/appstrate-runner, built if missing)
-  --runs N             sequential runs timed for the run-start latency (default 50, after 2 warm-up runs)
+  --runs N             sequential runs timed for the run-start latency (default 200, after 2 warm-up runs)
   --concurrent-runs N  runs started at once for the throughput scenario (default 500; 0 skips it)
-  --llm-delay MS       the fake LLM waits this long before each answer (default 0)
+  --llm-delay MS       the fake LLM waits this long before each answer of the concurrent runs, so
+                       they are alive together (default 3000)
   --runs-timeout SECS  global limit of the concurrent-runs scenario (default 300)
   --docker-runs N      sequential runs per pool setting in the docker bench (default 30)";
 
@@ -68,6 +70,8 @@ const TARGET_CONCURRENCY: usize = 16;
 const RUN_START_TARGET_MS: f64 = 30.0;
 const RUNNER_RSS_TARGET_MB: f64 = 15.0;
 const WARMUP_RUNS: usize = 2;
+/// The run-start scenario starts the project's example agent.
+const RUN_START_PATH: &str = "/api/agents/@examples/hello/run";
 /// Connections that send the concurrent runs' POSTs, and that long-poll their results.
 const RUN_SENDERS: usize = 32;
 const RUN_WAITERS: usize = 16;
@@ -120,9 +124,9 @@ impl Opts {
             idle: Duration::from_secs(3),
             bin: None,
             runner: None,
-            seq_runs: 50,
+            seq_runs: 200,
             concurrent_runs: 500,
-            llm_delay_ms: 0,
+            llm_delay_ms: 3000,
             runs_timeout: Duration::from_secs(300),
         };
         let count = |v: Option<String>, name: &str, max: usize| -> anyhow::Result<usize> {
@@ -712,15 +716,23 @@ async fn runs_bench(
 ) -> anyhow::Result<()> {
     let addr = server.addr();
     let key = creds.api_key.as_str();
-    let body = runs::inline_run_body();
+    let body = serde_json::json!({"input": {"name": "Ada"}});
 
     // --- sequential runs: start latency and runner RSS ---
     println!(
-        "\n== runs: start latency, {} sequential inline runs (+{WARMUP_RUNS} warm-up) ==",
+        "\n== runs: start latency, {} sequential runs of @examples/hello (+{WARMUP_RUNS} warm-up) ==",
         opts.seq_runs
     );
+    runs::import_example_agent(addr, key).await?;
+    // The agent's output schema wants a greeting and a language: one `output` call per run.
+    for _ in 0..WARMUP_RUNS + opts.seq_runs {
+        fake.push(Turn::tool_call(
+            "output",
+            serde_json::json!({"data": {"greeting": "Hello, Ada!", "language": "en"}}),
+        ));
+    }
     println!(
-        "each run: POST /api/runs/inline on a keep-alive connection; the first runner event \
+        "each run: POST {RUN_START_PATH} on a keep-alive connection; the first runner event \
          (progress \"runtime starting\") arrives on GET /api/realtime/runs?verbose=true, opened before \
          the first run; then GET /api/runs/{{id}}?wait=30 until terminal before the next run"
     );
@@ -736,7 +748,7 @@ async fn runs_bench(
     for i in 0..WARMUP_RUNS + opts.seq_runs {
         let (mut sent_wall, mut sent) = (SystemTime::now(), Instant::now());
         let a = post_conn
-            .post_json("/api/runs/inline", key, &body, || {
+            .post_json(RUN_START_PATH, key, &body, || {
                 sent_wall = SystemTime::now();
                 sent = Instant::now();
             })
@@ -744,7 +756,7 @@ async fn runs_bench(
         let answered = sent.elapsed();
         if a.status != StatusCode::CREATED {
             bail!(
-                "POST /api/runs/inline: {} {}",
+                "POST {RUN_START_PATH}: {} {}",
                 a.status,
                 String::from_utf8_lossy(&a.body)
             );
@@ -1078,12 +1090,15 @@ async fn concurrent_runs(
     if let Some(max) = peaks.max_kb() {
         println!(
             "runner peak RSS during the concurrent runs: max {:.1} MB over {} processes sampled \
-             (every 20 ms; short-lived runners can be missed); at most {} runners alive at once",
+             (every 20 ms; short-lived runners can be missed)",
             max as f64 / 1024.0,
             peaks.peaks_kb.len(),
-            peaks.max_live
         );
     }
+    println!(
+        "runner processes alive at once: at most {} of {n} (sampled every 20 ms)",
+        peaks.max_live
+    );
     println!(
         "fake LLM: {} model requests served, {} scripted turns left",
         fake.requests().len(),
@@ -1139,6 +1154,12 @@ async fn concurrent_runs(
     summary.add(
         format!("{n} concurrent runs: long-polls retried (transport)"),
         dropped.len() as f64,
+        "",
+        Target::None,
+    );
+    summary.add(
+        format!("{n} concurrent runs: runners alive at once (max)"),
+        peaks.max_live as f64,
         "",
         Target::None,
     );
@@ -1502,7 +1523,7 @@ mod tests {
         assert!(o.agents && o.runs);
         assert_eq!(
             (o.seq_runs, o.concurrent_runs, o.llm_delay_ms),
-            (50, 500, 0)
+            (200, 500, 3000)
         );
         assert_eq!(o.runs_timeout, Duration::from_secs(300));
         let o = parse(&[

@@ -97,8 +97,9 @@ pub async fn run_stream(
     out.send("ping", "");
     out.send("run_update", &crate::runs::run_update(&run).to_string());
     let terminal = run.is_terminal();
-    let state2 = state.clone();
+    let shutdown = state.runs.shutdown_signal();
     tokio::spawn(async move {
+        tokio::pin!(shutdown);
         if terminal {
             tokio::time::sleep(Duration::from_millis(200)).await;
             return;
@@ -124,9 +125,8 @@ pub async fn run_stream(
                     }
                 },
                 _ = out.tx.closed() => return,
-            }
-            if state2.is_shutting_down() {
-                return;
+                // Graceful shutdown closes the stream (§5.3 step 1).
+                _ = &mut shutdown => return,
             }
         }
     });
@@ -155,8 +155,9 @@ pub async fn runs_stream(
         n: 0,
     };
     out.send("ping", "");
-    let state2 = state.clone();
+    let shutdown = state.runs.shutdown_signal();
     tokio::spawn(async move {
+        tokio::pin!(shutdown);
         loop {
             tokio::select! {
                 f = tokio::time::timeout(IDLE_PING, frames.next()) => match f {
@@ -178,9 +179,8 @@ pub async fn runs_stream(
                     }
                 },
                 _ = out.tx.closed() => return,
-            }
-            if state2.is_shutting_down() {
-                return;
+                // Graceful shutdown closes the stream (§5.3 step 1).
+                _ = &mut shutdown => return,
             }
         }
     });

@@ -294,6 +294,8 @@ async fn wait_terminal(state: &AppState, run: RunRow, wait: Duration) -> Result<
     let mut frames = state.infra.pubsub.subscribe(Topic::RunEvents).await.ok();
     let deadline = tokio::time::Instant::now() + wait;
     let mut reread = tokio::time::interval(Duration::from_secs(2));
+    let shutdown = state.runs.shutdown_signal();
+    tokio::pin!(shutdown);
     loop {
         let fresh = state
             .infra
@@ -308,6 +310,10 @@ async fn wait_terminal(state: &AppState, run: RunRow, wait: Duration) -> Result<
         loop {
             tokio::select! {
                 _ = tokio::time::sleep_until(deadline) => return Ok(fresh),
+                // Graceful shutdown answers with the run as it is now.
+                _ = &mut shutdown => {
+                    return Ok(state.infra.db.get_run(&run.id).await?.unwrap_or(fresh));
+                }
                 _ = reread.tick() => break,
                 frame = async { frames.as_mut().expect("guarded").next().await }, if frames.is_some() => {
                     match frame {

@@ -16,7 +16,7 @@ use crate::http::auth::{Auth, Credential};
 use crate::http::error::ApiError;
 use crate::infra::database::now;
 use crate::infra::database::runs::RunRow;
-use crate::runs::events::{accept, reply, Accepted, RunSink};
+use crate::runs::events::{accept, remember, reply, seen, Accepted, RunSink};
 use crate::runs::sink::{parse_event, parse_finalize, verify, SignatureError};
 use crate::runs::verdict::Outcome;
 use crate::state::AppState;
@@ -83,10 +83,9 @@ async fn verified(
         now().timestamp(),
         state.config.webhook_timestamp_tolerance_seconds as i64,
     );
-    let window = Duration::from_secs(state.config.run_event_replay_window_seconds);
     if run.sink_closed_at.is_some() {
         // A replayed webhook-id is still answered after finalize; anything else is gone.
-        if check.is_ok() && sink.seen(&webhook_id, window).await {
+        if check.is_ok() && seen(state, &run.id, &webhook_id).await.map_err(Err)? {
             return Err(Ok(Json(
                 json!({"ok": true, "outcome": "replay", "sequence": run.last_event_sequence}),
             )
@@ -178,7 +177,7 @@ async fn event(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (run, sink, webhook_id) =
+    let (run, _, webhook_id) =
         verify_or_return!(verified(&state, addr, &id, &headers, &body).await);
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_event", format!("Malformed JSON: {e}")))?;
@@ -188,7 +187,7 @@ async fn event(
         e
     })?;
     let sequence = ev.sequence;
-    let outcome = accept(&state, &run, &sink, &webhook_id, ev).await?;
+    let outcome = accept(&state, &run, &webhook_id, ev).await?;
     if outcome != Accepted::Replay {
         let _ = state.infra.db.heartbeat(&run.id, now()).await;
     }
@@ -202,10 +201,10 @@ async fn heartbeat(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (run, sink, webhook_id) =
+    let (run, _, webhook_id) =
         verify_or_return!(verified(&state, addr, &id, &headers, &body).await);
     state.infra.db.heartbeat(&run.id, now()).await?;
-    sink.remember(&webhook_id).await;
+    remember(&state, &run.id, &webhook_id).await?;
     Ok(Json(json!({"ok": true})).into_response())
 }
 
@@ -216,12 +215,12 @@ async fn finalize(
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Response, ApiError> {
-    let (run, sink, webhook_id) =
+    let (run, _, webhook_id) =
         verify_or_return!(verified(&state, addr, &id, &headers, &body).await);
     let value: Value = serde_json::from_slice(&body)
         .map_err(|e| ApiError::bad_request("invalid_request", format!("Malformed JSON: {e}")))?;
     let outcome: Outcome = parse_finalize(&value).map_err(ApiError::validation)?;
-    sink.remember(&webhook_id).await;
+    remember(&state, &run.id, &webhook_id).await?;
     crate::runs::finalize_run(&state, &run.id, outcome)
         .await
         .map_err(ApiError::internal)?;

@@ -14,6 +14,9 @@ use tokio::process::{Child, Command};
 use super::{RunAdapter, Workload, WorkloadSpec};
 
 const TAIL_LINES: usize = 200;
+/// How long `wait` waits, once the runner exited, for its stdout and stderr to be read to the end (a
+/// grandchild holding the pipes open is not waited for longer).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 
 pub struct ProcessAdapter {
     runner_bin: Option<PathBuf>,
@@ -65,6 +68,8 @@ struct ProcessWorkload {
     pid: Option<u32>,
     exited: Arc<AtomicBool>,
     tail: Arc<Mutex<VecDeque<String>>>,
+    /// The stdout and stderr readers feeding `tail`.
+    readers: Vec<tokio::task::JoinHandle<()>>,
     sidecar: Option<sidecar::RunningSidecar>,
     workspace: PathBuf,
     pid_dir: PathBuf,
@@ -75,6 +80,14 @@ impl Workload for ProcessWorkload {
     async fn wait(&mut self) -> i32 {
         let status = self.child.wait().await;
         self.exited.store(true, Ordering::SeqCst);
+        // The last lines (often the reason of a failure) may still be in the pipes: read them to the end
+        // before anyone asks for the tail.
+        let deadline = tokio::time::Instant::now() + DRAIN_TIMEOUT;
+        for reader in self.readers.drain(..) {
+            if tokio::time::timeout_at(deadline, reader).await.is_err() {
+                tracing::debug!("runner output still open after exit; its tail may be incomplete");
+            }
+        }
         match status {
             Ok(s) => {
                 use std::os::unix::process::ExitStatusExt;
@@ -131,7 +144,7 @@ impl Workload for ProcessWorkload {
 fn collect_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
     reader: R,
     tail: Arc<Mutex<VecDeque<String>>>,
-) {
+) -> tokio::task::JoinHandle<()> {
     tokio::spawn(async move {
         let mut lines = BufReader::new(reader).lines();
         while let Ok(Some(line)) = lines.next_line().await {
@@ -141,7 +154,7 @@ fn collect_lines<R: tokio::io::AsyncRead + Unpin + Send + 'static>(
             }
             t.push_back(line);
         }
-    });
+    })
 }
 
 #[async_trait]
@@ -213,17 +226,19 @@ impl RunAdapter for ProcessAdapter {
             let _ = std::fs::write(pid_dir.join("runner.pid"), pid.to_string());
         }
         let tail = Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES)));
+        let mut readers = Vec::new();
         if let Some(out) = child.stdout.take() {
-            collect_lines(out, tail.clone());
+            readers.push(collect_lines(out, tail.clone()));
         }
         if let Some(err) = child.stderr.take() {
-            collect_lines(err, tail.clone());
+            readers.push(collect_lines(err, tail.clone()));
         }
         Ok(Box::new(ProcessWorkload {
             child,
             pid,
             exited: Arc::new(AtomicBool::new(false)),
             tail,
+            readers,
             sidecar: Some(sidecar),
             workspace,
             pid_dir,
