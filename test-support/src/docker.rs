@@ -102,7 +102,9 @@ pub async fn bridge_gateway() -> String {
         .and_then(|c| c.into_iter().find_map(|c| c.gateway))
         .filter(|g| !g.is_empty())
         .or_else(|| interface_ipv4(&iface))
-        .unwrap_or_else(|| panic!("the bridge network has no gateway and {iface} has no IPv4 address"))
+        .unwrap_or_else(|| {
+            panic!("the bridge network has no gateway and {iface} has no IPv4 address")
+        })
 }
 
 /// The first IPv4 address of the network interface `name`, from getifaddrs(3).

@@ -287,7 +287,9 @@ mod tests {
         if !test_support::services::docker_available() {
             return;
         }
-        let docker = connect("unix:///var/run/docker.sock").await.expect("engine");
+        let docker = connect("unix:///var/run/docker.sock")
+            .await
+            .expect("engine");
         let name = format!("appstrate-test-dedupe-{}", std::process::id());
         let create = || NetworkCreateRequest {
             name: name.clone(),

@@ -368,7 +368,10 @@ impl RunAdapter for DockerAdapter {
             .unwrap_or_else(|e| e.into_inner())
             .take();
         if let Some(task) = task {
-            if tokio::time::timeout(Duration::from_secs(15), task).await.is_err() {
+            if tokio::time::timeout(Duration::from_secs(15), task)
+                .await
+                .is_err()
+            {
                 tracing::warn!("the sidecar pool did not stop within 15 s");
             }
         }
