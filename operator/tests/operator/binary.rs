@@ -147,7 +147,7 @@ struct Operator {
 impl Operator {
     fn spawn(kubeconfig: &std::path::Path, identity: &str) -> Operator {
         let port = free_port();
-        let child = Command::new(env!("CARGO_BIN_EXE_appstrate-operator"))
+        let mut child = Command::new(env!("CARGO_BIN_EXE_appstrate-operator"))
             .env("KUBECONFIG", kubeconfig)
             .env("METRICS_PORT", port.to_string())
             .env("POD_NAMESPACE", "ops")
