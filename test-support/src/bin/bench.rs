@@ -70,6 +70,8 @@ const TARGET_CONCURRENCY: usize = 16;
 const RUN_START_TARGET_MS: f64 = 30.0;
 const RUNNER_RSS_TARGET_MB: f64 = 15.0;
 const WARMUP_RUNS: usize = 2;
+/// Runs started with one API key in the sequential scenario (the route allows 20 per minute).
+const RUNS_PER_KEY: usize = 19;
 /// The run-start scenario starts the project's example agent.
 const RUN_START_PATH: &str = "/api/agents/@examples/hello/run";
 /// Connections that send the concurrent runs' POSTs, and that long-poll their results.
@@ -737,6 +739,18 @@ async fn runs_bench(
          the first run; then GET /api/runs/{{id}}?wait=30 until terminal before the next run"
     );
     flush();
+    // The run route allows 20 requests / 60 s per identity (SPEC §10.2): a fresh key every 19 runs.
+    let run_keys = fixtures::mint_api_keys(
+        &server.db_path(),
+        creds,
+        (WARMUP_RUNS + opts.seq_runs).div_ceil(RUNS_PER_KEY),
+    )
+    .await?;
+    println!(
+        "minted {} API keys: the run route allows 20 requests / 60 s per key, so each key starts \
+         at most {RUNS_PER_KEY} runs",
+        run_keys.len()
+    );
     let mut events = runs::first_events(addr, key).await?;
     let sampler =
         runs::RunnerSampler::start(runs::runs_dir(server.dir()), Duration::from_millis(1));
@@ -748,7 +762,7 @@ async fn runs_bench(
     for i in 0..WARMUP_RUNS + opts.seq_runs {
         let (mut sent_wall, mut sent) = (SystemTime::now(), Instant::now());
         let a = post_conn
-            .post_json(RUN_START_PATH, key, &body, || {
+            .post_json(RUN_START_PATH, &run_keys[i / RUNS_PER_KEY], &body, || {
                 sent_wall = SystemTime::now();
                 sent = Instant::now();
             })
