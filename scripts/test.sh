@@ -24,7 +24,7 @@ services_start
 # (no release build in CI), FROM scratch images tagged :test. Nothing is pulled.
 if [ "${DOCKER_HOST_AVAILABLE:-}" = 1 ]; then
   log "images for the Docker tests"
-  PROFILE=image-dev AGENT_IMAGE=appstrate-runner:test SIDECAR_IMAGE=appstrate-sidecar:test \
+  PROFILE=image-dev AGENT_IMAGE=appstrate-runner:${APPSTRATE_TEST_IMAGE_TAG:-test} SIDECAR_IMAGE=appstrate-sidecar:${APPSTRATE_TEST_IMAGE_TAG:-test} \
     bash images/build.sh runner sidecar
   export APPSTRATE_TEST_IMAGES_BUILT=1
 fi

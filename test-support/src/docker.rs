@@ -13,9 +13,29 @@ use std::sync::OnceLock;
 
 use bollard::Docker;
 
-/// Image names the Docker tests use (tag `test`, so a release `latest` is never replaced).
-pub const AGENT_IMAGE: &str = "appstrate-runner:test";
-pub const SIDECAR_IMAGE: &str = "appstrate-sidecar:test";
+/// The tag of the images the Docker tests use: `test` (so a release `latest` is never replaced), or
+/// `APPSTRATE_TEST_IMAGE_TAG`, so that two checkouts testing on one engine do not replace each other's.
+fn image_tag() -> &'static str {
+    static TAG: OnceLock<String> = OnceLock::new();
+    TAG.get_or_init(|| {
+        std::env::var("APPSTRATE_TEST_IMAGE_TAG")
+            .ok()
+            .filter(|t| !t.is_empty())
+            .unwrap_or_else(|| "test".into())
+    })
+}
+
+/// The runner image the Docker tests use (`appstrate-runner:<tag>`).
+pub fn agent_image() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| format!("appstrate-runner:{}", image_tag()))
+}
+
+/// The sidecar image the Docker tests use (`appstrate-sidecar:<tag>`).
+pub fn sidecar_image() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| format!("appstrate-sidecar:{}", image_tag()))
+}
 
 fn repo_root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -37,8 +57,8 @@ pub fn ensure_images() {
             .arg(root.join("images/build.sh"))
             .args(["runner", "sidecar"])
             .env("PROFILE", "image-dev")
-            .env("AGENT_IMAGE", AGENT_IMAGE)
-            .env("SIDECAR_IMAGE", SIDECAR_IMAGE)
+            .env("AGENT_IMAGE", agent_image())
+            .env("SIDECAR_IMAGE", sidecar_image())
             .current_dir(&root)
             .status()
             .map_err(|e| format!("cannot run images/build.sh: {e}"))?;

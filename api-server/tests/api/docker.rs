@@ -14,7 +14,7 @@ use bollard::Docker;
 use reqwest::Method;
 use serde_json::{json, Value};
 use test_support::app::{runner_bin, TestApp, TEST_ENCRYPTION_KEY};
-use test_support::docker::{self, Sweep, AGENT_IMAGE, SIDECAR_IMAGE};
+use test_support::docker::{self, Sweep};
 use test_support::fake_llm::{FakeLlm, Turn};
 use test_support::{services, spawn_app_with};
 
@@ -51,8 +51,8 @@ async fn docker_app(turns: Vec<Turn>, pool: &str, extra: &[(&str, &str)]) -> Opt
     let mut env: Vec<(&str, &str)> = vec![
         ("RUN_ADAPTER", "docker"),
         ("HOST", gateway.as_str()),
-        ("AGENT_IMAGE", AGENT_IMAGE),
-        ("SIDECAR_IMAGE", SIDECAR_IMAGE),
+        ("AGENT_IMAGE", docker::agent_image()),
+        ("SIDECAR_IMAGE", docker::sidecar_image()),
         ("SIDECAR_POOL_SIZE", pool),
         ("LLM_BASE_URL", llm.as_str()),
         ("LLM_API_KEY", CANARY),
@@ -269,7 +269,7 @@ async fn a_docker_run_succeeds_through_its_sidecar_in_hardened_containers() {
     assert_eq!(labels["appstrate.role"], "agent");
     assert_eq!(labels["appstrate.instance"], d.instance);
     assert_eq!(cfg.user.as_deref(), Some("65534:65534"));
-    assert_eq!(cfg.image.as_deref(), Some(AGENT_IMAGE));
+    assert_eq!(cfg.image.as_deref(), Some(docker::agent_image()));
     assert_eq!(networks_of(&agent), vec![exec.clone()]);
     let hc = agent.host_config.clone().unwrap();
     assert_eq!(hc.readonly_rootfs, Some(true));
@@ -645,8 +645,8 @@ fn serve_env(
         ("LLM_MODEL", "m".into()),
         ("EGRESS_ALLOW_INTERNAL_HOSTS", "host.docker.internal".into()),
         ("RUN_ADAPTER", "docker".into()),
-        ("AGENT_IMAGE", AGENT_IMAGE.into()),
-        ("SIDECAR_IMAGE", SIDECAR_IMAGE.into()),
+        ("AGENT_IMAGE", docker::agent_image().into()),
+        ("SIDECAR_IMAGE", docker::sidecar_image().into()),
         ("SIDECAR_POOL_SIZE", "2".into()),
         ("RUNNER_BIN", runner_bin().to_string_lossy().into_owned()),
         ("SYSTEM_PACKAGES_DIR", "./none".into()),

@@ -19,7 +19,7 @@ use serde_json::{json, Value};
 use super::report::{Summary, Target};
 use super::runs::quantile;
 use super::{min_median_max, ms};
-use crate::docker::{self as dk, Sweep, AGENT_IMAGE, SIDECAR_IMAGE};
+use crate::docker::{self as dk, Sweep};
 use crate::fake_llm::{FakeLlm, Turn};
 
 pub const POOLED_P50_TARGET_MS: f64 = 250.0;
@@ -44,8 +44,8 @@ async fn start_latencies(pool: usize, runs: usize, gateway: &str) -> anyhow::Res
     let app = crate::spawn_app_with(&[
         ("RUN_ADAPTER", "docker"),
         ("HOST", gateway),
-        ("AGENT_IMAGE", AGENT_IMAGE),
-        ("SIDECAR_IMAGE", SIDECAR_IMAGE),
+        ("AGENT_IMAGE", dk::agent_image()),
+        ("SIDECAR_IMAGE", dk::sidecar_image()),
         ("SIDECAR_POOL_SIZE", pool_s.as_str()),
         ("LLM_BASE_URL", llm.as_str()),
         ("LLM_API_KEY", "sk-bench"),
@@ -158,7 +158,7 @@ async fn floor(
             .create_container(
                 None::<CreateContainerOptions>,
                 ContainerCreateBody {
-                    image: Some(AGENT_IMAGE.into()),
+                    image: Some(dk::agent_image().into()),
                     cmd: Some(vec!["probe-connect".into()]),
                     labels: Some(labels.clone()),
                     host_config: Some(HostConfig {
@@ -196,7 +196,7 @@ pub async fn docker_bench(runs: usize, summary: &mut Summary) -> anyhow::Result<
     tokio::task::spawn_blocking(dk::ensure_images).await?;
     let docker = dk::client().await;
     let gateway = dk::bridge_gateway().await;
-    for image in [AGENT_IMAGE, SIDECAR_IMAGE] {
+    for image in [dk::agent_image(), dk::sidecar_image()] {
         let size = docker.inspect_image(image).await?.size.unwrap_or(0) as f64 / 1024.0 / 1024.0;
         println!("image {image}: {size:.1} MiB");
         summary.add(format!("image size {image}"), size, "MiB", Target::None);
