@@ -15,9 +15,10 @@ use serde_json::{json, Value};
 
 use crate::http::auth::Auth;
 use crate::http::error::ApiError;
+use crate::http::idempotency::idempotency;
 use crate::http::json::{Fields, JsonBody};
 use crate::http::list::{paged_response, ListQuery};
-use crate::http::middleware::{idempotency, rate_limit, Limit};
+use crate::http::middleware::{rate_limit, Limit};
 use crate::infra::database::runs::{RunFilter, RunRow};
 use crate::infra::pubsub::Topic;
 use crate::runs::create::{create_run, AgentSource, CreateRun};
@@ -30,19 +31,19 @@ pub fn router(state: &AppState) -> Router<AppState> {
     let rl = |limit: u32, window_secs: u64| {
         from_fn_with_state((state.clone(), Limit { limit, window_secs }), rate_limit)
     };
-    let idem = || from_fn_with_state(state.clone(), idempotency);
+    let idem = |scope: &'static str| from_fn_with_state((state.clone(), scope), idempotency);
     Router::new()
         .route(
             "/api/agents/{scope}/{name}/run",
             post(start_package_run)
-                .route_layer(idem())
+                .route_layer(idem("agents:run"))
                 .route_layer(rl(20, 60)),
         )
         .route("/api/agents/{scope}/{name}/runs", get(list_agent_runs))
         .route(
             "/api/runs/inline",
             post(start_inline_run)
-                .route_layer(idem())
+                .route_layer(idem("agents:run"))
                 .route_layer(rl(state.config.inline_run_limits.rate_per_min as u32, 60)),
         )
         .route("/api/runs", get(list_runs))
