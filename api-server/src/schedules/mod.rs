@@ -394,7 +394,13 @@ pub async fn tick_schedule(
     }
     let mut out = Vec::new();
     for at in &times {
-        out.push(fire(state, s, *at).await);
+        let outcome = fire(state, s, *at).await;
+        let skipped = matches!(outcome, FireOutcome::Skipped(_));
+        out.push(outcome);
+        if skipped {
+            // Disabled: no later occurrence fires, and a skipped one is not a run.
+            return out;
+        }
     }
     // The first occurrence after the window just covered: the next poll starts there.
     let next = spec.next_after(until);
