@@ -6,7 +6,7 @@ use appstrate::crypto::sha256_hex;
 use appstrate::infra::database::runs::RunFilter;
 use appstrate::infra::database::schedules::ScheduleRow;
 use appstrate::infra::database::{now, Page};
-use appstrate::schedules::{fire, FireOutcome};
+use appstrate::schedules::{fire, tick_schedule, FireOutcome};
 use reqwest::Method;
 use serde_json::{json, Value};
 use test_support::app::TestApp;
@@ -200,6 +200,37 @@ async fn a_revoked_admin_token_or_api_key_stops_its_schedules() {
     let (s, _) = answer(app.admin(Method::DELETE, &format!("/api/api-keys/{key_id}"))).await;
     assert_eq!(s, 204);
     assert_skipped(&app, &key_sched, "The schedule's API key was revoked").await;
+
+    // Through the cron clock: a window of three occurrences skips the first, then stops; nothing is
+    // recorded as the schedule's last run.
+    let (key_id, key) = key_with(&app, &["schedules:write", "agents:run"]).await;
+    let (s, by_key) = answer(as_bearer(&app, Method::POST, path, &key).json(&json!({
+        "cron_expression": "0 3 * * *"
+    })))
+    .await;
+    assert_eq!(s, 201, "{by_key}");
+    let ticked = by_key["id"].as_str().unwrap().to_string();
+    let (s, _) = answer(app.admin(Method::DELETE, &format!("/api/api-keys/{key_id}"))).await;
+    assert_eq!(s, 204);
+    let before = row(&app, &ticked).await;
+    let first = before.next_run_at.unwrap();
+    let outcomes = tick_schedule(
+        app.state(),
+        &before,
+        first - chrono::Duration::seconds(1),
+        first + chrono::Duration::days(2),
+    )
+    .await;
+    assert_eq!(
+        outcomes,
+        [FireOutcome::Skipped(
+            "The schedule's API key was revoked".into()
+        )]
+    );
+    let after = row(&app, &ticked).await;
+    assert!(!after.enabled);
+    assert_eq!((after.last_run_at, after.next_run_at), (None, None));
+    assert_eq!(runs_of(&app, &ticked).await, 0);
 
     // An expired key likewise.
     let (s, b) = answer(app.admin(Method::POST, "/api/api-keys").json(&json!({
