@@ -31,6 +31,7 @@ mod database;
 mod docker;
 mod lag;
 mod migrate_data;
+mod overload;
 mod packages;
 mod ratelimit;
 mod runs;
