@@ -120,6 +120,25 @@ async fn pubsub_conformance_redis() {
     pubsub_conformance(Arc::new(a), Arc::new(b)).await;
 }
 
+/// The idle probe (`PING` every 10 s on the subscriber connection) keeps the connection: it is not
+/// mistaken for a broken one and re-established, which would lose the messages published meanwhile.
+#[tokio::test]
+async fn redis_pubsub_keeps_its_subscriber_connection_across_idle_probes() {
+    let server = require!(RedisServer::start());
+    let a = RedisPubSub::connect(redis(&server).await).await.unwrap();
+    let mut cancels = a.subscribe(&Channel::run_cancel()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        a.connections(),
+        1,
+        "the subscriber connection was re-established"
+    );
+    a.publish(&Channel::run_cancel(), "run_z".into())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut cancels).await, msg("run_z"));
+}
+
 /// After a Redis restart the subscriber resubscribes on its own; every open stream is told that frames
 /// may have been missed (so its owner re-reads the database), then delivery goes on.
 #[tokio::test]

@@ -928,6 +928,15 @@ async fn after_a_burst_a_cancel_still_reaches_its_run_and_other_orgs_see_no_gap(
 
     let id = start_inline(&a, "@tiers/burst").await;
     let pid = wait_for_pid(&a, &id).await;
+    // The run is in its (slow) model call, so the turns pushed below are the other run's.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fake.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the runner never called the model"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     let mut stream = a
         .client
         .get(a.url(&format!("/api/realtime/runs?token={other_key}")))

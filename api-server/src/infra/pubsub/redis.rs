@@ -143,7 +143,7 @@ async fn run(
                     None => break,
                 },
                 _ = probe.tick() => {
-                    let pong = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<String>()).await;
+                    let pong = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         break;
                     }
