@@ -226,8 +226,6 @@ async fn a_run_finishing_during_the_shutdown_grace_keeps_its_output() {
         .json()
         .await
         .unwrap();
-    assert_eq!(run["status"], "success", "{run}");
-    assert_eq!(run["result"]["output"]["answer"], 42, "{run}");
     let logs: Value = client
         .get(format!("{base}/api/runs/{id}/logs"))
         .bearer_auth(&key)
@@ -237,9 +235,11 @@ async fn a_run_finishing_during_the_shutdown_grace_keeps_its_output() {
         .json()
         .await
         .unwrap();
-    assert!(logs.to_string().contains("before the slow call"), "{logs}");
     unsafe {
         libc::kill(server.id() as i32, libc::SIGTERM);
     }
     assert_eq!(server.wait().unwrap().code(), Some(0));
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(run["result"]["output"]["answer"], 42, "{run}");
+    assert!(logs.to_string().contains("before the slow call"), "{logs}");
 }
