@@ -13,6 +13,7 @@ pub mod metrics;
 pub mod packages;
 pub mod runs;
 pub mod schedules;
+pub mod server;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

@@ -39,7 +39,25 @@ pub async fn record_route(req: Request, next: Next) -> Response {
     res
 }
 
-/// Outermost layer: request id, shutdown gate, problem rendering, access log and metrics.
+/// During graceful shutdown (§5.3 step 1) a mutating request gets 503 `shutting_down`; GETs are still
+/// served. Attached to the API routes only: the runner's event sink (`/events`, `/events/heartbeat`,
+/// `/events/finalize`) keeps working until the last run is finalized or the grace period ends, so a run
+/// that finishes during the grace keeps its outcome.
+pub async fn shutdown_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.is_shutting_down()
+        && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+    {
+        return ApiError::unavailable(
+            "shutting_down",
+            "The server is shutting down; retry shortly",
+        )
+        .with_header(RETRY_AFTER, "5")
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Outermost layer: request id, problem rendering, access log and metrics.
 pub async fn outer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = format!("req_{}", uuid::Uuid::new_v4());
@@ -48,18 +66,7 @@ pub async fn outer(State(state): State<AppState>, mut req: Request, next: Next) 
     let path = req.uri().path().to_string();
     let span = tracing::info_span!("request", request_id = %request_id);
 
-    let mut res = if state.is_shutting_down()
-        && !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
-    {
-        ApiError::unavailable(
-            "shutting_down",
-            "The server is shutting down; retry shortly",
-        )
-        .with_header(RETRY_AFTER, "5")
-        .into_response()
-    } else {
-        next.run(req).instrument(span.clone()).await
-    };
+    let mut res = next.run(req).instrument(span.clone()).await;
 
     finish_problem(&mut res, &request_id, &method, &path);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -73,11 +80,13 @@ pub async fn outer(State(state): State<AppState>, mut req: Request, next: Next) 
         .unwrap_or_else(|| "unmatched".to_string());
     let status = res.status().as_u16();
     let elapsed = started.elapsed();
+    // Bounded label values: a client chooses the method and the path, not the number of series.
+    let method_label = crate::metrics::method_label(&method);
     state
         .metrics
         .http_requests
         .get_or_create(&RequestLabels {
-            method: method.to_string(),
+            method: method_label.to_string(),
             route: route.clone(),
             status,
         })
@@ -86,7 +95,7 @@ pub async fn outer(State(state): State<AppState>, mut req: Request, next: Next) 
         .metrics
         .http_duration
         .get_or_create(&RouteLabels {
-            method: method.to_string(),
+            method: method_label.to_string(),
             route: route.clone(),
         })
         .observe(elapsed.as_secs_f64());

@@ -23,7 +23,7 @@ use utoipa::{Modify, OpenApi};
 
 use self::error::ApiError;
 use self::idempotency::idempotency;
-use self::middleware::{outer, rate_limit, record_route, Limit};
+use self::middleware::{outer, rate_limit, record_route, shutdown_gate, Limit};
 use self::routes::{
     api_keys, applications, end_users, meta, packages, realtime, runs, schedules, webhooks,
 };
@@ -139,7 +139,10 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::runs::router(&state))
         .merge(routes::schedules::router(&state))
         .merge(routes::webhooks::router(&state))
-        .route_layer(from_fn_with_state(state.clone(), auth::require_auth));
+        .route_layer(from_fn_with_state(state.clone(), auth::require_auth))
+        // Outside authentication: a mutating API request during shutdown is refused before any work.
+        // The sink routes below are not gated (§5.3: runs may still finish during the grace).
+        .route_layer(from_fn_with_state(state.clone(), shutdown_gate));
 
     let public = Router::new()
         .route("/health", get(meta::health))

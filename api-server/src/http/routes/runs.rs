@@ -20,7 +20,7 @@ use crate::http::json::{Fields, JsonBody};
 use crate::http::list::{paged_response, ListQuery};
 use crate::http::middleware::{rate_limit, Limit};
 use crate::infra::database::runs::{RunFilter, RunRow};
-use crate::infra::pubsub::Topic;
+use crate::infra::pubsub::{Channel, Delivery};
 use crate::runs::create::{create_run, AgentSource, CreateRun};
 use crate::runs::verdict::Outcome;
 use crate::runs::{run_dto, stop_run};
@@ -291,8 +291,13 @@ async fn wait_terminal(state: &AppState, run: RunRow, wait: Duration) -> Result<
     if run.is_terminal() {
         return Ok(run);
     }
-    // A subscriber that falls behind is dropped by the pub/sub adapter: then the 2 s re-reads carry on.
-    let mut frames = state.infra.pubsub.subscribe(Topic::RunEvents).await.ok();
+    // Without a subscription (the adapter failed) the 2 s re-reads carry on alone.
+    let mut frames = state
+        .infra
+        .pubsub
+        .subscribe(&Channel::run_events(&run.org_id))
+        .await
+        .ok();
     let deadline = tokio::time::Instant::now() + wait;
     let mut reread = tokio::time::interval(Duration::from_secs(2));
     let shutdown = state.runs.shutdown_signal();
@@ -318,12 +323,14 @@ async fn wait_terminal(state: &AppState, run: RunRow, wait: Duration) -> Result<
                 _ = reread.tick() => break,
                 frame = async { frames.as_mut().expect("guarded").next().await }, if frames.is_some() => {
                     match frame {
-                        Some(f) => {
+                        Some(Delivery::Message(f)) => {
                             let v: Value = serde_json::from_str(&f).unwrap_or(Value::Null);
                             if v["runId"] == run.id.as_str() && v["terminal"] == true {
                                 break;
                             }
                         }
+                        // Frames were missed: re-read the run now.
+                        Some(Delivery::Lagged) => break,
                         None => frames = None,
                     }
                 }
