@@ -4,6 +4,7 @@
 
 pub mod credentials;
 pub mod desired;
+pub mod finalizer;
 pub mod health;
 pub mod labels;
 pub mod leader;

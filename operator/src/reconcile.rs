@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
-use kube::core::error_boundary::InvalidObject;
 use kube::core::{DeserializeGuard, DynamicObject, TypeMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
@@ -21,8 +20,8 @@ use crate::health::HealthProbe;
 use crate::labels::{self, MANAGER};
 use crate::metrics::Metrics;
 use crate::status;
-use crate::v1alpha1::{Appstrate, AppstrateStatus, DeletionPolicy, Phase, FINALIZER};
-use crate::{credentials, observe, quantity};
+use crate::v1alpha1::{Appstrate, AppstrateStatus, Phase, FINALIZER};
+use crate::{credentials, finalizer, observe, quantity};
 
 /// Requeue while anything is not ready (default of `REQUEUE_NOT_READY_SECONDS`).
 pub const REQUEUE_NOT_READY: Duration = Duration::from_secs(10);
@@ -156,7 +155,13 @@ impl Context {
         self
     }
 
-    async fn event(&self, app: &Appstrate, type_: EventType, reason: &str, note: String) {
+    pub(crate) async fn event(
+        &self,
+        app: &Appstrate,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
         self.event_about(app, type_, reason, note, None).await;
     }
 
@@ -215,7 +220,7 @@ pub fn backoff_delay(n: u32) -> Duration {
     Duration::from_secs(secs.min(BACKOFF_MAX.as_secs()))
 }
 
-fn object_key(meta: &kube::api::ObjectMeta) -> String {
+pub(crate) fn object_key(meta: &kube::api::ObjectMeta) -> String {
     format!(
         "{}/{}",
         meta.namespace.as_deref().unwrap_or_default(),
@@ -232,7 +237,7 @@ pub async fn reconcile(
     let key = object_key(guard.meta());
     let result = match &guard.0 {
         Ok(app) => reconcile_appstrate(Arc::new(app.clone()), ctx.clone()).await,
-        Err(invalid) => report_invalid_object(invalid, &ctx).await,
+        Err(invalid) => finalizer::report_invalid_object(invalid, &ctx).await,
     };
     ctx.metrics.reconciled(
         start.elapsed(),
@@ -267,12 +272,12 @@ pub async fn reconcile_appstrate(app: Arc<Appstrate>, ctx: Arc<Context>) -> Resu
         (Some(_), false) => apply(&app, &ctx).await,
         (Some(i), true) => {
             // Cleanup must succeed before the finalizer goes, so a failure keeps it.
-            let action = cleanup(&app, &ctx).await?;
-            remove_finalizer(&api, &app, i).await?;
+            let action = finalizer::cleanup(&app, &ctx).await?;
+            finalizer::remove_finalizer(&api, &app, i).await?;
             Ok(action)
         }
         (None, false) => {
-            add_finalizer(&api, &app).await?;
+            finalizer::add_finalizer(&api, &app).await?;
             Ok(Action::await_change())
         }
         (None, true) => Ok(Action::await_change()),
@@ -287,68 +292,15 @@ pub fn write_params() -> PatchParams {
     }
 }
 
-/// Adds the finalizer with a JSON patch whose `test` fails when someone changed the finalizers
-/// meanwhile (the API server does not deduplicate them).
-async fn add_finalizer(api: &Api<Appstrate>, app: &Appstrate) -> Result<(), Error> {
-    let ops = if app.finalizers().is_empty() {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": null},
-            {"op": "add", "path": "/metadata/finalizers", "value": [FINALIZER]},
-        ])
-    } else {
-        json!([
-            {"op": "test", "path": "/metadata/finalizers", "value": app.finalizers()},
-            {"op": "add", "path": "/metadata/finalizers/-", "value": FINALIZER},
-        ])
-    };
-    api.patch(
-        &app.name_any(),
-        &write_params(),
-        &Patch::<()>::Json(serde_json::from_value(ops)?),
-    )
-    .await
-    .map_err(Error::AddFinalizer)?;
-    Ok(())
-}
-
-/// Removes the finalizer at `index` (the `test` keeps another controller's finalizer safe). A
-/// 404 means the resource is already gone, which is what removing the finalizer was for.
-async fn remove_finalizer(
-    api: &Api<Appstrate>,
-    app: &Appstrate,
-    index: usize,
-) -> Result<(), Error> {
-    let path = format!("/metadata/finalizers/{index}");
-    let ops = json!([
-        {"op": "test", "path": path, "value": FINALIZER},
-        {"op": "remove", "path": path},
-    ]);
-    match api
-        .patch(
-            &app.name_any(),
-            &write_params(),
-            &Patch::<()>::Json(serde_json::from_value(ops)?),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => {
-            debug!(object = %object_key(&app.metadata), "resource already gone when removing the finalizer");
-            Ok(())
-        }
-        Err(e) => Err(Error::RemoveFinalizer(e)),
-    }
-}
-
-fn dyn_api(client: &Client, ns: &str, kind: ChildKind) -> Api<DynamicObject> {
+pub(crate) fn dyn_api(client: &Client, ns: &str, kind: ChildKind) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &kind.api_resource())
 }
 
-fn apply_params() -> PatchParams {
+pub(crate) fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force()
 }
 
-fn now() -> Time {
+pub(crate) fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
@@ -360,7 +312,7 @@ pub(crate) type Existing = BTreeMap<(ChildKind, String), Value>;
 /// The API server omits `apiVersion`/`kind` on the items of a list of built-in resources, while
 /// a desired object always carries them: without this, every listed child would differ from its
 /// desired form.
-async fn list_kind(
+pub(crate) async fn list_kind(
     client: &Client,
     ns: &str,
     instance: &str,
@@ -678,7 +630,7 @@ pub fn truncate_utf8(s: &str, max: usize) -> String {
 }
 
 /// A listed child that carries a controller reference to some other owner is not ours to prune.
-fn owned_by_other(obj: &Value, app: &Appstrate) -> bool {
+pub(crate) fn owned_by_other(obj: &Value, app: &Appstrate) -> bool {
     let uid = app.uid().unwrap_or_default();
     obj["metadata"]["ownerReferences"]
         .as_array()
@@ -688,7 +640,11 @@ fn owned_by_other(obj: &Value, app: &Appstrate) -> bool {
         })
 }
 
-async fn write_status(app: &Appstrate, ctx: &Context, st: &AppstrateStatus) -> Result<(), Error> {
+pub(crate) async fn write_status(
+    app: &Appstrate,
+    ctx: &Context,
+    st: &AppstrateStatus,
+) -> Result<(), Error> {
     let ns = app.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<Appstrate> = Api::namespaced(ctx.client.clone(), &ns);
     let body = json!({
@@ -699,113 +655,6 @@ async fn write_status(app: &Appstrate, ctx: &Context, st: &AppstrateStatus) -> R
     api.patch_status(&app.name_any(), &apply_params(), &Patch::Apply(&body))
         .await?;
     Ok(())
-}
-
-/// Cleanup before the finalizer is removed: data goes only with `deletionPolicy: Delete`.
-async fn cleanup(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
-    let name = app.name_any();
-    let ns = app.namespace().ok_or(Error::MissingNamespace)?;
-    let key = format!("{ns}/{name}");
-
-    if app.status.as_ref().and_then(|s| s.phase) != Some(Phase::Deleting) {
-        let mut st = app.status.clone().unwrap_or_default();
-        st.phase = Some(Phase::Deleting);
-        // Best effort: the resource is going away either way.
-        if let Err(e) = write_status(app, ctx, &st).await {
-            debug!(object = %key, error = %e, "could not mark Deleting");
-        }
-    }
-
-    // Children are deleted here, not left to the garbage collector through their owner
-    // references: an API server without a controller-manager has none. Workloads go first, so
-    // nothing still mounts a volume or reads a Secret when those are deleted.
-    let mut kinds = vec![
-        ChildKind::Deployment,
-        ChildKind::StatefulSet,
-        ChildKind::Service,
-        ChildKind::NetworkPolicy,
-    ];
-    if app.spec.deletion_policy == DeletionPolicy::Delete {
-        kinds.extend([ChildKind::PersistentVolumeClaim, ChildKind::Secret]);
-    }
-    let mut deleted = Vec::new();
-    for kind in kinds {
-        let api = dyn_api(&ctx.client, &ns, kind);
-        for obj in list_kind(&ctx.client, &ns, &name, kind).await? {
-            let value = serde_json::to_value(&obj)?;
-            // Already going away, or controlled by another owner: not ours to delete.
-            if is_terminating(&value) || (!kind.holds_data() && owned_by_other(&value, app)) {
-                continue;
-            }
-            let child = obj.name_any();
-            match api.delete(&child, &DeleteParams::background()).await {
-                Ok(_) => deleted.push(format!("{}/{child}", kind.kind())),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    if app.spec.deletion_policy == DeletionPolicy::Delete {
-        info!(object = %key, deleted = ?deleted, "deletionPolicy Delete: children and data removed");
-        if !deleted.is_empty() {
-            ctx.event(
-                app,
-                EventType::Normal,
-                "DataDeleted",
-                format!("deleted {}", deleted.join(", ")),
-            )
-            .await;
-        }
-    } else {
-        info!(object = %key, deleted = ?deleted, "deletionPolicy Retain: children removed, PVCs and generated Secrets kept");
-    }
-    ctx.metrics.set_phase(&key, None);
-    Ok(Action::await_change())
-}
-
-/// A resource that does not deserialize: report it on its status instead of stopping the watch.
-async fn report_invalid_object(invalid: &InvalidObject, ctx: &Context) -> Result<Action, Error> {
-    let meta = &invalid.metadata;
-    let ns = meta.namespace.clone().ok_or(Error::MissingNamespace)?;
-    let name = meta.name.clone().unwrap_or_default();
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        ctx.client.clone(),
-        &ns,
-        &kube::core::ApiResource::erase::<Appstrate>(&()),
-    );
-    warn!(object = %format!("{ns}/{name}"), error = %invalid.error, "resource does not deserialize");
-
-    // Being deleted with our finalizer: nothing can be read, so keep the data (Retain) and let go.
-    if meta.deletion_timestamp.is_some() {
-        let finalizers = meta.finalizers.clone().unwrap_or_default();
-        if finalizers.iter().any(|f| f == FINALIZER) {
-            let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
-            // resourceVersion makes the merge patch fail instead of dropping a finalizer added meanwhile.
-            let patch =
-                json!({"metadata": {"finalizers": rest, "resourceVersion": meta.resource_version}});
-            api.patch(&name, &write_params(), &Patch::Merge(&patch))
-                .await?;
-        }
-        return Ok(Action::await_change());
-    }
-
-    let message = format!("spec does not match the schema: {}", invalid.error);
-    let cond = status::to_conditions(
-        &[status::invalid_spec_condition(&message)],
-        None,
-        meta.generation,
-        &now(),
-    );
-    let body = json!({
-        "apiVersion": Appstrate::api_version(&()),
-        "kind": Appstrate::kind(&()),
-        "status": {"phase": "Failed", "observedGeneration": meta.generation, "conditions": cond},
-    });
-    api.patch_status(&name, &apply_params(), &Patch::Apply(&body))
-        .await?;
-    ctx.metrics
-        .set_phase(&format!("{ns}/{name}"), Some(Phase::Failed));
-    Ok(Action::await_change())
 }
 
 /// Whether every field of `desired` is present with the same value in `current`.

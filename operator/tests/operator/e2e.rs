@@ -37,7 +37,7 @@ use crate::common::example;
 const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// A cluster client, or `None` (the test reports itself skipped) without `KUBECONFIG`.
-async fn cluster() -> Option<Client> {
+pub(crate) async fn cluster() -> Option<Client> {
     if std::env::var_os("KUBECONFIG").is_none() {
         println!("skipped: KUBECONFIG not set");
         return None;
@@ -91,12 +91,12 @@ async fn operator_client(writes: Writes) -> Client {
         .build()
 }
 
-struct TestNs {
-    client: Client,
-    name: String,
+pub(crate) struct TestNs {
+    pub(crate) client: Client,
+    pub(crate) name: String,
     operator: tokio::task::JoinHandle<()>,
     writes: Writes,
-    metrics: Arc<Metrics>,
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 impl TestNs {
@@ -131,14 +131,14 @@ impl TestNs {
         std::mem::take(&mut *self.writes.lock().unwrap())
     }
 
-    fn api<K>(&self) -> Api<K>
+    pub(crate) fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
     {
         Api::namespaced(self.client.clone(), &self.name)
     }
 
-    async fn create(&self, app: Appstrate) -> Appstrate {
+    pub(crate) async fn create(&self, app: Appstrate) -> Appstrate {
         let mut app = app;
         app.metadata.namespace = Some(self.name.clone());
         app.metadata.uid = None;
@@ -148,7 +148,7 @@ impl TestNs {
             .expect("Appstrate created")
     }
 
-    async fn names<K>(&self) -> Vec<String>
+    pub(crate) async fn names<K>(&self) -> Vec<String>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -159,7 +159,7 @@ impl TestNs {
     }
 
     /// Names of the operator's objects of kind `K` that are not being deleted.
-    async fn live_names<K>(&self) -> Vec<String>
+    pub(crate) async fn live_names<K>(&self) -> Vec<String>
     where
         K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
             + Clone
@@ -292,7 +292,7 @@ async fn purge_namespace(client: &Client, ns: &str) {
 
 /// Runs `body` in a fresh namespace with the operator running, then tears everything down,
 /// also when `body` panics (the panic is re-raised afterwards).
-async fn in_namespace<F, Fut>(client: Client, prefix: &str, requeue: Requeue, body: F)
+pub(crate) async fn in_namespace<F, Fut>(client: Client, prefix: &str, requeue: Requeue, body: F)
 where
     F: FnOnce(Arc<TestNs>) -> Fut,
     Fut: std::future::Future<Output = ()>,
@@ -301,7 +301,7 @@ where
 }
 
 /// [`in_namespace`] with `labels` on the namespace (such as a Pod Security level).
-async fn in_labelled_namespace<F, Fut>(
+pub(crate) async fn in_labelled_namespace<F, Fut>(
     client: Client,
     prefix: &str,
     requeue: Requeue,
@@ -375,7 +375,7 @@ fn start_operator(
     tokio::spawn(controller)
 }
 
-async fn wait_for<F, Fut>(what: &str, mut check: F)
+pub(crate) async fn wait_for<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -392,7 +392,7 @@ where
 
 /// Whether `check` holds within `within` (polling every 250 ms); unlike [`wait_for`], not
 /// holding is an answer, not a failure.
-async fn holds_within<F, Fut>(within: Duration, mut check: F) -> bool
+pub(crate) async fn holds_within<F, Fut>(within: Duration, mut check: F) -> bool
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -408,7 +408,7 @@ where
 }
 
 /// Whether a controller-manager runs: the API Deployment of `instance` gets a ReplicaSet.
-async fn controller_manager_runs(t: &TestNs) -> bool {
+pub(crate) async fn controller_manager_runs(t: &TestNs) -> bool {
     let sets = t.api::<ReplicaSet>();
     holds_within(Duration::from_secs(15), || async {
         sets.list(&ListParams::default().labels("app.kubernetes.io/component=api"))
@@ -418,7 +418,7 @@ async fn controller_manager_runs(t: &TestNs) -> bool {
     .await
 }
 
-fn condition_message(app: &Appstrate, type_: &str) -> String {
+pub(crate) fn condition_message(app: &Appstrate, type_: &str) -> String {
     app.status
         .as_ref()
         .and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
@@ -426,7 +426,7 @@ fn condition_message(app: &Appstrate, type_: &str) -> String {
         .unwrap_or_default()
 }
 
-fn condition(app: &Appstrate, type_: &str) -> Option<(String, String)> {
+pub(crate) fn condition(app: &Appstrate, type_: &str) -> Option<(String, String)> {
     app.status
         .as_ref()?
         .conditions
@@ -436,7 +436,7 @@ fn condition(app: &Appstrate, type_: &str) -> Option<(String, String)> {
 }
 
 /// The operator's defaults (10 s while not Ready, 300 s once Ready).
-fn default_requeue() -> Requeue {
+pub(crate) fn default_requeue() -> Requeue {
     Requeue::default()
 }
 
@@ -917,249 +917,5 @@ async fn e2e_invalid_resource_is_refused_by_the_api_server() {
             .to_string();
         assert!(err.contains("immutable"), "{err}");
     })
-    .await;
-}
-
-/// Periodic reconciles every second: a test waiting on what a reconcile observes (Secrets are
-/// not watched) does not wait for the default 10 s.
-fn fast_requeue() -> Requeue {
-    Requeue {
-        not_ready: Duration::from_secs(1),
-        ready: Duration::from_secs(1),
-    }
-}
-
-async fn wait_for_condition(t: &TestNs, type_: &str, reason: &str) -> Appstrate {
-    let apps = t.api::<Appstrate>();
-    wait_for(&format!("{type_} {reason}"), || async {
-        apps.get("appstrate")
-            .await
-            .is_ok_and(|a| condition(&a, type_).is_some_and(|(_, r)| r == reason))
-    })
-    .await;
-    apps.get("appstrate").await.unwrap()
-}
-
-#[tokio::test]
-#[ignore = "needs a cluster: KUBECONFIG"]
-async fn e2e_secret_created_by_hand_under_a_generated_name_is_used() {
-    let Some(client) = cluster().await else {
-        return;
-    };
-    in_namespace(client, "appst-e2e-hand", fast_requeue(), |t| async move {
-        let secret: Secret = serde_json::from_value(json!({
-            "metadata": {"name": "appstrate-boot-secrets"},
-            "stringData": {"BETTER_AUTH_SECRET": "made-by-hand-0123456789",
-                "UPLOAD_SIGNING_SECRET": "made-by-hand-0123456789"},
-        }))
-        .unwrap();
-        let secrets = t.api::<Secret>();
-        secrets.create(&PostParams::default(), &secret).await.unwrap();
-        t.create(example(0)).await;
-        // A key missing: reported by name.
-        let apps = t.api::<Appstrate>();
-        wait_for("the missing key reported", || async {
-            apps.get("appstrate").await.is_ok_and(|a| {
-                condition_message(&a, "ApiReady")
-                    .starts_with("Secret appstrate-boot-secrets lacks key(s) CONNECTION_ENCRYPTION_KEY")
-            })
-        })
-        .await;
-        // Complete: used as it is, never replaced.
-        secrets
-            .patch(
-                "appstrate-boot-secrets",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"stringData": {"CONNECTION_ENCRYPTION_KEY": "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="}})),
-            )
-            .await
-            .unwrap();
-        wait_for("the Secret used", || async {
-            apps.get("appstrate").await.is_ok_and(|a| {
-                condition_message(&a, "ApiReady").starts_with("Deployment appstrate-api: 0/1 ready")
-            })
-        })
-        .await;
-        let s = secrets.get("appstrate-boot-secrets").await.unwrap();
-        assert!(s.labels().is_empty(), "the operator does not touch it");
-    })
-    .await;
-}
-
-#[tokio::test]
-#[ignore = "needs a cluster: KUBECONFIG"]
-async fn e2e_refused_volume_growth_does_not_block_other_changes_and_can_be_taken_back() {
-    let Some(client) = cluster().await else {
-        return;
-    };
-    in_namespace(client, "appst-e2e-grow", fast_requeue(), |t| async move {
-        // A storage class that does not exist: the claim stays unbound and cannot be resized,
-        // with or without a controller-manager or provisioner.
-        let mut app = example(0);
-        app.spec.data_volume.storage_class_name = Some("appstrate-e2e-no-such-class".into());
-        t.create(app).await;
-        let deployments = t.api::<Deployment>();
-        wait_for("the data volume and the Deployment", || async {
-            t.names::<PersistentVolumeClaim>().await == vec!["appstrate-data".to_string()]
-                && t.names::<Deployment>().await.len() == 1
-        })
-        .await;
-        let apps = t.api::<Appstrate>();
-        apps.patch(
-            "appstrate",
-            &PatchParams::default(),
-            &Patch::Merge(
-                json!({"spec": {"dataVolume": {"size": "2Gi"}, "image": "appstrate:0.2.0"}}),
-            ),
-        )
-        .await
-        .unwrap();
-        wait_for("the new image on the Deployment", || async {
-            deployments.get("appstrate-api").await.is_ok_and(|d| {
-                d.spec
-                    .and_then(|s| s.template.spec)
-                    .is_some_and(|p| p.containers[0].image.as_deref() == Some("appstrate:0.2.0"))
-            })
-        })
-        .await;
-        let app = wait_for_condition(&t, "Ready", "ApplyFailed").await;
-        assert_eq!(app.status.as_ref().unwrap().phase, Some(Phase::Failed));
-        assert!(
-            condition_message(&app, "Ready").starts_with("PersistentVolumeClaim/appstrate-data: "),
-            "{}",
-            condition_message(&app, "Ready")
-        );
-
-        // Back to what the claim has: accepted by the API server and by the operator.
-        apps.patch(
-            "appstrate",
-            &PatchParams::default(),
-            &Patch::Merge(json!({"spec": {"dataVolume": {"size": "1Gi"}}})),
-        )
-        .await
-        .expect("the size can return to the live claim's");
-        wait_for("Failed left", || async {
-            apps.get("appstrate").await.is_ok_and(|a| {
-                a.status
-                    .as_ref()
-                    .and_then(|s| s.phase)
-                    .is_some_and(|p| p != Phase::Failed)
-            })
-        })
-        .await;
-    })
-    .await;
-}
-
-#[tokio::test]
-#[ignore = "needs a cluster: KUBECONFIG"]
-async fn e2e_deleted_credential_secret_is_not_regenerated_while_its_volume_exists() {
-    let Some(client) = cluster().await else {
-        return;
-    };
-    in_namespace(client, "appst-e2e-creds", fast_requeue(), |t| async move {
-        t.create(example(1)).await;
-        wait_for("the postgres StatefulSet and Secret", || async {
-            t.names::<StatefulSet>().await.len() == 1 && t.names::<Secret>().await.len() == 2
-        })
-        .await;
-        // The StatefulSet's claim: its controller creates it where a controller-manager runs;
-        // elsewhere the test does, labelled as the claim template labels it.
-        let claim: PersistentVolumeClaim = serde_json::from_value(json!({
-            "metadata": {"name": "data-appstrate-postgres-0", "labels": {
-                "app.kubernetes.io/name": "appstrate", "app.kubernetes.io/instance": "appstrate",
-                "app.kubernetes.io/component": "postgres",
-                "app.kubernetes.io/managed-by": "appstrate-operator",
-                "app.kubernetes.io/part-of": "appstrate"}},
-            "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}},
-        }))
-        .unwrap();
-        match t.api::<PersistentVolumeClaim>().create(&PostParams::default(), &claim).await {
-            Ok(_) => {}
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
-            Err(e) => panic!("claim: {e}"),
-        }
-        let secrets = t.api::<Secret>();
-        secrets
-            .delete("appstrate-postgres", &DeleteParams::default())
-            .await
-            .unwrap();
-        let app = wait_for_condition(&t, "DatabaseReady", "CredentialsLost").await;
-        assert_eq!(app.status.as_ref().unwrap().phase, Some(Phase::Degraded));
-        assert!(condition_message(&app, "DatabaseReady").contains("data-appstrate-postgres-0"));
-        tokio::time::sleep(Duration::from_secs(3)).await;
-        assert!(
-            secrets.get_opt("appstrate-postgres").await.unwrap().is_none(),
-            "no new password the database would refuse"
-        );
-    })
-    .await;
-}
-
-#[tokio::test]
-#[ignore = "needs a cluster: KUBECONFIG"]
-async fn e2e_deleting_right_after_creating_counts_no_finalizer_error() {
-    let Some(client) = cluster().await else {
-        return;
-    };
-    in_namespace(
-        client,
-        "appst-e2e-quick",
-        default_requeue(),
-        |t| async move {
-            let apps = t.api::<Appstrate>();
-            for _ in 0..3 {
-                t.create(example(0)).await;
-                apps.delete("appstrate", &DeleteParams::default())
-                    .await
-                    .unwrap();
-                wait_for("resource gone", || async {
-                    apps.get_opt("appstrate").await.ok().flatten().is_none()
-                })
-                .await;
-            }
-            // Let any reconcile still queued for the deleted resource finish.
-            tokio::time::sleep(Duration::from_secs(2)).await;
-            let metrics = t.metrics.render();
-            assert!(
-                !metrics.contains("reason=\"remove_finalizer\""),
-                "a finalizer removal that found the resource gone counted as an error:\n{metrics}"
-            );
-        },
-    )
-    .await;
-}
-
-#[tokio::test]
-#[ignore = "needs a cluster: KUBECONFIG"]
-async fn e2e_pods_refused_by_pod_security_are_reported_on_the_resource() {
-    let Some(client) = cluster().await else {
-        return;
-    };
-    in_labelled_namespace(
-        client,
-        "appst-e2e-psa",
-        fast_requeue(),
-        json!({"pod-security.kubernetes.io/enforce": "baseline"}),
-        |t| async move {
-            t.create(example(3)).await;
-            wait_for("the API Deployment", || async {
-                t.names::<Deployment>().await.len() == 1
-            })
-            .await;
-            if !controller_manager_runs(&t).await {
-                println!("skipped: no controller-manager creates ReplicaSets on this cluster");
-                return;
-            }
-            let app = wait_for_condition(&t, "ApiReady", "FailedCreate").await;
-            let message = condition_message(&app, "ApiReady");
-            assert!(
-                message.contains("PodSecurity")
-                    && message.contains("pod-security.kubernetes.io/enforce=privileged"),
-                "{message}"
-            );
-            assert_eq!(app.status.as_ref().unwrap().phase, Some(Phase::Failed));
-        },
-    )
     .await;
 }

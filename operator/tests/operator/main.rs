@@ -9,6 +9,7 @@ mod chart;
 mod crd;
 mod credentials;
 mod e2e;
+mod e2e_recovery;
 mod finalizer;
 mod golden;
 mod mock;
