@@ -154,6 +154,9 @@ pub struct Config {
     pub sqlite_path: PathBuf,
     pub database_url: Option<Secret<String>>,
     pub redis_url: Option<Secret<String>>,
+    /// `REDIS_CA_CERT`: a PEM file of the CA certificate(s) that sign the `rediss://` server's
+    /// certificate, instead of the system store.
+    pub redis_ca_cert: Option<PathBuf>,
     pub s3: Option<S3Config>,
     pub fs_storage_path: PathBuf,
     pub run_adapter: RunAdapterKind,
@@ -441,6 +444,33 @@ impl Config {
                 r.fail("REDIS_URL", "must start with redis:// or rediss://");
             }
         }
+        let redis_ca_cert = r.get("REDIS_CA_CERT").map(PathBuf::from);
+        if let Some(path) = &redis_ca_cert {
+            if !redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("rediss://"))
+            {
+                r.fail(
+                    "REDIS_CA_CERT",
+                    "is only used with a rediss:// REDIS_URL (TLS); unset it or switch REDIS_URL to rediss://",
+                );
+            } else {
+                match std::fs::read_to_string(path) {
+                    Err(e) => r.fail(
+                        "REDIS_CA_CERT",
+                        format!("cannot read {}: {e}", path.display()),
+                    ),
+                    Ok(pem) if !pem.contains("-----BEGIN CERTIFICATE-----") => r.fail(
+                        "REDIS_CA_CERT",
+                        format!(
+                            "{} holds no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                            path.display()
+                        ),
+                    ),
+                    Ok(_) => {}
+                }
+            }
+        }
 
         let s3 = match r.get("S3_BUCKET") {
             None => None,
@@ -698,6 +728,7 @@ impl Config {
             sqlite_path,
             database_url: database_url.map(Secret::new),
             redis_url: redis_url.map(Secret::new),
+            redis_ca_cert,
             s3,
             fs_storage_path,
             run_adapter,
@@ -1088,6 +1119,47 @@ pub(crate) mod tests {
         ]))
         .unwrap();
         assert!(c.s3.unwrap().force_path_style);
+    }
+
+    #[test]
+    fn redis_ca_cert_needs_rediss_and_a_pem_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let pem = dir.path().join("ca.pem");
+        std::fs::write(
+            &pem,
+            "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n",
+        )
+        .unwrap();
+        let not_pem = dir.path().join("ca.txt");
+        std::fs::write(&not_pem, "hello").unwrap();
+        let (pem, not_pem) = (pem.to_string_lossy(), not_pem.to_string_lossy());
+        let c = Config::from_map(&with(&[
+            ("REDIS_URL", "rediss://redis.example:6380"),
+            ("REDIS_CA_CERT", &pem),
+        ]))
+        .unwrap();
+        assert_eq!(c.redis_ca_cert.unwrap().to_string_lossy(), pem);
+        let e = errors_for(&with(&[
+            ("REDIS_URL", "redis://x"),
+            ("REDIS_CA_CERT", &pem),
+        ]));
+        assert!(
+            e[0].starts_with("config error: REDIS_CA_CERT: is only used with a rediss://"),
+            "{e:?}"
+        );
+        let e = errors_for(&with(&[
+            ("REDIS_URL", "rediss://x"),
+            ("REDIS_CA_CERT", &not_pem),
+        ]));
+        assert!(e[0].contains("holds no PEM certificate"), "{e:?}");
+        let e = errors_for(&with(&[
+            ("REDIS_URL", "rediss://x"),
+            ("REDIS_CA_CERT", "/nonexistent/ca.pem"),
+        ]));
+        assert!(
+            e[0].contains("REDIS_CA_CERT: cannot read /nonexistent/ca.pem"),
+            "{e:?}"
+        );
     }
 
     #[test]

@@ -140,6 +140,7 @@ async fn execute(
         bundle.output_schema().cloned(),
         cfg.integrations.clone(),
         cfg.sidecar_url.clone(),
+        cfg.model_api_key.clone(),
         http.clone(),
     ) {
         Ok(t) => t,

@@ -39,6 +39,8 @@ pub struct Tools {
     validator: Option<jsonschema::Validator>,
     integrations: Vec<Integration>,
     sidecar_url: String,
+    /// The run's sidecar token (`MODEL_API_KEY`), sent as `Proxy-Authorization: Bearer` on `/proxy`.
+    sidecar_token: String,
     http: reqwest::Client,
 }
 
@@ -47,6 +49,7 @@ impl Tools {
         output_schema: Option<Value>,
         integrations: Vec<Integration>,
         sidecar_url: String,
+        sidecar_token: String,
         http: reqwest::Client,
     ) -> Result<Tools, String> {
         let validator = match &output_schema {
@@ -61,6 +64,7 @@ impl Tools {
             validator,
             integrations,
             sidecar_url,
+            sidecar_token,
             http,
         })
     }
@@ -205,6 +209,10 @@ impl Tools {
             .request(method, format!("{}/proxy", self.sidecar_url))
             .header("X-Target", url)
             .header("X-Integration", target_integration)
+            .header(
+                reqwest::header::PROXY_AUTHORIZATION,
+                format!("Bearer {}", self.sidecar_token),
+            )
             .timeout(API_CALL_TIMEOUT);
         let mut has_content_type = false;
         if let Some(h) = args.get("headers").and_then(Value::as_object) {
@@ -212,7 +220,11 @@ impl Tools {
                 let lower = k.to_ascii_lowercase();
                 if matches!(
                     lower.as_str(),
-                    "host" | "content-length" | "x-target" | "x-integration"
+                    "host"
+                        | "content-length"
+                        | "x-target"
+                        | "x-integration"
+                        | "proxy-authorization"
                 ) {
                     continue;
                 }
@@ -323,6 +335,7 @@ mod tests {
             schema,
             integrations,
             "http://127.0.0.1:9".into(),
+            "sct_test".into(),
             reqwest::Client::new(),
         )
         .unwrap()
@@ -362,6 +375,7 @@ mod tests {
         let r = Tools::new(
             Some(json!({"type": 12})),
             vec![],
+            String::new(),
             String::new(),
             reqwest::Client::new(),
         );

@@ -607,7 +607,8 @@ async fn api_call_goes_through_the_sidecar_proxy() {
             Turn::tool_call(
                 "api_call",
                 json!({"integration": "@appstrate/github", "method": "GET",
-                       "url": "https://api.github.com/user", "headers": {"Accept": "application/json"}}),
+                       "url": "https://api.github.com/user",
+                       "headers": {"Accept": "application/json", "Proxy-Authorization": "Bearer forged"}}),
             ),
             Turn::tool_call("output", output_args(json!({"topic": "octocat"}))),
         ],
@@ -637,6 +638,14 @@ async fn api_call_goes_through_the_sidecar_proxy() {
         Some("@appstrate/github#oauth")
     );
     assert_eq!(proxied[0].header("accept"), Some("application/json"));
+    // The run token (MODEL_API_KEY) authenticates the runner to the sidecar; the model cannot set it.
+    let auth: Vec<&str> = proxied[0]
+        .headers
+        .iter()
+        .filter(|(k, _)| k == "proxy-authorization")
+        .map(|(_, v)| v.as_str())
+        .collect();
+    assert_eq!(auth, vec![format!("Bearer {PLACEHOLDER}").as_str()]);
 
     let reqs = s.llm.requests();
     assert_eq!(offered_tools(&reqs[0]), vec!["output", "log", "api_call"]);

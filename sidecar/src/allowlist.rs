@@ -1,12 +1,30 @@
 //! `authorized_uris` glob patterns (SPEC §14.2): `*` matches one DNS label or one path segment
 //! (or, inside a label or segment, any run of characters), `**` matches anything: any number of path
 //! segments, or one or more DNS labels. The query string is not part of the match.
+//!
+//! Matching is a simulation of the pattern as an automaton over the host labels and path segments
+//! (every pattern position that can be reached so far is tracked at once), so its cost is
+//! O(pattern parts × URL parts) whatever the number of `**`: no backtracking. Patterns and URLs are also
+//! bounded ([`MAX_PATTERN_LEN`], [`MAX_GLOBSTARS`], [`MAX_PATH_LEN`], [`MAX_PATH_SEGMENTS`]).
 
 use std::fmt;
 
 use url::Url;
 
 use crate::ssrf;
+
+/// The longest accepted pattern, in bytes.
+pub const MAX_PATTERN_LEN: usize = 1024;
+/// The most `**` a pattern may hold (host and path together).
+pub const MAX_GLOBSTARS: usize = 4;
+/// The most `*` a pattern may hold (`**` counts as one).
+pub const MAX_STARS: usize = 16;
+/// The longest URL path that can match, in bytes; longer targets match no pattern.
+pub const MAX_PATH_LEN: usize = 8192;
+/// The most path segments a matching URL may have.
+pub const MAX_PATH_SEGMENTS: usize = 256;
+/// The longest host that can match (the DNS limit).
+const MAX_HOST_LEN: usize = 253;
 
 /// A compiled `authorized_uris` entry such as `https://*.githubusercontent.com/**`.
 #[derive(Clone, PartialEq, Eq)]
@@ -40,9 +58,16 @@ fn default_port(scheme: &str) -> Option<u16> {
 }
 
 impl UriPattern {
-    /// Compiles a pattern. It must be `http(s)://host[:port][/path]`.
+    /// Compiles a pattern. It must be `http(s)://host[:port][/path]`, at most [`MAX_PATTERN_LEN`] bytes,
+    /// with at most [`MAX_GLOBSTARS`] `**` and [`MAX_STARS`] wildcards in all.
     pub fn parse(raw: &str) -> Result<Self, String> {
         let trimmed = raw.trim();
+        if trimmed.len() > MAX_PATTERN_LEN {
+            return Err(format!(
+                "a pattern must be at most {MAX_PATTERN_LEN} characters (got {})",
+                trimmed.len()
+            ));
+        }
         let (scheme, rest) = trimmed
             .split_once("://")
             .ok_or_else(|| format!("`{raw}` is not an absolute URL pattern"))?;
@@ -78,12 +103,33 @@ impl UriPattern {
         if host.iter().any(String::is_empty) {
             return Err(format!("`{raw}` has an empty host label"));
         }
-        let path = path
+        let path: Vec<String> = path
             .strip_prefix('/')
             .unwrap_or(path)
             .split('/')
             .map(str::to_string)
             .collect();
+        let parts = || host.iter().chain(path.iter());
+        let globstars = parts().filter(|p| p.as_str() == "**").count();
+        if globstars > MAX_GLOBSTARS {
+            return Err(format!(
+                "`{raw}` has {globstars} `**`; at most {MAX_GLOBSTARS} are allowed (one `**` already \
+                 matches any number of segments)"
+            ));
+        }
+        let stars: usize = parts()
+            .map(|p| if p == "**" { 1 } else { p.matches('*').count() })
+            .sum();
+        if stars > MAX_STARS {
+            return Err(format!(
+                "`{raw}` has {stars} wildcards; at most {MAX_STARS} are allowed"
+            ));
+        }
+        if parts().any(|p| p.contains("**") && p != "**") {
+            return Err(format!(
+                "`{raw}`: `**` must be a whole host label or path segment"
+            ));
+        }
         Ok(Self {
             raw: raw.to_string(),
             scheme,
@@ -113,9 +159,14 @@ impl UriPattern {
             return false;
         }
         let path = url.path();
+        if path.len() > MAX_PATH_LEN {
+            return false;
+        }
         let segments: Vec<&str> = path.strip_prefix('/').unwrap_or(path).split('/').collect();
-        let pattern: Vec<&str> = self.path.iter().map(String::as_str).collect();
-        match_segments(&pattern, &segments, 0)
+        if segments.len() > MAX_PATH_SEGMENTS {
+            return false;
+        }
+        match_segments(&self.path, &segments, 0)
     }
 
     /// Whether a host (normalised, no brackets) and port match the pattern's authority.
@@ -126,13 +177,15 @@ impl UriPattern {
             }
         }
         let host = ssrf::normalize_host(host);
+        if host.len() > MAX_HOST_LEN {
+            return false;
+        }
         let labels: Vec<&str> = if host.contains(':') {
             vec![host.as_str()]
         } else {
             host.split('.').collect()
         };
-        let pattern: Vec<&str> = self.host.iter().map(String::as_str).collect();
-        match_segments(&pattern, &labels, 1)
+        match_segments(&self.host, &labels, 1)
     }
 }
 
@@ -151,19 +204,58 @@ fn split_host_port(authority: &str) -> (&str, Option<&str>) {
     }
 }
 
-/// Matches pattern parts against parts; `**` absorbs at least `min_globstar` parts.
-fn match_segments(pattern: &[&str], parts: &[&str], min_globstar: usize) -> bool {
-    match pattern.split_first() {
-        None => parts.is_empty(),
-        Some((&"**", rest)) => (min_globstar..=parts.len())
-            .any(|skip| match_segments(rest, &parts[skip..], min_globstar)),
-        Some((first, rest)) => match parts.split_first() {
-            Some((part, others)) => {
-                match_one(first, part) && match_segments(rest, others, min_globstar)
+/// Whether a URL path is within the bounds that matching accepts ([`MAX_PATH_LEN`] bytes and
+/// [`MAX_PATH_SEGMENTS`] segments); a longer one matches no pattern.
+pub fn path_within_bounds(url: &Url) -> bool {
+    let path = url.path();
+    path.len() <= MAX_PATH_LEN && path.split('/').count() <= MAX_PATH_SEGMENTS + 1
+}
+
+/// Matches pattern parts against parts; `**` absorbs at least `min_globstar` parts (0 or 1).
+///
+/// `reach[i]` says whether the first `i` pattern parts can match the parts read so far; each part
+/// read updates every position at once, so the cost is O(pattern × parts) with no backtracking.
+fn match_segments(pattern: &[String], parts: &[&str], min_globstar: usize) -> bool {
+    let m = pattern.len();
+    let is_globstar = |i: usize| pattern[i] == "**";
+    // `**` with a zero minimum may be skipped without reading anything.
+    let close = |reach: &mut [bool]| {
+        if min_globstar == 0 {
+            for i in 0..m {
+                if reach[i] && is_globstar(i) {
+                    reach[i + 1] = true;
+                }
             }
-            None => false,
-        },
+        }
+    };
+    let mut reach = vec![false; m + 1];
+    reach[0] = true;
+    close(&mut reach);
+    let mut next = vec![false; m + 1];
+    for part in parts {
+        next.iter_mut().for_each(|r| *r = false);
+        let mut any = false;
+        for i in 0..m {
+            if !reach[i] {
+                continue;
+            }
+            if is_globstar(i) {
+                // Read the part inside the `**` (stay), or as its last part (move on).
+                next[i] = true;
+                next[i + 1] = true;
+                any = true;
+            } else if match_one(&pattern[i], part) {
+                next[i + 1] = true;
+                any = true;
+            }
+        }
+        if !any {
+            return false;
+        }
+        std::mem::swap(&mut reach, &mut next);
+        close(&mut reach);
     }
+    reach[m]
 }
 
 /// One label or segment: a bare `*` matches any non-empty part; inside a part `*` matches any run.
@@ -295,5 +387,107 @@ mod tests {
         assert!(UriPattern::parse("ftp://x/**").is_err());
         assert!(UriPattern::parse("https:///x").is_err());
         assert!(UriPattern::parse("https://x:99999/").is_err());
+    }
+
+    /// Runs `f` on a thread and fails if it has not finished after a generous delay (a backtracking
+    /// matcher takes hours on these inputs).
+    fn finishes<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(f());
+        });
+        rx.recv_timeout(std::time::Duration::from_secs(10))
+            .expect("matching did not finish: the matcher is not linear")
+    }
+
+    fn long_path(segments: usize, last: &str) -> Url {
+        let mut u = String::from("https://api.example.com");
+        for _ in 0..segments {
+            u.push_str("/a");
+        }
+        u.push('/');
+        u.push_str(last);
+        Url::parse(&u).unwrap()
+    }
+
+    #[test]
+    fn many_globstars_against_a_long_path_finish_at_once() {
+        // Not reachable through `parse` any more (refused below); built directly to pin the matcher.
+        let mut p = UriPattern::parse("https://api.example.com/**/z").unwrap();
+        p.path = std::iter::repeat_n("**".to_string(), 40)
+            .chain(["a".to_string(), "**".to_string(), "z".to_string()])
+            .collect();
+        let miss = long_path(MAX_PATH_SEGMENTS - 2, "y");
+        let hit = long_path(MAX_PATH_SEGMENTS - 2, "z");
+        let (p2, miss2, hit2) = (p.clone(), miss.clone(), hit.clone());
+        assert_eq!(
+            finishes(move || (p2.matches(&miss2), p2.matches(&hit2))),
+            (false, true)
+        );
+        // The most `**` that parse accepts, through the public API.
+        let p = UriPattern::parse("https://**.example.com/**/a/**/a/**/z").unwrap();
+        let miss = long_path(MAX_PATH_SEGMENTS - 2, "y");
+        assert!(!finishes(move || p.matches(&miss)));
+    }
+
+    #[test]
+    fn globstar_semantics_are_kept() {
+        assert!(m(
+            "https://api.example.com/**/z",
+            "https://api.example.com/z"
+        ));
+        assert!(m(
+            "https://api.example.com/**/z",
+            "https://api.example.com/a/b/z"
+        ));
+        assert!(!m(
+            "https://api.example.com/**/z",
+            "https://api.example.com/a/b/y"
+        ));
+        assert!(m(
+            "https://api.example.com/a/**/b/**",
+            "https://api.example.com/a/b"
+        ));
+        assert!(m(
+            "https://api.example.com/a/**/b/**",
+            "https://api.example.com/a/x/b/y/z"
+        ));
+        assert!(!m(
+            "https://api.example.com/a/**/b/**",
+            "https://api.example.com/a/x/c"
+        ));
+        assert!(m("https://**.**.example.com/", "https://a.b.example.com/"));
+        assert!(!m("https://**.**.example.com/", "https://a.example.com/"));
+        assert!(m(
+            "https://api.example.com/v*/*/x*y",
+            "https://api.example.com/v1/q/xzzy"
+        ));
+    }
+
+    #[test]
+    fn pathological_patterns_are_refused_with_the_reason() {
+        let many = format!(
+            "https://api.example.com/{}x",
+            "**/".repeat(MAX_GLOBSTARS + 1)
+        );
+        let e = UriPattern::parse(&many).unwrap_err();
+        assert!(e.contains("at most 4 are allowed"), "{e}");
+        let long = format!("https://api.example.com/{}", "a".repeat(MAX_PATTERN_LEN));
+        let e = UriPattern::parse(&long).unwrap_err();
+        assert!(e.contains("at most 1024 characters"), "{e}");
+        let stars = format!("https://api.example.com/{}", "a*".repeat(MAX_STARS + 1));
+        assert!(UriPattern::parse(&stars).unwrap_err().contains("wildcards"));
+        assert!(UriPattern::parse("https://api.example.com/a**b").is_err());
+        // Targets past the bounds match nothing.
+        let p = UriPattern::parse("https://api.example.com/**").unwrap();
+        assert!(p.matches(&long_path(MAX_PATH_SEGMENTS - 2, "z")));
+        assert!(!p.matches(&long_path(MAX_PATH_SEGMENTS, "z")));
+        assert!(!path_within_bounds(&long_path(MAX_PATH_SEGMENTS, "z")));
+        let huge = Url::parse(&format!(
+            "https://api.example.com/{}",
+            "a".repeat(MAX_PATH_LEN)
+        ))
+        .unwrap();
+        assert!(!p.matches(&huge));
     }
 }

@@ -105,6 +105,9 @@ pub struct IntegrationConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct SidecarConfig {
     pub run_id: String,
+    /// The per-run token that every `/llm`, `/proxy` and forward-proxy request must present (the runner
+    /// gets it as `MODEL_API_KEY`): 32 to 256 characters of `A-Z a-z 0-9 _ -`.
+    pub run_token: Secret,
     pub platform_url: String,
     pub llm: LlmConfig,
     #[serde(default)]
@@ -134,6 +137,7 @@ pub(crate) struct Integration {
 #[derive(Debug, Clone)]
 pub(crate) struct Validated {
     pub run_id: String,
+    pub run_token: Secret,
     pub platform: Url,
     pub llm_provider: LlmProvider,
     pub llm_base: Url,
@@ -157,6 +161,16 @@ impl SidecarConfig {
     pub(crate) fn compile(&self) -> Result<Validated, ConfigError> {
         if self.run_id.trim().is_empty() {
             return Err(ConfigError("runId must not be empty".into()));
+        }
+        let token = self.run_token.expose();
+        if !(32..=256).contains(&token.len())
+            || !token
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError(
+                "runToken must be 32 to 256 characters of A-Z, a-z, 0-9, `_` and `-`".into(),
+            ));
         }
         let policy = self.policy();
         let platform = ssrf::parse_url(&self.platform_url)
@@ -216,6 +230,7 @@ impl SidecarConfig {
         }
         Ok(Validated {
             run_id: self.run_id.clone(),
+            run_token: self.run_token.clone(),
             platform,
             llm_provider: self.llm.provider,
             llm_base,
@@ -246,6 +261,7 @@ mod tests {
     fn sample() -> serde_json::Value {
         json!({
             "runId": "run_1",
+            "runToken": "sct_CANARY0123456789abcdef0123456789",
             "platformUrl": "http://127.0.0.1:3000",
             "llm": {"provider": "openai", "baseUrl": "https://api.openai.com/v1", "apiKey": "sk-real-CANARY"},
             "integrations": [{
@@ -304,6 +320,23 @@ mod tests {
         v["integrations"][0]["id"] = json!("github");
         let cfg: SidecarConfig = serde_json::from_value(v).unwrap();
         assert!(cfg.validate().is_err());
+
+        let mut v = sample();
+        v.as_object_mut().unwrap().remove("runToken");
+        let e = serde_json::from_value::<SidecarConfig>(v).unwrap_err();
+        assert!(e.to_string().contains("runToken"), "{e}");
+        for bad in [
+            "",
+            "short",
+            "sct_has a space in it 0123456789abcdef",
+            &"x".repeat(257),
+        ] {
+            let mut v = sample();
+            v["runToken"] = json!(bad);
+            let cfg: SidecarConfig = serde_json::from_value(v).unwrap();
+            let e = cfg.validate().unwrap_err().0;
+            assert!(e.starts_with("runToken"), "{e}");
+        }
     }
 
     #[test]

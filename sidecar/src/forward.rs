@@ -15,6 +15,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::allowlist::UriPattern;
+use crate::auth::{self, Route};
 use crate::config::Validated;
 use crate::http_util::{empty, error};
 use crate::server::{
@@ -77,6 +78,23 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response {
             "sidecar is not configured",
         );
     };
+    if !auth::authorized(
+        req.headers(),
+        Route::Forward,
+        active.run_token.expose().as_bytes(),
+    ) {
+        tracing::warn!(run_id = %active.run_id, "forward proxy refused: missing or wrong run token");
+        let mut r = error(
+            StatusCode::PROXY_AUTHENTICATION_REQUIRED,
+            "proxy_auth_required",
+            "the forward proxy needs the run token (Proxy-Authorization: Basic or Bearer)",
+        );
+        r.headers_mut().insert(
+            http::header::PROXY_AUTHENTICATE,
+            http::HeaderValue::from_static("Basic realm=\"appstrate-sidecar\""),
+        );
+        return r;
+    }
     if req.method() == Method::CONNECT {
         connect(shared, active, req).await
     } else {

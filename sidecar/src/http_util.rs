@@ -76,12 +76,10 @@ fn host_without_port(h: &str) -> &str {
     }
 }
 
-/// Constant-time comparison of two byte strings.
+/// Constant-time comparison of two byte strings (only the length may leak).
 pub(crate) fn ct_eq(a: &[u8], b: &[u8]) -> bool {
-    if a.len() != b.len() {
-        return false;
-    }
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.ct_eq(b))
 }
 
 /// Resolves once the shutdown flag is set (or its sender is gone).

@@ -10,6 +10,7 @@
 //! [`RunningSidecar::configure`]); in Docker mode it is the `appstrate-sidecar` binary.
 
 pub mod allowlist;
+mod auth;
 pub mod config;
 pub mod delivery;
 mod forward;

@@ -22,6 +22,7 @@ use tokio::task::{JoinHandle, JoinSet};
 use url::Url;
 
 use crate::allowlist;
+use crate::auth::{self, Route};
 use crate::config::{ConfigError, Integration, LlmProvider, Secret, SidecarConfig, Validated};
 use crate::forward;
 use crate::http_util::{ct_eq, error, error_u16, host_allowed, strip_hop_by_hop};
@@ -509,6 +510,19 @@ fn stream_body(body: Body) -> Option<reqwest::Body> {
     Some(reqwest::Body::wrap_stream(body.into_data_stream()))
 }
 
+/// 401 unless the request carries the run token (see [`auth`]).
+fn token_check(active: &Validated, headers: &HeaderMap, route: Route) -> Option<Response> {
+    if auth::authorized(headers, route, active.run_token.expose().as_bytes()) {
+        return None;
+    }
+    tracing::warn!(run_id = %active.run_id, route = ?route, "sidecar request refused: missing or wrong run token");
+    Some(error(
+        StatusCode::UNAUTHORIZED,
+        "unauthorized",
+        "this route needs the run token (Proxy-Authorization: Bearer <token>)",
+    ))
+}
+
 async fn llm(State(st): State<Arc<Shared>>, req: Request) -> Response {
     if let Some(r) = host_check(&req) {
         return r;
@@ -520,6 +534,9 @@ async fn llm(State(st): State<Arc<Shared>>, req: Request) -> Response {
             "sidecar is not configured",
         );
     };
+    if let Some(r) = token_check(&active, req.headers(), Route::Llm) {
+        return r;
+    }
     let path = req.uri().path().to_string();
     let after = path.strip_prefix("/llm/").unwrap_or_default();
     let (provider, rest) = after.split_once('/').unwrap_or((after, ""));
@@ -638,6 +655,9 @@ async fn proxy(State(st): State<Arc<Shared>>, req: Request) -> Response {
             "sidecar is not configured",
         );
     };
+    if let Some(r) = token_check(&active, req.headers(), Route::Proxy) {
+        return r;
+    }
     let Some(target_raw) = req.headers().get("x-target").and_then(|v| v.to_str().ok()) else {
         return error(
             StatusCode::BAD_REQUEST,
@@ -649,6 +669,17 @@ async fn proxy(State(st): State<Arc<Shared>>, req: Request) -> Response {
         Ok(u) => u,
         Err(e) => return error(StatusCode::BAD_REQUEST, "invalid_target", e),
     };
+    if !allowlist::path_within_bounds(&target) {
+        return error(
+            StatusCode::URI_TOO_LONG,
+            "target_too_long",
+            format!(
+                "the X-Target path must be at most {} bytes and {} segments",
+                allowlist::MAX_PATH_LEN,
+                allowlist::MAX_PATH_SEGMENTS
+            ),
+        );
+    }
     let Some(integ_raw) = req
         .headers()
         .get("x-integration")
@@ -935,11 +966,11 @@ mod tests {
 
     #[test]
     fn json_errors_never_echo_values() {
-        let bad = r#"{"runId":"r","platformUrl":"http://x","llm":{"provider":"sk-SECRET","baseUrl":"http://x","apiKey":"k"}}"#;
+        let bad = r#"{"runId":"r","runToken":"t","platformUrl":"http://x","llm":{"provider":"sk-SECRET","baseUrl":"http://x","apiKey":"k"}}"#;
         let e = serde_json::from_str::<SidecarConfig>(bad).unwrap_err();
         let msg = describe_json_error(&e);
         assert!(!msg.contains("SECRET"), "{msg}");
-        let bad = r#"{"runId":"r","platformUrl":"http://x","llm":{"provider":"openai","baseUrl":"http://x","apiKey":42}}"#;
+        let bad = r#"{"runId":"r","runToken":"t","platformUrl":"http://x","llm":{"provider":"openai","baseUrl":"http://x","apiKey":42}}"#;
         let e = serde_json::from_str::<SidecarConfig>(bad).unwrap_err();
         assert!(!describe_json_error(&e).contains("42"));
         let bad = r#"{"runId":"r","surprise":1}"#;

@@ -198,29 +198,54 @@ pub fn is_blocked_ipv4(ip: Ipv4Addr) -> bool {
     BLOCKED_V4.iter().any(|(net, p)| v4_in(ip, *net, *p))
 }
 
-/// The IPv4 address embedded in an IPv4-mapped (`::ffff:0:0/96`), IPv4-compatible (`::/96`), NAT64
-/// (`64:ff9b::/96`) or 6to4 (`2002::/16`) IPv6 address.
-pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+/// NAT64 local-use prefix (RFC 8215). Its operator picks an RFC 6052 prefix length from /48 to /96.
+const NAT64_LOCAL_USE: (Ipv6Addr, u8) = (Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 48);
+
+/// The IPv4 addresses embedded in an IPv6 address, each of which must be allowed:
+/// * IPv4-mapped `::ffff:0:0/96`, SIIT IPv4-translated `::ffff:0:0:0/96`, IPv4-compatible `::/96`,
+///   NAT64 `64:ff9b::/96` and NAT64 local-use `64:ff9b:1::/48` in its /96 form: the low 32 bits;
+/// * 6to4 `2002::/16`: bits 16–47;
+/// * Teredo `2001::/32`: the server (bits 32–63) and the client (the low 32 bits, inverted).
+pub fn embedded_ipv4s(ip: Ipv6Addr) -> Vec<Ipv4Addr> {
     let bits = u128::from(ip);
     let low32 = Ipv4Addr::from((bits & 0xffff_ffff) as u32);
     if v6_in(ip, Ipv6Addr::new(0, 0, 0, 0, 0, 0xffff, 0, 0), 96)
+        || v6_in(ip, Ipv6Addr::new(0, 0, 0, 0, 0xffff, 0, 0, 0), 96)
         || v6_in(ip, Ipv6Addr::new(0, 0, 0, 0, 0, 0, 0, 0), 96)
         || v6_in(ip, Ipv6Addr::new(0x64, 0xff9b, 0, 0, 0, 0, 0, 0), 96)
+        || v6_in(ip, Ipv6Addr::new(0x64, 0xff9b, 1, 0, 0, 0, 0, 0), 96)
     {
-        return Some(low32);
+        return vec![low32];
     }
     if v6_in(ip, Ipv6Addr::new(0x2002, 0, 0, 0, 0, 0, 0, 0), 16) {
-        return Some(Ipv4Addr::from(((bits >> 80) & 0xffff_ffff) as u32));
+        return vec![Ipv4Addr::from(((bits >> 80) & 0xffff_ffff) as u32)];
     }
-    None
+    if v6_in(ip, Ipv6Addr::new(0x2001, 0, 0, 0, 0, 0, 0, 0), 32) {
+        let server = Ipv4Addr::from(((bits >> 64) & 0xffff_ffff) as u32);
+        let client = Ipv4Addr::from(!((bits & 0xffff_ffff) as u32));
+        return vec![server, client];
+    }
+    Vec::new()
+}
+
+/// The first IPv4 address embedded in an IPv6 address (see [`embedded_ipv4s`]).
+pub fn embedded_ipv4(ip: Ipv6Addr) -> Option<Ipv4Addr> {
+    embedded_ipv4s(ip).into_iter().next()
 }
 
 /// Whether an IPv6 address is in a blocked range, or embeds a blocked IPv4 address.
+///
+/// A NAT64 local-use address that is not in the /96 form (`64:ff9b:1::a.b.c.d`) is blocked: where its
+/// IPv4 address sits depends on the operator's prefix length, so it cannot be checked.
 pub fn is_blocked_ipv6(ip: Ipv6Addr) -> bool {
     if BLOCKED_V6.iter().any(|(net, p)| v6_in(ip, *net, *p)) {
         return true;
     }
-    embedded_ipv4(ip).is_some_and(is_blocked_ipv4)
+    let (local_use, prefix) = NAT64_LOCAL_USE;
+    if v6_in(ip, local_use, prefix) && !v6_in(ip, local_use, 96) {
+        return true;
+    }
+    embedded_ipv4s(ip).into_iter().any(is_blocked_ipv4)
 }
 
 /// Whether an address is in a blocked range.
@@ -634,6 +659,15 @@ mod tests {
             "http://[::127.0.0.1]/",
             "http://[64:ff9b::a00:1]/",
             "http://[2002:a9fe:a9fe::]/",
+            // SIIT IPv4-translated, NAT64 local-use and Teredo (server or client) forms.
+            "http://[::ffff:0:127.0.0.1]/",
+            "http://[::ffff:0:a9fe:a9fe]/",
+            "http://[64:ff9b:1::10.0.0.1]/",
+            "http://[64:ff9b:1::a9fe:a9fe]/",
+            "http://[64:ff9b:1:ff::808:808]/",
+            "http://[2001:0:7f00:1::]/",
+            "http://[2001:0:5db8:d822::f5ff:fffe]/",
+            "http://[2001:0:4136:e378:8000:63bf:3fff:fdd2]/",
             "http://[fe80::1]/",
             "http://[fd00::1]/",
             "http://[::]/",
@@ -666,6 +700,9 @@ mod tests {
             "http://172.32.0.1/",
             "http://[2606:4700::1111]/",
             "http://[2002:5db8:d822::]/",
+            "http://[::ffff:0:5db8:d822]/",
+            "http://[64:ff9b:1::5db8:d822]/",
+            "http://[2001:0:5db8:d822::a247:27dd]/",
             "https://localhost.example.com/",
         ] {
             literal(u).unwrap_or_else(|e| panic!("{u}: {e}"));
@@ -793,6 +830,22 @@ mod tests {
         assert_eq!(
             embedded_ipv4("64:ff9b::7f00:1".parse().unwrap()),
             Some(Ipv4Addr::new(127, 0, 0, 1))
+        );
+        assert_eq!(
+            embedded_ipv4s("::ffff:0:a00:1".parse().unwrap()),
+            vec![Ipv4Addr::new(10, 0, 0, 1)]
+        );
+        assert_eq!(
+            embedded_ipv4s("64:ff9b:1::a9fe:a9fe".parse().unwrap()),
+            vec![Ipv4Addr::new(169, 254, 169, 254)]
+        );
+        // Teredo: server 65.54.227.120, client 192.0.2.45 (stored inverted).
+        assert_eq!(
+            embedded_ipv4s("2001:0:4136:e378:8000:63bf:3fff:fdd2".parse().unwrap()),
+            vec![
+                Ipv4Addr::new(65, 54, 227, 120),
+                Ipv4Addr::new(192, 0, 2, 45)
+            ]
         );
         assert_eq!(embedded_ipv4("2606:4700::1".parse().unwrap()), None);
     }

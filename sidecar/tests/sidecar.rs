@@ -22,6 +22,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "0123456789abcdef-config-secret";
 const LLM_CANARY: &str = "sk-real-CANARY-7f3a9";
+/// The run token of every test configuration; [`http`] presents it on every request.
+const RUN_TOKEN: &str = "sct_RUNTOKEN-CANARY-0123456789abcdef";
 
 // ---------------------------------------------------------------------------------------------
 // Helpers
@@ -89,7 +91,20 @@ fn resolver() -> Arc<dyn Resolver> {
     Arc::new(
         StaticResolver::new()
             .with("internal.test", &["10.0.0.5".parse::<IpAddr>().unwrap()])
-            .with("api.test", &["127.0.0.1".parse::<IpAddr>().unwrap()]),
+            .with("api.test", &["127.0.0.1".parse::<IpAddr>().unwrap()])
+            // AAAA answers whose embedded IPv4 address is internal (SIIT, NAT64 local-use, Teredo).
+            .with(
+                "siit.test",
+                &["::ffff:0:a9fe:a9fe".parse::<IpAddr>().unwrap()],
+            )
+            .with(
+                "nat64.test",
+                &["64:ff9b:1::a00:1".parse::<IpAddr>().unwrap()],
+            )
+            .with(
+                "teredo.test",
+                &["2001:0:5db8:d822::f5ff:fffe".parse::<IpAddr>().unwrap()],
+            ),
     )
 }
 
@@ -108,13 +123,29 @@ async fn start() -> RunningSidecar {
     start_with(Timeouts::default()).await
 }
 
+/// A client that presents the run token (`Proxy-Authorization: Bearer`), like the runner.
 fn http() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::PROXY_AUTHORIZATION,
+        format!("Bearer {RUN_TOKEN}").parse().unwrap(),
+    );
+    reqwest::Client::builder()
+        .no_proxy()
+        .default_headers(headers)
+        .build()
+        .unwrap()
+}
+
+/// A client without the run token: any other local process.
+fn bare() -> reqwest::Client {
     reqwest::Client::builder().no_proxy().build().unwrap()
 }
 
 fn base_config(llm_base: &str, integrations: Value, allow: &[&str]) -> SidecarConfig {
     serde_json::from_value(json!({
         "runId": "run_test",
+        "runToken": RUN_TOKEN,
         "platformUrl": "http://127.0.0.1:9",
         "llm": {"provider": "openai", "baseUrl": llm_base, "apiKey": LLM_CANARY},
         "integrations": integrations,
@@ -618,6 +649,13 @@ async fn ssrf_guard_blocks_private_and_obfuscated_addresses() {
         "http://metadata.google.internal/",
         "http://[fd00::1]/",
         "http://[64:ff9b::a9fe:a9fe]/",
+        "http://[::ffff:0:127.0.0.1]/",
+        "http://[64:ff9b:1::a9fe:a9fe]/",
+        "http://[2001:0:7f00:1::]/",
+        "http://[2001:0:5db8:d822::f5ff:fffe]/",
+        "http://siit.test/",
+        "http://nat64.test/",
+        "http://teredo.test/",
     ] {
         let r = proxy_call(&sc, "@acme/any", target, &[]).await;
         assert_eq!(
@@ -996,8 +1034,18 @@ async fn llm_anthropic_key_and_upstream_failure() {
 // ---------------------------------------------------------------------------------------------
 
 async fn raw_connect(proxy: SocketAddr, target: &str) -> (u16, tokio::net::TcpStream) {
+    let auth = format!("Proxy-Authorization: Bearer {RUN_TOKEN}\r\n");
+    raw_connect_with(proxy, target, &auth).await
+}
+
+/// `CONNECT` with the given extra header lines (each ending in CRLF).
+async fn raw_connect_with(
+    proxy: SocketAddr,
+    target: &str,
+    extra: &str,
+) -> (u16, tokio::net::TcpStream) {
     let mut s = tokio::net::TcpStream::connect(proxy).await.unwrap();
-    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n\r\n").as_bytes())
+    s.write_all(format!("CONNECT {target} HTTP/1.1\r\nHost: {target}\r\n{extra}\r\n").as_bytes())
         .await
         .unwrap();
     let mut head = Vec::new();
@@ -1066,8 +1114,9 @@ async fn forward_proxy_allowlist() {
     assert_eq!(platform_rec.last().uri, "/via-tunnel");
 
     // Absolute-form HTTP through the proxy.
+    // The token as the proxy URL's password, the way the runner's HTTP_PROXY carries it.
     let via_proxy = reqwest::Client::builder()
-        .proxy(reqwest::Proxy::http(format!("http://{}", sc.proxy_addr())).unwrap())
+        .proxy(reqwest::Proxy::http(format!("http://run:{RUN_TOKEN}@{}", sc.proxy_addr())).unwrap())
         .build()
         .unwrap();
     let r = via_proxy
@@ -1202,7 +1251,7 @@ async fn canary_credentials_never_reach_tracing_output() {
     assert!(text.contains("proxy call"), "{text}");
     assert!(text.contains("llm call"), "{text}");
     assert!(text.contains("[redacted]"), "{text}");
-    for canary in [PROXY_CANARY, LLM_CANARY, SECRET] {
+    for canary in [PROXY_CANARY, LLM_CANARY, SECRET, RUN_TOKEN] {
         assert!(!text.contains(canary), "{canary} leaked into logs:\n{text}");
     }
 }
@@ -1260,4 +1309,144 @@ fn running_sidecar_is_send_and_sync() {
     check::<RunningSidecar>();
     check::<SidecarOptions>();
     check::<SidecarConfig>();
+}
+
+// ---------------------------------------------------------------------------------------------
+// The run token
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn every_route_refuses_a_caller_without_the_run_token() {
+    let (upstream, rec) = echo_upstream().await;
+    let sc = start().await;
+    let uris = vec![format!("http://127.0.0.1:{}/**", upstream.port())];
+    sc.configure(base_config(
+        &format!("http://127.0.0.1:{}/v1", upstream.port()),
+        json!([integration("@acme/api", &uris, false, "X-Api-Token", "tok")]),
+        &["127.0.0.1"],
+    ))
+    .unwrap();
+    let llm = format!("{}/llm/openai/chat/completions", sc.api_url());
+    let target = format!("http://127.0.0.1:{}/repos", upstream.port());
+    let proxy = |c: reqwest::Client| {
+        c.post(format!("{}/proxy", sc.api_url()))
+            .header("x-integration", "@acme/api")
+            .header("x-target", target.as_str())
+    };
+
+    // Any other local process: no token, a wrong one, or the token where the route does not take it.
+    let wrong = "sct_WRONG-0123456789abcdef0123456789ab";
+    let refused = [
+        bare().post(&llm),
+        bare().post(&llm).bearer_auth(wrong),
+        bare().post(&llm).header("x-api-key", wrong),
+        bare()
+            .post(&llm)
+            .header("proxy-authorization", format!("Bearer {wrong}")),
+        proxy(bare()),
+        proxy(bare()).bearer_auth(RUN_TOKEN),
+        proxy(bare()).header("proxy-authorization", format!("Bearer {wrong}")),
+    ];
+    for rb in refused {
+        let r = rb.body("{}").send().await.unwrap();
+        assert_eq!(error_code(r).await, (401, "unauthorized".into()));
+    }
+    assert!(rec.all().is_empty(), "nothing reached the upstream");
+
+    // The forward proxy answers 407 without the token.
+    let (status, _) = raw_connect_with(sc.proxy_addr(), "api.openai.com:443", "").await;
+    assert_eq!(status, 407);
+    let wrong_basic = format!(
+        "Proxy-Authorization: Basic {}\r\n",
+        base64::engine::general_purpose::STANDARD.encode(format!("run:{wrong}"))
+    );
+    let (status, _) = raw_connect_with(sc.proxy_addr(), "api.openai.com:443", &wrong_basic).await;
+    assert_eq!(status, 407);
+    let via_proxy = |url: String| {
+        reqwest::Client::builder()
+            .proxy(reqwest::Proxy::http(url).unwrap())
+            .build()
+            .unwrap()
+    };
+    let r = via_proxy(format!("http://{}", sc.proxy_addr()))
+        .get(format!("http://127.0.0.1:{}/x", upstream.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 407);
+    assert!(r.headers().contains_key("proxy-authenticate"));
+    assert!(rec.all().is_empty(), "nothing reached the upstream");
+
+    // The runner's forms are accepted; the token never travels further.
+    for rb in [
+        bare().post(&llm).bearer_auth(RUN_TOKEN),
+        bare().post(&llm).header("x-api-key", RUN_TOKEN),
+        http().post(&llm),
+        proxy(http()),
+    ] {
+        let r = rb.body("{}").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    let r = via_proxy(format!("http://run:{RUN_TOKEN}@{}", sc.proxy_addr()))
+        .get(format!("http://127.0.0.1:{}/x", upstream.port()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = rec.all();
+    assert_eq!(seen.len(), 5);
+    for s in &seen {
+        for (name, value) in &s.headers {
+            assert!(
+                !value
+                    .as_bytes()
+                    .windows(RUN_TOKEN.len())
+                    .any(|w| w == RUN_TOKEN.as_bytes()),
+                "the run token reached the upstream in {name}"
+            );
+        }
+        assert!(!s.headers.contains_key("proxy-authorization"));
+    }
+    assert_eq!(seen[3].headers["x-api-token"], "tok");
+    assert!(!seen[4].headers.contains_key("x-api-token"));
+}
+
+#[tokio::test]
+async fn costly_patterns_are_refused_and_long_targets_bounded() {
+    let (upstream, rec) = echo_upstream().await;
+    let sc = start().await;
+    let pathological = format!("http://127.0.0.1:*/{}x", "**/".repeat(12));
+    let err = sc
+        .configure(base_config(
+            "https://api.openai.com/v1",
+            json!([integration(
+                "@acme/api",
+                &[pathological],
+                false,
+                "X-T",
+                "tok"
+            )]),
+            &["127.0.0.1"],
+        ))
+        .unwrap_err();
+    assert_eq!(err.code(), "invalid_config");
+    assert!(
+        err.to_string().contains("integrations[0].authorizedUris"),
+        "{err}"
+    );
+    let uris = vec![format!("http://127.0.0.1:{}/**/z", upstream.port())];
+    sc.configure(base_config(
+        "https://api.openai.com/v1",
+        json!([integration("@acme/api", &uris, false, "X-T", "tok")]),
+        &["127.0.0.1"],
+    ))
+    .unwrap();
+    let base = format!("http://127.0.0.1:{}", upstream.port());
+    let deep = format!("{base}{}/z", "/a".repeat(200));
+    let r = proxy_call(&sc, "@acme/api", &deep, &[]).await;
+    assert_eq!(r.status(), 200);
+    let too_deep = format!("{base}{}/z", "/a".repeat(300));
+    let r = proxy_call(&sc, "@acme/api", &too_deep, &[]).await;
+    assert_eq!(error_code(r).await, (414, "target_too_long".into()));
+    assert_eq!(rec.all().len(), 1);
 }

@@ -77,14 +77,49 @@ pub async fn create_database(admin_url: &str) -> String {
 pub struct RedisServer {
     pub port: u16,
     pub url: String,
+    /// With [`RedisServer::start_tls`]: the PEM file of the CA that signed the server certificate.
+    pub ca_cert: Option<PathBuf>,
     bin: String,
     dir: tempfile::TempDir,
     child: Option<Child>,
 }
 
+/// A fresh CA and a server certificate it signs for `localhost` and `127.0.0.1`, as PEM strings:
+/// `(ca_cert, server_cert, server_key)`.
+pub fn test_tls_certificates() -> (String, String, String) {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_key = KeyPair::generate().expect("CA key");
+    let mut ca = CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(DnType::CommonName, "Appstrate test CA");
+    let ca_cert = ca.self_signed(&ca_key).expect("CA certificate");
+    let key = KeyPair::generate().expect("server key");
+    let mut server = CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+        .expect("server parameters");
+    server
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let cert = server
+        .signed_by(&key, &ca_cert, &ca_key)
+        .expect("server certificate");
+    (ca_cert.pem(), cert.pem(), key.serialize_pem())
+}
+
 impl RedisServer {
     /// Starts a server, or `None` (skip) when `REDIS_SERVER_BIN` is unset and no `redis-server` is on PATH.
     pub fn start() -> Option<RedisServer> {
+        Self::start_inner(false)
+    }
+
+    /// Starts a server that only speaks TLS (`rediss://localhost:<port>`), with a certificate signed by
+    /// a CA made for this server; [`RedisServer::ca_cert`] is that CA's PEM file. Clients need no
+    /// certificate of their own.
+    pub fn start_tls() -> Option<RedisServer> {
+        Self::start_inner(true)
+    }
+
+    fn start_inner(tls: bool) -> Option<RedisServer> {
         let bin = match std::env::var("REDIS_SERVER_BIN") {
             Ok(b) => b,
             Err(_) => match which("redis-server") {
@@ -99,18 +134,42 @@ impl RedisServer {
         let mut server = RedisServer {
             port,
             url: format!("redis://127.0.0.1:{port}"),
+            ca_cert: None,
             bin,
             dir: tempfile::tempdir().expect("temporary directory"),
             child: None,
         };
+        if tls {
+            let (ca, cert, key) = test_tls_certificates();
+            let dir = server.dir.path();
+            for (name, pem) in [("ca.pem", &ca), ("server.pem", &cert), ("server.key", &key)] {
+                std::fs::write(dir.join(name), pem).expect("writing a test certificate");
+            }
+            server.ca_cert = Some(dir.join("ca.pem"));
+            server.url = format!("rediss://localhost:{port}");
+        }
         server.spawn();
         Some(server)
     }
 
     fn spawn(&mut self) {
-        let child = Command::new(&self.bin)
-            .args(["--bind", "127.0.0.1", "--port"])
-            .arg(self.port.to_string())
+        let mut cmd = Command::new(&self.bin);
+        cmd.args(["--bind", "127.0.0.1"]);
+        if self.ca_cert.is_some() {
+            let dir = self.dir.path();
+            cmd.args(["--port", "0", "--tls-port"])
+                .arg(self.port.to_string())
+                .arg("--tls-cert-file")
+                .arg(dir.join("server.pem"))
+                .arg("--tls-key-file")
+                .arg(dir.join("server.key"))
+                .arg("--tls-ca-cert-file")
+                .arg(dir.join("ca.pem"))
+                .args(["--tls-auth-clients", "no"]);
+        } else {
+            cmd.arg("--port").arg(self.port.to_string());
+        }
+        let child = cmd
             .args([
                 "--save",
                 "",

@@ -193,28 +193,42 @@ fn redis_error(endpoint: &str, reason: &str) -> InfraError {
     }
 }
 
-/// Connects the shared Redis of Tier 2.
-pub async fn connect_redis(url: &str) -> Result<redis_client::Redis, InfraError> {
-    if url.starts_with("rediss://") {
-        return Err(InfraError {
-            var: "REDIS_URL",
-            message:
-                "TLS (rediss://) is not supported by this build; use redis:// on a private network \
-                      or through a TLS tunnel (stunnel, a service mesh)"
-                    .into(),
-        });
-    }
-    redis_client::Redis::connect(url)
+/// Connects the shared Redis of Tier 2; `ca_cert` is `REDIS_CA_CERT` (a PEM file) for `rediss://`.
+pub async fn connect_redis(
+    url: &str,
+    ca_cert: Option<&std::path::Path>,
+) -> Result<redis_client::Redis, InfraError> {
+    let ca_pem = match ca_cert {
+        None => None,
+        Some(path) => Some(std::fs::read(path).map_err(|e| InfraError {
+            var: "REDIS_CA_CERT",
+            message: format!("cannot read {}: {e}", path.display()),
+        })?),
+    };
+    let tls = url.starts_with("rediss://");
+    redis_client::Redis::connect_with_ca(url, ca_pem)
         .await
         .map_err(|e| match e {
             redis_client::ConnectError::Url(m) => InfraError {
-                var: "REDIS_URL",
+                var: if m.contains("certificate") {
+                    "REDIS_CA_CERT"
+                } else {
+                    "REDIS_URL"
+                },
                 message: format!(
-                    "{m}; expected redis://[:password@]host[:port][/db] or rediss://…"
+                    "{m}; expected redis://[:password@]host[:port][/db] or rediss://… (TLS)"
                 ),
             },
             redis_client::ConnectError::Connect { endpoint, reason } => {
-                redis_error(&endpoint, &reason)
+                let mut e = redis_error(&endpoint, &reason);
+                if tls {
+                    e.message.push_str(
+                        ". With rediss://, the server certificate must be valid for the URL's host and \
+                         signed by a CA of the system store, or by the CA in the PEM file named by \
+                         REDIS_CA_CERT",
+                    );
+                }
+                e
             }
         })
 }
@@ -226,46 +240,47 @@ impl Infra {
 
         let storage = connect_storage(config).await?;
         let poll = Duration::from_secs(config.scheduler_poll_interval_seconds);
-        let (pubsub, rate_limiter, queue, sink_memory, redis): SharedAdapters =
-            match &config.redis_url {
-                Some(url) => {
-                    let redis = connect_redis(url.expose()).await?;
-                    let pubsub = pubsub::RedisPubSub::connect(redis.clone())
-                        .await
-                        .map_err(|e| redis_error(redis.endpoint(), &e.to_string()))?;
-                    for concern in ["queue", "pubsub", "rate_limiter", "sink_memory"] {
-                        tracing::debug!(
-                            concern,
-                            r#impl = "redis",
-                            endpoint = redis.endpoint(),
-                            "adapter selected"
-                        );
-                    }
-                    (
-                        Arc::new(pubsub),
-                        Arc::new(ratelimit::RedisRateLimiter::new(redis.clone())),
-                        Arc::new(queue::RedisQueue::new(
-                            redis.clone(),
-                            queue::RedisQueueOptions::new(poll),
-                        )),
-                        Arc::new(sink_memory::RedisSinkMemory::new(redis.clone())),
-                        Some(redis),
-                    )
+        let (pubsub, rate_limiter, queue, sink_memory, redis): SharedAdapters = match &config
+            .redis_url
+        {
+            Some(url) => {
+                let redis = connect_redis(url.expose(), config.redis_ca_cert.as_deref()).await?;
+                let pubsub = pubsub::RedisPubSub::connect(redis.clone())
+                    .await
+                    .map_err(|e| redis_error(redis.endpoint(), &e.to_string()))?;
+                for concern in ["queue", "pubsub", "rate_limiter", "sink_memory"] {
+                    tracing::debug!(
+                        concern,
+                        r#impl = "redis",
+                        endpoint = redis.endpoint(),
+                        "adapter selected"
+                    );
                 }
-                None => {
-                    selected("queue", "local");
-                    selected("pubsub", "local");
-                    selected("rate_limiter", "memory");
-                    selected("sink_memory", "local");
-                    (
-                        Arc::new(pubsub::LocalPubSub::default()),
-                        Arc::new(ratelimit::MemoryRateLimiter::default()),
-                        Arc::new(queue::LocalQueue::new(poll)),
-                        Arc::new(sink_memory::LocalSinkMemory::default()),
-                        None,
-                    )
-                }
-            };
+                (
+                    Arc::new(pubsub),
+                    Arc::new(ratelimit::RedisRateLimiter::new(redis.clone())),
+                    Arc::new(queue::RedisQueue::new(
+                        redis.clone(),
+                        queue::RedisQueueOptions::new(poll),
+                    )),
+                    Arc::new(sink_memory::RedisSinkMemory::new(redis.clone())),
+                    Some(redis),
+                )
+            }
+            None => {
+                selected("queue", "local");
+                selected("pubsub", "local");
+                selected("rate_limiter", "memory");
+                selected("sink_memory", "local");
+                (
+                    Arc::new(pubsub::LocalPubSub::default()),
+                    Arc::new(ratelimit::MemoryRateLimiter::default()),
+                    Arc::new(queue::LocalQueue::new(poll)),
+                    Arc::new(sink_memory::LocalSinkMemory::default()),
+                    None,
+                )
+            }
+        };
 
         Ok(Infra {
             db,
@@ -284,19 +299,28 @@ mod tests {
     use super::*;
 
     #[tokio::test]
-    async fn tls_redis_urls_are_refused_with_a_clear_error() {
-        let e = connect_redis("rediss://:s3cret-pw@redis.example:6380")
+    async fn an_unreachable_tls_redis_names_the_ca_variable_not_the_password() {
+        // Port 1 on loopback: nothing listens there.
+        let e = connect_redis("rediss://:s3cret-pw@127.0.0.1:1", None)
             .await
             .err()
             .expect("refused");
         assert_eq!(e.var, "REDIS_URL");
-        assert!(e.message.contains("rediss://"), "{}", e.message);
+        assert!(e.message.contains("REDIS_CA_CERT"), "{}", e.message);
         assert!(!e.message.contains("s3cret-pw"), "{}", e.message);
+        let e = connect_redis(
+            "rediss://127.0.0.1:1",
+            Some(std::path::Path::new("/nonexistent/ca.pem")),
+        )
+        .await
+        .err()
+        .expect("refused");
+        assert_eq!(e.var, "REDIS_CA_CERT");
     }
 
     #[tokio::test]
     async fn an_unparseable_redis_url_names_the_variable() {
-        let e = connect_redis("redis://:s3cret-pw@[bad")
+        let e = connect_redis("redis://:s3cret-pw@[bad", None)
             .await
             .err()
             .expect("refused");

@@ -3,6 +3,9 @@
 //! pub/sub uses to open its dedicated subscriber connection.
 //!
 //! Never log the URL: it may carry a password. [`Redis::endpoint`] is the `host:port` part only.
+//!
+//! `rediss://` connects over TLS (rustls). The server certificate is checked against the system's CA
+//! store, or against the CA certificate(s) of `REDIS_CA_CERT` (a PEM file) for a private CA.
 
 use std::time::Duration;
 
@@ -49,10 +52,42 @@ pub fn describe(e: &redis::RedisError, url: &str) -> String {
     }
 }
 
+/// A client for `url`; for `rediss://`, with TLS verified against `ca_pem` (PEM certificates) when
+/// given, else against the system's CA store.
+pub fn open_client(url: &str, ca_pem: Option<Vec<u8>>) -> Result<Client, ConnectError> {
+    let tls = url.starts_with("rediss://");
+    if tls {
+        // redis' rustls support uses the process-wide provider; several are compiled in, so pick one.
+        if rustls::crypto::CryptoProvider::get_default().is_none() {
+            let _ = rustls::crypto::ring::default_provider().install_default();
+        }
+    }
+    let client = match ca_pem {
+        Some(root_cert) if tls => Client::build_with_tls(
+            url,
+            redis::TlsCertificates {
+                client_tls: None,
+                root_cert: Some(root_cert),
+            },
+        ),
+        _ => Client::open(url),
+    };
+    client.map_err(|e| ConnectError::Url(describe(&e, url)))
+}
+
 impl Redis {
-    /// Connects and checks the server answers `PING`.
+    /// Connects and checks the server answers `PING` (TLS against the system's CA store for
+    /// `rediss://`).
     pub async fn connect(url: &str) -> Result<Redis, ConnectError> {
-        let client = Client::open(url).map_err(|e| ConnectError::Url(describe(&e, url)))?;
+        Self::connect_with_ca(url, None).await
+    }
+
+    /// Like [`Redis::connect`], trusting the PEM CA certificate(s) `ca_pem` for `rediss://`.
+    pub async fn connect_with_ca(
+        url: &str,
+        ca_pem: Option<Vec<u8>>,
+    ) -> Result<Redis, ConnectError> {
+        let client = open_client(url, ca_pem)?;
         let endpoint = endpoint_of(&client);
         let config = ConnectionManagerConfig::new()
             .set_connection_timeout(Some(CONNECT_TIMEOUT))

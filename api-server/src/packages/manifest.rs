@@ -409,6 +409,19 @@ fn validate_auth(c: &mut Check, key: &str, auth: &Value) {
                 "invalid_type",
                 "must be an array of strings",
             );
+        } else {
+            // The sidecar compiles the same patterns for every run: a pattern it would refuse (including
+            // one too costly to match) is refused here, at import, rather than failing each run.
+            let patterns = uris
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(Value::as_str);
+            for (i, pattern) in patterns.enumerate() {
+                if let Err(e) = sidecar::allowlist::UriPattern::parse(pattern) {
+                    c.err(&format!("{path}.authorized_uris[{i}]"), "invalid_value", e);
+                }
+            }
         }
     }
     if let Some(all) = auth.get("allow_all_uris") {

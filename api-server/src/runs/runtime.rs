@@ -207,6 +207,7 @@ fn workload_spec(
         LlmApi::OpenAiCompletions => ("openai-completions", "openai"),
         LlmApi::AnthropicMessages => ("anthropic-messages", "anthropic"),
     };
+    let run_token = format!("sct_{}", crate::crypto::random_hex(32));
     let agent_integrations: Vec<Value> = ctx
         .integrations
         .iter()
@@ -232,7 +233,9 @@ fn workload_spec(
         ("AGENT_TIMEOUT_SECONDS", run.timeout_seconds.to_string()),
         ("MODEL_API", api.to_string()),
         ("MODEL_ID", ctx.model.clone()),
-        ("MODEL_API_KEY", "sk-appstrate-placeholder".to_string()),
+        // The run's sidecar token: the runner presents it on every sidecar call (its model SDK sends
+        // it as the model key), and the sidecar refuses any caller without it.
+        ("MODEL_API_KEY", run_token.clone()),
         (
             "RUN_HEARTBEAT_INTERVAL_SECONDS",
             config.run_heartbeat_interval_seconds.to_string(),
@@ -246,6 +249,7 @@ fn workload_spec(
     }
     let sidecar = sidecar::config::SidecarConfig {
         run_id: run.id.clone(),
+        run_token: sidecar::config::Secret::new(run_token),
         platform_url: platform,
         llm: sidecar::config::LlmConfig {
             provider: match ctx.llm_api {

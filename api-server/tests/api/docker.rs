@@ -291,9 +291,15 @@ async fn a_docker_run_succeeds_through_its_sidecar_in_hardened_containers() {
     assert!(tmpfs.contains_key("/tmp"));
     let env = env_of(&agent);
     assert!(env.contains(&format!("AGENT_RUN_ID={id}")), "{env:?}");
-    assert!(env.contains(&"MODEL_API_KEY=sk-appstrate-placeholder".to_string()));
+    // The agent's model key is the run's sidecar token, which is also its forward-proxy password.
+    let token = env
+        .iter()
+        .find_map(|e| e.strip_prefix("MODEL_API_KEY="))
+        .expect("MODEL_API_KEY")
+        .to_string();
+    assert!(token.starts_with("sct_") && token.len() >= 36, "{token}");
     assert!(env.contains(&"SIDECAR_URL=http://sidecar:8080".to_string()));
-    assert!(env.contains(&"HTTPS_PROXY=http://sidecar:8081".to_string()));
+    assert!(env.contains(&format!("HTTPS_PROXY=http://run:{token}@sidecar:8081")));
     assert!(env.contains(&"MODEL_BASE_URL=http://sidecar:8080/llm/openai".to_string()));
     let all_env = env.join("\n");
     for secret in [
@@ -341,6 +347,40 @@ async fn a_docker_run_succeeds_through_its_sidecar_in_hardened_containers() {
         Some(vec!["host.docker.internal:host-gateway".to_string()])
     );
     assert!(!env_of(&sc).join("\n").contains(CANARY));
+    assert!(!env_of(&sc).join("\n").contains(&token));
+
+    // The sidecar's published control port answers any host process, but its routes need the token.
+    let port = sc
+        .network_settings
+        .as_ref()
+        .and_then(|n| n.ports.as_ref())
+        .and_then(|p| p.get("8080/tcp").cloned().flatten())
+        .and_then(|b| b.into_iter().find_map(|b| b.host_port))
+        .expect("published control port");
+    let control = format!("http://127.0.0.1:{port}");
+    let host = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = host
+        .post(format!("{control}/llm/openai/chat/completions"))
+        .json(&json!({"model": "m", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = host
+        .post(format!("{control}/proxy"))
+        .header("x-target", "https://example.com/")
+        .header("x-integration", "@a/b")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = host
+        .post(format!("{control}/proxy"))
+        .header("proxy-authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "past the token check");
 
     let done = wait_terminal(&d.app, &id).await;
     assert_eq!(done["status"], "success", "{done}");
@@ -353,6 +393,11 @@ async fn a_docker_run_succeeds_through_its_sidecar_in_hardened_containers() {
         .iter()
         .all(|a| a == &format!("Bearer {CANARY}")));
     assert!(!done.to_string().contains(CANARY));
+    assert_eq!(
+        d.fake.requests().len(),
+        1,
+        "only the runner reached the model"
+    );
 
     // Teardown: agent, sidecar and run network are gone.
     nothing_left(&d, &id, 20).await;

@@ -1704,3 +1704,48 @@ async fn delete_is_refused_while_a_run_is_open_and_agents_count_it() {
     assert_eq!(r.status(), StatusCode::NO_CONTENT);
     drop(llm);
 }
+
+#[tokio::test]
+async fn a_pathological_authorized_uris_pattern_is_refused_at_import() {
+    let app = spawn_app().await;
+    let zip = |uris: Value| {
+        let mut m = stripe_manifest_as("@acme/payments");
+        m["auths"]["primary"]["authorized_uris"] = uris;
+        zip_of(&[("manifest.json", &serde_json::to_vec(&m).unwrap())])
+    };
+    // Eight `**` against an n-segment path cost O(n^8) with a backtracking matcher.
+    let pathological = format!("https://api.stripe.com/{}x", "**/".repeat(8));
+    let r = import(
+        &app,
+        zip(json!(["https://api.stripe.com/**", pathological])),
+    )
+    .await;
+    assert_eq!(r.status(), StatusCode::BAD_REQUEST);
+    let b = json_of(r).await;
+    let e = b["errors"]
+        .as_array()
+        .and_then(|e| {
+            e.iter()
+                .find(|e| e["field"] == "manifest.auths.primary.authorized_uris[1]")
+        })
+        .unwrap_or_else(|| panic!("no error on authorized_uris[1] in {b}"));
+    assert_eq!(e["code"], "invalid_value", "{b}");
+    assert!(e["message"].as_str().unwrap().contains("at most 4"), "{b}");
+    // A pattern past the length bound, and one the sidecar could not compile, are refused the same way.
+    let long = format!("https://api.stripe.com/{}", "a".repeat(1100));
+    assert_invalid(
+        import(&app, zip(json!([long]))).await,
+        "manifest.auths.primary.authorized_uris[0]",
+        "invalid_value",
+    )
+    .await;
+    assert_invalid(
+        import(&app, zip(json!(["ftp://api.stripe.com/**"]))).await,
+        "manifest.auths.primary.authorized_uris[0]",
+        "invalid_value",
+    )
+    .await;
+    // Nothing was stored; the ordinary pattern imports.
+    let r = import(&app, zip(json!(["https://api.stripe.com/v1/**/items/**"]))).await;
+    assert_eq!(r.status(), StatusCode::CREATED, "{}", json_of(r).await);
+}

@@ -170,7 +170,8 @@ async fn briefing_agent_runs_to_success_and_never_sees_the_key(backend: Backend)
     let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
     let environ = String::from_utf8_lossy(&environ).into_owned();
     assert!(environ.contains(&format!("AGENT_RUN_ID={id}")), "{environ}");
-    assert!(environ.contains("MODEL_API_KEY=sk-appstrate-placeholder"));
+    // The model key the runner holds is the run's sidecar token, not a platform secret.
+    assert!(environ.contains("MODEL_API_KEY=sct_"), "{environ}");
     for secret in [
         CANARY,
         "CONNECTION_ENCRYPTION_KEY",
@@ -1228,4 +1229,84 @@ async fn sigterm_ends_sse_streams_and_long_polls_promptly() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     assert_eq!(code, Some(0));
+}
+
+/// Process mode: the in-process sidecar listens on loopback, where any local process could reach it. It
+/// refuses every caller without the run token, while the real runner (which holds it) completes its run.
+#[tokio::test]
+async fn the_sidecar_refuses_local_callers_without_the_run_token() {
+    let output = json!({"done": true});
+    // The first model answer waits, so the run is live while another local process tries the sidecar.
+    let fake = FakeLlm::start(vec![
+        Turn::tool_call("output", json!({"data": output})).with_delay(3000)
+    ])
+    .await;
+    let app = llm_app(&fake, &[]).await;
+    let run = start(&app, "/api/runs/inline", inline(json!({}), "Answer.")).await;
+    let id = run["id"].as_str().unwrap().to_string();
+    let pid = wait_for_pid(&app, &id).await;
+    let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    let env: std::collections::HashMap<String, String> = environ
+        .split(|b| *b == 0)
+        .filter_map(|kv| {
+            String::from_utf8_lossy(kv)
+                .split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        })
+        .collect();
+    let sidecar = env["SIDECAR_URL"].clone();
+    let token = env["MODEL_API_KEY"].clone();
+    assert!(token.starts_with("sct_") && token.len() >= 36, "{token}");
+    let proxy = env["HTTP_PROXY"].clone();
+    assert!(
+        proxy.contains(&format!("run:{token}@127.0.0.1:")),
+        "{proxy}"
+    );
+    let proxy_addr = proxy.rsplit_once('@').unwrap().1.to_string();
+
+    let other = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = other
+        .post(format!("{sidecar}/llm/openai/chat/completions"))
+        .json(&json!({"model": "m", "messages": []}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "unauthorized");
+    let r = other
+        .post(format!("{sidecar}/proxy"))
+        .header("x-target", fake.url())
+        .header("x-integration", "@tests/any")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(format!("http://{proxy_addr}")).unwrap())
+        .build()
+        .unwrap()
+        .get(format!("{}/models", fake.url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 407);
+    // With the token, the same process gets past the check (and stops at the missing header).
+    let r = other
+        .post(format!("{sidecar}/proxy"))
+        .header("proxy-authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(r.json::<Value>().await.unwrap()["error"], "missing_target");
+
+    let done = wait_terminal(&app, &id).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(done["result"]["output"], output);
+    // Only the runner's call reached the model, with the real key and without the token.
+    assert_eq!(fake.requests().len(), 1);
+    assert_eq!(fake.authorizations(), vec![format!("Bearer {CANARY}")]);
+    for r in fake.requests() {
+        assert!(!format!("{:?}", r.headers).contains(&token));
+    }
 }

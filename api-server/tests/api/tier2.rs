@@ -1002,3 +1002,65 @@ async fn after_a_burst_a_cancel_still_reaches_its_run_and_other_orgs_see_no_gap(
     assert!(body.contains("event: run_log"), "{body}");
     assert!(!body.contains("run_busy_"), "{body}");
 }
+
+/// `rediss://`: an instance talks to a TLS-only redis-server whose certificate a private CA signed
+/// (`REDIS_CA_CERT`); without that CA the certificate is refused, naming the variable to set.
+#[tokio::test]
+async fn rediss_with_a_private_ca_carries_the_shared_adapters() {
+    use appstrate::infra::redis_client::Redis;
+    let pg = require!(postgres_database().await);
+    let redis = require!(RedisServer::start_tls());
+    assert!(redis.url.starts_with("rediss://localhost:"));
+    let ca = redis.ca_cert.clone().unwrap();
+
+    // Without the private CA (system store only), the server certificate is not trusted.
+    let e = appstrate::infra::connect_redis(&redis.url, None)
+        .await
+        .err()
+        .expect("an unknown CA is refused");
+    assert_eq!(e.var, "REDIS_URL");
+    assert!(e.message.contains("REDIS_CA_CERT"), "{}", e.message);
+    // Plain redis:// to the TLS port gets no answer either.
+    let plain = redis.url.replace("rediss://", "redis://");
+    assert!(Redis::connect(&plain).await.is_err());
+
+    let fake = FakeLlm::start(vec![Turn::tool_call(
+        "output",
+        json!({"data": {"over": "tls"}}),
+    )])
+    .await;
+    let ca_path = ca.to_string_lossy().into_owned();
+    let (a, _b) = pair(&pg, &redis, &fake, &[("REDIS_CA_CERT", ca_path.as_str())]).await;
+    let (s, h) = health(&a).await;
+    assert_eq!(s, 200, "{h}");
+    assert_eq!(h["adapters"]["queue"], "redis");
+    assert_eq!(h["adapters"]["pubsub"], "redis");
+    assert_eq!(h["checks"]["redis"]["status"], "healthy");
+
+    // A run goes through the TLS connection (rate limiter, pub/sub) to success.
+    let id = start_inline(&a, "@tests/tls").await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let run = loop {
+        let (_, run) = json_of(a.key(Method::GET, &format!("/api/runs/{id}"))).await;
+        if ["success", "failed", "timeout", "cancelled"]
+            .contains(&run["status"].as_str().unwrap_or_default())
+        {
+            break run;
+        }
+        assert!(Instant::now() < deadline, "run never ended: {run}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(run["result"]["output"], json!({"over": "tls"}));
+
+    // The shared state is in that server.
+    let conn = Redis::connect_with_ca(&redis.url, Some(std::fs::read(&ca).unwrap()))
+        .await
+        .expect("TLS with the private CA");
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("appstrate:*")
+        .query_async(&mut conn.conn())
+        .await
+        .unwrap();
+    assert!(!keys.is_empty(), "no appstrate keys in the TLS server");
+}

@@ -464,3 +464,31 @@ async fn a_private_address_is_refused_again_at_delivery() {
     );
     assert!(receiver.received().is_empty());
 }
+
+#[tokio::test]
+async fn ipv6_forms_embedding_an_internal_ipv4_are_refused() {
+    let app = spawn_app_with(&[]).await;
+    // SIIT IPv4-translated, NAT64 local-use and Teredo (server and client) forms of internal addresses.
+    for url in [
+        "https://[::ffff:0:a9fe:a9fe]/hook",
+        "https://[::ffff:0:127.0.0.1]/hook",
+        "https://[64:ff9b:1::10.0.0.1]/hook",
+        "https://[64:ff9b:1:ff::808:808]/hook",
+        "https://[2001:0:a9fe:a9fe::]/hook",
+        "https://[2001:0:5db8:d822::f5ff:fffe]/hook",
+    ] {
+        let (status, e) = create(&app, json!({"url": url, "events": ["run.success"]})).await;
+        assert_eq!(status, 400, "{url} → {e}");
+        assert_eq!(e["code"], "invalid_url", "{url} → {e}");
+        assert_eq!(e["param"], "url", "{url} → {e}");
+    }
+    // The same forms around a public address stay usable.
+    for url in [
+        "https://[::ffff:0:5db8:d822]/hook",
+        "https://[64:ff9b:1::5db8:d822]/hook",
+        "https://[2001:0:5db8:d822::a247:27dd]/hook",
+    ] {
+        let (status, e) = create(&app, json!({"url": url, "events": ["run.success"]})).await;
+        assert_eq!(status, 201, "{url} → {e}");
+    }
+}

@@ -29,6 +29,19 @@ pub struct WorkloadSpec {
     pub cpus: f64,
 }
 
+impl WorkloadSpec {
+    /// `HTTP(S)_PROXY` for the runner: the sidecar's forward proxy with the run token as the password
+    /// (`http://run:<token>@host:port`), which HTTP clients send as `Proxy-Authorization: Basic`.
+    pub fn authenticated_proxy_url(&self, proxy_url: &str) -> String {
+        match proxy_url.split_once("://") {
+            Some((scheme, rest)) => {
+                format!("{scheme}://run:{}@{rest}", self.sidecar.run_token.expose())
+            }
+            None => proxy_url.to_string(),
+        }
+    }
+}
+
 /// The sidecar pool as `/health` reports it (§13.3).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStatus {

@@ -190,11 +190,11 @@ impl RunAdapter for ProcessAdapter {
         let sidecar = sidecar::Sidecar::start(sidecar::SidecarOptions::loopback())
             .await
             .map_err(|e| format!("sidecar: {e}"))?;
+        let proxy_url = spec.authenticated_proxy_url(&sidecar.proxy_url());
         sidecar
             .configure(spec.sidecar)
             .map_err(|e| format!("sidecar configuration: {e}"))?;
         let sidecar_url = sidecar.api_url();
-        let proxy_url = sidecar.proxy_url();
 
         let ws = workspace.to_string_lossy().into_owned();
         let mut cmd = Command::new(&runner);

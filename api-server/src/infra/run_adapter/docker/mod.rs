@@ -487,7 +487,7 @@ impl DockerWorkload {
 
         // 3. The agent container, only on the run network.
         let sidecar_url = "http://sidecar:8080";
-        let proxy_url = "http://sidecar:8081";
+        let proxy_url = spec.authenticated_proxy_url("http://sidecar:8081");
         let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
         env.extend([
             format!("SIDECAR_URL={sidecar_url}"),
