@@ -152,6 +152,7 @@ impl Application {
         state.runs.adapter.prepare().await;
         crate::runs::runtime::start_workers(&state).await;
         crate::schedules::start(&state).await;
+        crate::retention::start(&state);
         let router = crate::http::router(state.clone());
         let _ = gate_state.router.set(router);
         tracing::info!(

@@ -1,6 +1,7 @@
 //! The `Database` concern: one repository trait, implemented once in SQL (`sql.rs`) and instantiated for
 //! SQLite (Tier 0) and PostgreSQL (Tier 1+). Callers only ever see `Arc<dyn Database>`.
 
+pub mod history;
 pub mod migrate_data;
 mod packages;
 pub mod runs;
@@ -15,6 +16,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
+pub use history::HistoryRepo;
 pub use packages::{
     ConnectionRow, NewPackageVersion, PackageFilter, PackageRepo, PackageRow, PackageVersionRow,
     PackageWithManifest,
@@ -172,7 +174,9 @@ pub enum IdempotencyState {
 
 /// The whole repository: tenancy here, other areas in their own files as supertraits.
 #[async_trait]
-pub trait Database: PackageRepo + RunRepo + ScheduleRepo + WebhookRepo + Send + Sync {
+pub trait Database:
+    PackageRepo + RunRepo + ScheduleRepo + WebhookRepo + HistoryRepo + Send + Sync
+{
     /// `sqlite` or `postgres`, as reported by `/health`.
     fn kind(&self) -> &'static str;
     /// Applies the pending migrations; returns how many were applied.
