@@ -618,27 +618,31 @@ async fn retention_job_prunes_and_counts_in_metrics(backend: Backend) {
         assert!(Instant::now() < deadline, "the retention job never ran");
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+    // The batch is counted in /metrics once it has committed and cleaned up after itself.
+    let metrics = loop {
+        let metrics = app
+            .client
+            .get(app.url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.contains("appstrate_retention_deleted_total{kind=\"runs\"} 1\n") {
+            break metrics;
+        }
+        assert!(Instant::now() < deadline, "no retention metrics: {metrics}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(metrics.contains("appstrate_retention_batches_total"));
+    assert!(!leftover.exists());
     let r = app
         .key(Method::GET, "/api/runs/run_fresh")
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200, "a run within its retention stays");
-    assert!(!leftover.exists());
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    assert!(
-        metrics.contains("appstrate_retention_deleted_total{kind=\"runs\"} 1"),
-        "{metrics}"
-    );
-    assert!(metrics.contains("appstrate_retention_batches_total"));
 }
 
 on_both_backends!(retention_job_prunes_and_counts_in_metrics);

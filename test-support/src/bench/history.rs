@@ -399,7 +399,7 @@ async fn measure(
     let out = Command::new(binary)
         .args(["db", "prune"])
         .env_clear()
-        .envs(Server::bench_env(0, packages))
+        .envs(Server::bench_env(super::server::free_port()?, packages))
         .envs(t.env.iter().map(|(k, v)| (k, v)))
         .stdin(Stdio::null())
         .output()?;
