@@ -456,6 +456,10 @@ pub async fn history_bench(
         o.runs * o.logs_per_run
     );
     let admin_url = std::env::var("TEST_DATABASE_URL").ok();
+    // The servers run in their own directories: a relative --bin would not be found from there.
+    let binary = &binary
+        .canonicalize()
+        .with_context(|| format!("{}", binary.display()))?;
     for &backend in backends {
         if backend == Backend::Postgres && admin_url.is_none() {
             println!("{}: skipped (TEST_DATABASE_URL is unset)", backend.name());
