@@ -65,6 +65,22 @@ enum AdminTokenCommand {
 enum DbCommand {
     /// Apply migrations and exit
     Migrate,
+    /// Delete what is past its retention now (RUN_RETENTION_DAYS, RUN_LOG_RETENTION_DAYS,
+    /// WEBHOOK_DELIVERY_RETENTION_DAYS), as the server's retention job does
+    #[command(
+        long_about = "Delete what is past its retention now, in the same small batches as the server's \
+                      retention job (RUN_RETENTION_DAYS, RUN_LOG_RETENTION_DAYS, \
+                      WEBHOOK_DELIVERY_RETENTION_DAYS; 0 keeps a kind forever). Open runs and the last \
+                      run of a schedule are kept. Prints one `<kind> <rows>` line per kind on stdout. \
+                      On SQLite the freed space is given back to the file system; a file created before \
+                      incremental auto-vacuum is converted once with VACUUM (which rewrites the file and \
+                      needs as much free disk space: stop the server first for a large file)."
+    )]
+    Prune {
+        /// Only count what would be deleted; change nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
     /// Copy every table of a stopped Tier 0 SQLite database into an empty PostgreSQL database
     #[command(
         long_about = "Copy every table of a stopped Tier 0 SQLite database into an empty PostgreSQL \
@@ -141,6 +157,9 @@ pub fn main() -> i32 {
         Command::Db {
             command: DbCommand::MigrateData { .. },
         } => unreachable!("handled before the configuration is read"),
+        Command::Db {
+            command: DbCommand::Prune { dry_run },
+        } => runtime.block_on(prune(config, dry_run)),
         Command::Db {
             command: DbCommand::Migrate,
         } => runtime.block_on(async {
@@ -376,6 +395,78 @@ async fn bootstrap(config: Config, org_name: &str, app_name: &str) -> i32 {
         }
         Err(e) => {
             eprintln!("bootstrap failed: {e}");
+            1
+        }
+    }
+}
+
+/// `appstrate db prune [--dry-run]`.
+async fn prune(config: Config, dry_run: bool) -> i32 {
+    crate::telemetry::init("warn", LogFormat::Text);
+    let db = match crate::infra::connect_database(&config).await {
+        Ok(db) => db,
+        Err(e) => {
+            eprintln!("{e}");
+            return 1;
+        }
+    };
+    let retention = &config.retention;
+    let cutoffs = crate::retention::cutoffs(retention, crate::infra::database::now());
+    for (var, days) in [
+        ("RUN_RETENTION_DAYS", retention.run_days),
+        ("RUN_LOG_RETENTION_DAYS", retention.run_log_days),
+        (
+            "WEBHOOK_DELIVERY_RETENTION_DAYS",
+            retention.webhook_delivery_days,
+        ),
+    ] {
+        match days {
+            0 => eprintln!("{var}=0: kept forever"),
+            d => eprintln!("{var}={d}: older than {d} days goes"),
+        }
+    }
+    let result = async {
+        let size_before = db.database_size().await?;
+        let counts = if dry_run {
+            db.prune_preview(&cutoffs).await?
+        } else {
+            let report = crate::retention::sweep(
+                db.as_ref(),
+                retention,
+                &config.data_dir,
+                None,
+                std::time::Duration::ZERO,
+                || false,
+            )
+            .await?;
+            if report.busy {
+                eprintln!("another instance is running retention now; run again later");
+            }
+            if db.enable_incremental_vacuum().await? {
+                eprintln!("converted the SQLite file to incremental auto-vacuum (VACUUM)");
+            }
+            db.reclaim_space(0).await?;
+            report.deleted
+        };
+        let size_after = db.database_size().await?;
+        Ok::<_, crate::infra::database::DbError>((counts, size_before, size_after))
+    }
+    .await;
+    db.close().await;
+    match result {
+        Ok((counts, before, after)) => {
+            if dry_run {
+                eprintln!("dry run: nothing was deleted");
+            } else {
+                eprintln!("database size: {before} bytes before, {after} bytes after");
+            }
+            println!("runs {}", counts.runs);
+            println!("run_logs {}", counts.run_logs);
+            println!("webhook_deliveries {}", counts.webhook_deliveries);
+            0
+        }
+        Err(e) => {
+            eprintln!("prune failed: {e}");
             1
         }
     }

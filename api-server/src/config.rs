@@ -194,6 +194,7 @@ pub struct Config {
     pub http_header_read_timeout_seconds: u64,
     /// Time an idle keep-alive connection stays open (`HTTP_KEEPALIVE_TIMEOUT_SECONDS`).
     pub http_keepalive_timeout_seconds: u64,
+    pub retention: RetentionConfig,
     pub system_packages_dir: PathBuf,
     pub app_version: String,
     pub git_sha: Option<String>,
@@ -702,6 +703,7 @@ impl Config {
         let http_max_connections = r.positive("HTTP_MAX_CONNECTIONS", 4096);
         let http_header_read_timeout_seconds = r.positive("HTTP_HEADER_READ_TIMEOUT_SECONDS", 15);
         let http_keepalive_timeout_seconds = r.positive("HTTP_KEEPALIVE_TIMEOUT_SECONDS", 75);
+        let retention = RetentionConfig::read(&mut r);
         let system_packages_dir =
             PathBuf::from(r.string("SYSTEM_PACKAGES_DIR", "./system-packages"));
         let app_version = r.string("APP_VERSION", env!("CARGO_PKG_VERSION"));
@@ -762,6 +764,7 @@ impl Config {
             http_max_connections,
             http_header_read_timeout_seconds,
             http_keepalive_timeout_seconds,
+            retention,
             system_packages_dir,
             app_version,
             git_sha,
@@ -1257,5 +1260,62 @@ pub(crate) mod tests {
         std::fs::write(child.join(".env"), "APPSTRATE_DOTENV_TEST_OK=yes\n").unwrap();
         assert_eq!(load_dotenv(&child), Ok(true));
         assert_eq!(std::env::var("APPSTRATE_DOTENV_TEST_OK").unwrap(), "yes");
+    }
+}
+
+/// How long history is kept (retention job and `appstrate db prune`). A retention of 0 days keeps that
+/// kind forever.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RetentionConfig {
+    /// `RUN_RETENTION_DAYS` (90): finished runs, with their logs.
+    pub run_days: u32,
+    /// `RUN_LOG_RETENTION_DAYS` (30): log rows, also of runs that are kept.
+    pub run_log_days: u32,
+    /// `WEBHOOK_DELIVERY_RETENTION_DAYS` (30): webhook delivery attempts.
+    pub webhook_delivery_days: u32,
+    /// `RETENTION_INTERVAL_SECONDS` (3600): the pause between two retention sweeps.
+    pub interval_seconds: u64,
+    /// `RETENTION_BATCH_SIZE` (500): rows of each kind deleted per transaction.
+    pub batch_size: u32,
+}
+
+impl RetentionConfig {
+    fn read(r: &mut Reader) -> Self {
+        let mut days = |var: &str, default: u32| match r.get(var) {
+            None => default,
+            Some(raw) => {
+                match raw.trim().parse::<u32>() {
+                    Ok(v) if v <= 36_500 => v,
+                    _ => {
+                        r.fail(
+                        var,
+                        format!("must be a number of days from 0 (keep forever) to 36500, got {raw:?}"),
+                    );
+                        default
+                    }
+                }
+            }
+        };
+        let run_days = days("RUN_RETENTION_DAYS", 90);
+        let run_log_days = days("RUN_LOG_RETENTION_DAYS", 30);
+        let webhook_delivery_days = days("WEBHOOK_DELIVERY_RETENTION_DAYS", 30);
+        let interval_seconds = r.positive("RETENTION_INTERVAL_SECONDS", 3600);
+        let batch_size = r.positive("RETENTION_BATCH_SIZE", 500);
+        let batch_size = if batch_size > 10_000 {
+            r.fail(
+                "RETENTION_BATCH_SIZE",
+                format!("must be at most 10000 (rows per transaction), got {batch_size}"),
+            );
+            500
+        } else {
+            batch_size as u32
+        };
+        Self {
+            run_days,
+            run_log_days,
+            webhook_delivery_days,
+            interval_seconds,
+            batch_size,
+        }
     }
 }

@@ -111,7 +111,14 @@ pub struct Metrics {
     pub run_duration: Histogram,
     pub llm_tokens: Family<DirectionLabel, Counter>,
     pub webhook_deliveries: Family<ResultLabel, Counter>,
+    pub retention_deleted: Family<KindLabel, Counter>,
+    pub retention_batches: Counter,
     pub sidecar: SidecarMetrics,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct KindLabel {
+    pub kind: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -192,6 +199,18 @@ impl Metrics {
             "Webhook delivery attempts by result (success, retrying, failed)",
             webhook_deliveries.clone(),
         );
+        let retention_deleted = Family::<KindLabel, Counter>::default();
+        let retention_batches = Counter::default();
+        registry.register(
+            "appstrate_retention_deleted",
+            "Rows deleted by retention, by kind (runs, run_logs, webhook_deliveries)",
+            retention_deleted.clone(),
+        );
+        registry.register(
+            "appstrate_retention_batches",
+            "Retention batches run by this instance",
+            retention_batches.clone(),
+        );
         registry.register(
             "appstrate_sidecar_pool_desired",
             "Sidecars the pool keeps ready (SIDECAR_POOL_SIZE)",
@@ -216,6 +235,8 @@ impl Metrics {
             registry,
             sidecar,
             webhook_deliveries,
+            retention_deleted,
+            retention_batches,
             runs_created_total,
             runs_finished_total,
             runs_active,

@@ -148,6 +148,7 @@ impl Application {
         crate::runs::runtime::start_workers(&state).await;
         crate::schedules::start(&state).await;
         crate::http::idempotency::start_sweeper(&state);
+        crate::retention::start(&state);
         let router = crate::http::router(state.clone());
         let _ = gate_state.router.set(router);
         tracing::info!(

@@ -7,8 +7,9 @@ pub mod runtime;
 pub mod sink;
 pub mod verdict;
 
-use serde_json::{json, Value};
+use serde_json::{json, Map, Value};
 
+use crate::infra::database::history::RunSummaryRow;
 use crate::infra::database::runs::{RunLogRow, RunRow};
 use crate::infra::pubsub::Channel;
 use crate::state::AppState;
@@ -17,7 +18,50 @@ pub use runtime::{finalize_run, stop_run, Runtime};
 
 /// The run DTO (§11.6). Internal columns are never part of it.
 pub fn run_dto(r: &RunRow) -> Value {
-    json!({
+    Value::Object(summary_dto(RunSummaryRow::from(r)))
+}
+
+/// The keys of the run DTO, in order (`fields=` of the run lists picks among them).
+pub const RUN_DTO_KEYS: [&str; 26] = [
+    "id",
+    "object",
+    "packageId",
+    "orgId",
+    "applicationId",
+    "endUserId",
+    "apiKeyId",
+    "scheduleId",
+    "kind",
+    "agent_scope",
+    "agent_name",
+    "version_ref",
+    "runNumber",
+    "status",
+    "input",
+    "result",
+    "error",
+    "model_label",
+    "timeout_seconds",
+    "started_at",
+    "completed_at",
+    "duration",
+    "createdAt",
+    "token_usage",
+    "cost",
+    "cost_pricing_status",
+];
+
+/// The run DTO of a list row. `fields` keeps only those keys (plus `id` and `object`).
+pub fn run_list_dto(r: RunSummaryRow, fields: Option<&[String]>) -> Value {
+    let mut dto = summary_dto(r);
+    if let Some(fields) = fields {
+        dto.retain(|k, _| k == "id" || k == "object" || fields.iter().any(|f| f == k));
+    }
+    Value::Object(dto)
+}
+
+fn summary_dto(r: RunSummaryRow) -> Map<String, Value> {
+    let json = json!({
         "id": r.id,
         "object": "run",
         "packageId": r.package_id,
@@ -32,8 +76,8 @@ pub fn run_dto(r: &RunRow) -> Value {
         "version_ref": r.version_ref,
         "runNumber": r.run_number,
         "status": r.status,
-        "input": r.input.0,
-        "result": r.result.as_ref().map(|j| j.0.clone()),
+        "input": r.input.map(|j| j.0),
+        "result": r.result.map(|j| j.0),
         "error": r.error,
         "model_label": r.model_label,
         "timeout_seconds": r.timeout_seconds,
@@ -44,7 +88,11 @@ pub fn run_dto(r: &RunRow) -> Value {
         "token_usage": r.token_usage.0,
         "cost": r.cost,
         "cost_pricing_status": r.cost_pricing_status,
-    })
+    });
+    match json {
+        Value::Object(m) => m,
+        _ => Map::new(),
+    }
 }
 
 /// The `run_update` SSE payload.

@@ -29,6 +29,7 @@ mod conventions;
 mod crash;
 mod database;
 mod docker;
+mod history;
 mod idempotency;
 mod lag;
 mod migrate_data;

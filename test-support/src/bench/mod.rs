@@ -11,11 +11,13 @@
 //! - [`runs`]: run benchmarks: keep-alive API calls, first runner events from the realtime stream,
 //!   runner peak memory;
 //! - [`docker`]: Docker mode: run start with and without the sidecar pool, image sizes, engine floor;
-//! - [`fixtures`]: rows inserted straight into the server's SQLite database (e.g. many API keys).
+//! - [`fixtures`]: rows inserted straight into the server's SQLite database (e.g. many API keys);
+//! - [`history`]: a long history seeded in SQLite and PostgreSQL, measured against an empty one.
 
 pub mod client;
 pub mod docker;
 pub mod fixtures;
+pub mod history;
 pub mod load;
 pub mod proc;
 pub mod report;

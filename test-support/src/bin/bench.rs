@@ -1,4 +1,4 @@
-//! `cargo run --release -p test-support --bin bench [all|boot|rss|http|agents|runs|tier2|docker]... [options]`
+//! `cargo run --release -p test-support --bin bench [all|boot|rss|http|agents|runs|tier2|docker|history]... [options]`
 //!
 //! Starts the release `appstrate` binary at Tier 0 and prints the figures of SPEC §23.3 with their
 //! targets. A report, not a test: it exits 0 whether the targets are met or missed, 1 when the
@@ -24,7 +24,7 @@ use test_support::bench::{client, cores, fixtures, min_median_max, ms, runs};
 use test_support::fake_llm::{FakeLlm, Script, Turn};
 
 const USAGE: &str = "\
-usage: bench [all|boot|rss|http|agents|runs|tier2|docker]... [options]
+usage: bench [all|boot|rss|http|agents|runs|tier2|docker|history]... [options]
 
 sub-benchmarks (default: all)
   boot   spawn → first GET /health 200 on a fresh ./data, repeated (target ≤ 300 ms)
@@ -45,6 +45,11 @@ sub-benchmarks (default: all)
   docker Docker mode (not part of all; needs an engine): image sizes, container create+start floor,
          run start → first runner event with SIDECAR_POOL_SIZE=2 and 0 (target pooled p50 ≤ 250 ms and
          ≥ 3× faster than fresh); the API runs in-process, the images are built by images/build.sh
+  history not part of all: --history-runs finished runs (default 1,000,000) with
+         --history-logs-per-run log rows each (default 10) seeded straight into SQLite and, with
+         TEST_DATABASE_URL, PostgreSQL; boot, one watchdog sweep, GET /api/runs?limit=50 at c=16, the
+         deepest cursor page, one retention batch and the database size before/after retention, each
+         against the same figures with 100 runs (target: within 20 %, boot ≤ 50 ms on SQLite)
 
 options
   --duration SECS      measured seconds per load scenario (default 10)
@@ -59,7 +64,10 @@ options
   --llm-delay MS       the fake LLM waits this long before each answer of the concurrent runs, so
                        they are alive together (default 3000)
   --runs-timeout SECS  global limit of the concurrent-runs scenario (default 300)
-  --docker-runs N      sequential runs per pool setting in the docker bench (default 30)";
+  --docker-runs N      sequential runs per pool setting in the docker bench (default 30)
+  --history-runs N     runs of the long history (default 1000000)
+  --history-logs-per-run N  log rows per run (default 10)
+  --history-backends LIST   sqlite,postgres (default both; postgres needs TEST_DATABASE_URL)";
 
 /// Targets of SPEC §23.3.
 const BOOT_TARGET_MS: f64 = 300.0;
@@ -95,6 +103,10 @@ struct Opts {
     tier2: bool,
     docker: bool,
     docker_runs: usize,
+    history: bool,
+    history_runs: usize,
+    history_logs_per_run: usize,
+    history_backends: Vec<test_support::bench::history::Backend>,
     duration: Duration,
     warmup: Duration,
     concurrency: Vec<usize>,
@@ -119,6 +131,13 @@ impl Opts {
             tier2: false,
             docker: false,
             docker_runs: 30,
+            history: false,
+            history_runs: 1_000_000,
+            history_logs_per_run: 10,
+            history_backends: vec![
+                test_support::bench::history::Backend::Sqlite,
+                test_support::bench::history::Backend::Postgres,
+            ],
             duration: Duration::from_secs(10),
             warmup: Duration::from_secs(1),
             concurrency: vec![1, 16],
@@ -168,6 +187,30 @@ impl Opts {
                 "runs" => (o.runs, any) = (true, true),
                 "tier2" => (o.tier2, any) = (true, true),
                 "docker" => (o.docker, any) = (true, true),
+                "history" => (o.history, any) = (true, true),
+                "--history-runs" => {
+                    o.history_runs = count(value(), "--history-runs", 10_000_000)?;
+                    if o.history_runs <= test_support::bench::history::BASELINE_RUNS as usize {
+                        bail!("--history-runs must be above the baseline's 100 runs");
+                    }
+                }
+                "--history-logs-per-run" => {
+                    o.history_logs_per_run = count(value(), "--history-logs-per-run", 1_000)?
+                }
+                "--history-backends" => {
+                    use test_support::bench::history::Backend;
+                    let v = value().context("--history-backends needs a value")?;
+                    o.history_backends = v
+                        .split(',')
+                        .map(|b| match b.trim() {
+                            "sqlite" => Ok(Backend::Sqlite),
+                            "postgres" => Ok(Backend::Postgres),
+                            other => Err(anyhow::anyhow!(
+                                "--history-backends: sqlite or postgres, got {other:?}"
+                            )),
+                        })
+                        .collect::<Result<_, _>>()?;
+                }
                 "--docker-runs" => {
                     o.docker_runs = count(value(), "--docker-runs", 1_000)?;
                     if o.docker_runs == 0 {
@@ -274,6 +317,27 @@ fn run(opts: &Opts, summary: &mut Summary) -> anyhow::Result<()> {
     if opts.docker {
         rt.block_on(test_support::bench::docker::docker_bench(
             opts.docker_runs,
+            summary,
+        ))?;
+    }
+    if opts.history {
+        let binary = match &opts.bin {
+            Some(b) => b.clone(),
+            None => server::locate_or_build_binary()?,
+        };
+        let history = test_support::bench::history::HistoryOpts {
+            runs: opts.history_runs as i64,
+            logs_per_run: opts.history_logs_per_run as i64,
+            boots: opts.boot_runs,
+            duration: opts.duration,
+            warmup: opts.warmup,
+            deep_pages: 200,
+        };
+        rt.block_on(test_support::bench::history::history_bench(
+            &binary,
+            &server::system_packages_dir(),
+            &opts.history_backends,
+            &history,
             summary,
         ))?;
     }

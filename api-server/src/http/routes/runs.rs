@@ -23,7 +23,7 @@ use crate::infra::database::runs::{RunFilter, RunRow};
 use crate::infra::pubsub::{Channel, Delivery};
 use crate::runs::create::{create_run, AgentSource, CreateRun};
 use crate::runs::verdict::Outcome;
-use crate::runs::{run_dto, stop_run};
+use crate::runs::{run_dto, run_list_dto, stop_run};
 use crate::state::AppState;
 
 /// The authenticated run routes.
@@ -188,6 +188,24 @@ fn run_filter(auth: &Auth, query: &ListQuery) -> Result<RunFilter, ApiError> {
     })
 }
 
+/// `fields=` of the run lists: the DTO keys to return (`id` and `object` always come). `None` = all.
+fn list_fields(query: &ListQuery) -> Result<Option<Vec<String>>, ApiError> {
+    let Some(raw) = query.param("fields") else {
+        return Ok(None);
+    };
+    let mut fields = Vec::new();
+    for f in raw.split(',').map(str::trim).filter(|f| !f.is_empty()) {
+        if !crate::runs::RUN_DTO_KEYS.contains(&f) {
+            return Err(ApiError::invalid_request(format!(
+                "Unknown run field {f:?}; fields is a comma-separated list of run DTO keys, e.g. fields=status,createdAt"
+            ))
+            .with_param("fields"));
+        }
+        fields.push(f.to_string());
+    }
+    Ok(Some(fields))
+}
+
 async fn list_with(
     state: &AppState,
     auth: &Auth,
@@ -196,10 +214,15 @@ async fn list_with(
     filter: RunFilter,
 ) -> Result<Response, ApiError> {
     let app = auth.app()?;
+    let fields = list_fields(&query)?;
+    // input and result are read only when the answer carries them.
+    let large = fields
+        .as_ref()
+        .is_none_or(|f| f.iter().any(|k| k == "input" || k == "result"));
     let page = state
         .infra
         .db
-        .list_runs(&app.id, &filter, &query.page)
+        .list_run_summaries(&app.id, &filter, &query.page, large)
         .await?;
     Ok(paged_response(
         &state.config.app_url,
@@ -207,13 +230,13 @@ async fn list_with(
         &query,
         page,
         |r| &r.id,
-        |r| run_dto(&r),
+        |r| run_list_dto(r, fields.as_deref()),
     ))
 }
 
 /// `GET /api/runs`
 #[utoipa::path(get, path = "/api/runs", tag = "runs",
-    params(("status" = Option<String>, Query), ("packageId" = Option<String>, Query), ("kind" = Option<String>, Query), ("scheduleId" = Option<String>, Query)),
+    params(("status" = Option<String>, Query), ("packageId" = Option<String>, Query), ("kind" = Option<String>, Query), ("scheduleId" = Option<String>, Query), ("fields" = Option<String>, Query, description = "Comma-separated run DTO keys to return (id and object always); input and result are read only when listed. Default: every key")),
     responses((status = 200, description = "List of runs")))]
 pub async fn list_runs(
     State(state): State<AppState>,

@@ -1,6 +1,7 @@
 //! The `Database` concern: one repository trait, implemented once in SQL (`sql.rs`) and instantiated for
 //! SQLite (Tier 0) and PostgreSQL (Tier 1+). Callers only ever see `Arc<dyn Database>`.
 
+pub mod history;
 pub mod idempotency;
 pub mod migrate_data;
 mod packages;
@@ -16,6 +17,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
+pub use history::HistoryRepo;
 pub use idempotency::{IdempotencyRepo, IdempotencyScope, IdempotencyState};
 pub use packages::{
     ConnectionRow, NewPackageVersion, PackageFilter, PackageRepo, PackageRow, PackageVersionRow,
@@ -160,7 +162,7 @@ pub struct BootstrapResult {
 /// The whole repository: tenancy here, other areas in their own files as supertraits.
 #[async_trait]
 pub trait Database:
-    IdempotencyRepo + PackageRepo + RunRepo + ScheduleRepo + WebhookRepo + Send + Sync
+    IdempotencyRepo + PackageRepo + RunRepo + ScheduleRepo + WebhookRepo + HistoryRepo + Send + Sync
 {
     /// `sqlite` or `postgres`, as reported by `/health`.
     fn kind(&self) -> &'static str;

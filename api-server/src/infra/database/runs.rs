@@ -129,15 +129,15 @@ impl From<DbError> for InsertRunError {
     }
 }
 
-const RUN_COLS: &str = "id, org_id, application_id, package_id, end_user_id, api_key_id, schedule_id, kind, \
+pub const RUN_COLS: &str = "id, org_id, application_id, package_id, end_user_id, api_key_id, schedule_id, kind, \
     agent_scope, agent_name, version_ref, run_number, status, input, result, error, model_label, timeout_seconds, \
     started_at, completed_at, duration, created_at, token_usage, cost, cost_pricing_status, sink_secret_encrypted, \
     sink_closed_at, last_event_sequence, last_heartbeat_at, first_event_at, boot_deadline_at, scheduled_for, \
     inline_manifest, inline_prompt, output_schema, last_output";
 
-const LOG_COLS: &str = "id, run_id, type, level, event, message, data, created_at";
+pub const LOG_COLS: &str = "id, run_id, type, level, event, message, data, created_at";
 
-const OPEN: &str = "('pending', 'running')";
+pub const OPEN: &str = "('pending', 'running')";
 
 #[async_trait]
 pub trait RunRepo: Send + Sync {

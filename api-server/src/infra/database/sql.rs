@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 use async_trait::async_trait;
 use sqlx::migrate::Migrator;
 use sqlx::postgres::{PgConnectOptions, PgPoolOptions};
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
+use sqlx::sqlite::{
+    SqliteAutoVacuum, SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous,
+};
 use sqlx::types::Json;
 use sqlx::{ConnectOptions, Pool, Postgres, QueryBuilder, Sqlite};
 
@@ -27,7 +29,9 @@ impl<DB: sqlx::Database> SqlDatabase<DB> {
     }
 }
 
-/// Opens (creating if needed) the Tier 0 database file: WAL, foreign keys on, 5 s busy timeout.
+/// Opens (creating if needed) the Tier 0 database file: WAL, foreign keys on, 5 s busy timeout. A new file
+/// is created in incremental auto-vacuum mode, so that retention can give freed pages back; a file
+/// created before keeps its mode until `appstrate db prune` converts it.
 pub async fn connect_sqlite(path: &Path) -> Result<SqlDatabase<Sqlite>, sqlx::Error> {
     if let Some(parent) = path.parent() {
         if !parent.as_os_str().is_empty() {
@@ -37,6 +41,7 @@ pub async fn connect_sqlite(path: &Path) -> Result<SqlDatabase<Sqlite>, sqlx::Er
     let opts = SqliteConnectOptions::new()
         .filename(path)
         .create_if_missing(true)
+        .auto_vacuum(SqliteAutoVacuum::Incremental)
         .journal_mode(SqliteJournalMode::Wal)
         .synchronous(SqliteSynchronous::Normal)
         .foreign_keys(true)
@@ -213,7 +218,11 @@ macro_rules! impl_sql_database {
                     qb.push(format!(" AND {col} = ")).push_bind(val.clone());
                 }
                 if let Some((at, id)) = cursor {
-                    qb.push(" AND (created_at < ")
+                    // The redundant `created_at <=` lets the planner seek the (…, created_at, id) index
+                    // instead of walking every newer row: the deepest page costs what the first one does.
+                    qb.push(" AND created_at <= ")
+                        .push_bind(at)
+                        .push(" AND (created_at < ")
                         .push_bind(at)
                         .push(" OR (created_at = ")
                         .push_bind(at)
