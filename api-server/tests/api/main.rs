@@ -30,6 +30,7 @@ mod crash;
 mod database;
 mod docker;
 mod migrate_data;
+mod openapi;
 mod packages;
 mod ratelimit;
 mod runs;
