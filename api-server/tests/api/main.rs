@@ -29,6 +29,7 @@ mod conventions;
 mod crash;
 mod database;
 mod docker;
+mod installer;
 mod migrate_data;
 mod openapi;
 mod packages;
