@@ -41,4 +41,5 @@ mod storage;
 mod tenancy;
 mod tier2;
 mod tiers;
+mod traces;
 mod webhooks;
