@@ -67,7 +67,12 @@ fn install(level: &str, format: LogFormat, server: bool) {
             Some(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)
-                    .with_tracked_inactivity(false),
+                    .with_tracked_inactivity(false)
+                    // Spans are exported whatever LOG_LEVEL says: request, run and sidecar spans are
+                    // at info.
+                    .with_filter(EnvFilter::new(
+                        "warn,appstrate=info,api_server=info,sidecar=info,runner=info",
+                    )),
             )
         }
         Err(e) => {
@@ -79,8 +84,7 @@ fn install(level: &str, format: LogFormat, server: bool) {
         }
     });
     let _ = tracing_subscriber::registry()
-        .with(filter)
-        .with(fmt)
+        .with(fmt.with_filter(filter))
         .with(otel)
         .try_init();
 }

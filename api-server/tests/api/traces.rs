@@ -52,6 +52,8 @@ async fn traces_follow_a_run_from_its_request_through_runner_and_sidecar() {
         ("LLM_MODEL", "fake-model".to_string()),
         ("EGRESS_ALLOW_INTERNAL_HOSTS", "127.0.0.1".to_string()),
         ("OTEL_EXPORTER_OTLP_ENDPOINT", receiver.endpoint()),
+        // Traces do not depend on the log level.
+        ("LOG_LEVEL", "warn".to_string()),
     ] {
         env.insert(k.to_string(), v);
     }
