@@ -14,6 +14,24 @@ if [ -x scripts/helm-venv.sh ] || [ -f scripts/helm-venv.sh ]; then
   export HELM_PYTHON
 fi
 
+# The API tests validate the served OpenAPI document and drive a live server with a client generated
+# from it (PyPI openapi-spec-validator and openapi-python-client, in a virtualenv).
+log "OpenAPI test environment"
+OPENAPI_PYTHON=$(bash scripts/openapi-venv.sh | tail -n 1)
+export OPENAPI_PYTHON
+
+# The installer test signs and verifies releases with minisign.
+if ! command -v minisign >/dev/null 2>&1; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "apt-get install minisign"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq minisign
+  else
+    echo "minisign is missing: install it (apt install minisign, brew install minisign or apk add minisign)" >&2
+    exit 1
+  fi
+fi
+
 # PostgreSQL, redis-server, an S3 server (moto) and a Docker engine, on loopback; stopped on exit.
 log "services"
 # shellcheck source=scripts/services.sh

@@ -252,7 +252,7 @@ async fn serve(config: Config) -> i32 {
     // First, so that SIGTERM/SIGINT during the boot steps below is a graceful shutdown once the steps are
     // done (or a plain exit if they fail), not an abrupt kill.
     let mut signals = Signals::install();
-    crate::telemetry::init(&config.log_level, config.log_format);
+    crate::telemetry::init_server(&config.log_level, config.log_format);
     raise_open_files_limit();
     let host = std::env::var("HOST")
         .ok()
@@ -275,7 +275,9 @@ async fn serve(config: Config) -> i32 {
     };
     let name = signals.recv().await;
     tracing::info!(signal = name, "signal received");
-    if app.shutdown().await {
+    let clean = app.shutdown().await;
+    crate::telemetry::shutdown();
+    if clean {
         0
     } else {
         1

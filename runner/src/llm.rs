@@ -175,7 +175,8 @@ impl LlmClient {
         let mut req = self
             .http
             .post(&url)
-            .header("content-type", "application/json");
+            .header("content-type", "application/json")
+            .headers(crate::trace::headers());
         req = match self.api {
             ModelApi::OpenAiCompletions => req.bearer_auth(&self.api_key),
             ModelApi::AnthropicMessages => req

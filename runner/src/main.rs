@@ -12,6 +12,7 @@ mod probe;
 mod sink;
 mod sse;
 mod tools;
+mod trace;
 
 use std::time::Duration;
 

@@ -120,6 +120,7 @@ impl Sink {
                 .header("webhook-id", &id)
                 .header("webhook-timestamp", ts.to_string())
                 .header("webhook-signature", sign(&self.secret, &id, ts, b""))
+                .headers(crate::trace::headers())
                 .timeout(Duration::from_secs(60))
                 .send()
                 .await;
@@ -173,6 +174,7 @@ impl Sink {
             .header("webhook-id", id)
             .header("webhook-timestamp", ts.to_string())
             .header("webhook-signature", sig)
+            .headers(crate::trace::headers())
             .body(body)
             .timeout(SINK_REQUEST_TIMEOUT)
             .send()

@@ -17,6 +17,7 @@ mod forward;
 mod http_util;
 pub mod server;
 pub mod ssrf;
+mod trace;
 
 pub use config::{HeaderConfig, IntegrationConfig, LlmConfig, LlmProvider, Secret, SidecarConfig};
 pub use delivery::render_header;

@@ -387,6 +387,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/llm/{provider}/", any(llm))
         .route("/llm/{provider}/{*rest}", any(llm))
         .route("/proxy", any(proxy))
+        .route_layer(axum::middleware::from_fn(crate::trace::traced))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
             error(
@@ -491,6 +492,9 @@ fn base_forward_headers(src: &HeaderMap) -> HeaderMap {
     h.remove(header::HOST);
     h.remove("x-target");
     h.remove("x-integration");
+    // The run's trace ids stay inside the platform.
+    h.remove("traceparent");
+    h.remove("tracestate");
     h
 }
 

@@ -6,6 +6,7 @@ pub mod docker;
 pub mod fake_llm;
 pub mod fake_sink;
 pub mod fake_upstream;
+pub mod otlp_receiver;
 pub mod services;
 pub mod webhook_receiver;
 pub use app::{spawn_app, spawn_app_on, spawn_app_with, Backend, TestApp};

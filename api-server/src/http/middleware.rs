@@ -64,7 +64,28 @@ pub async fn outer(State(state): State<AppState>, mut req: Request, next: Next) 
     req.extensions_mut().insert(RequestId(request_id.clone()));
     let method = req.method().clone();
     let path = req.uri().path().to_string();
-    let span = tracing::info_span!("request", request_id = %request_id);
+    let span = tracing::info_span!(
+        "request",
+        request_id = %request_id,
+        otel.kind = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+        http.request.method = tracing::field::Empty,
+        http.route = tracing::field::Empty,
+        http.response.status_code = tracing::field::Empty,
+    );
+    // One trace per request, or a span of the caller's trace when it sends `traceparent` (the runner's
+    // sink calls carry the run's).
+    let traced = crate::telemetry::exporting();
+    if traced {
+        span.record("otel.kind", "server");
+        span.record("http.request.method", method.as_str());
+        crate::telemetry::adopt_parent(
+            &span,
+            req.headers()
+                .get("traceparent")
+                .and_then(|v| v.to_str().ok()),
+        );
+    }
 
     let mut res = next.run(req).instrument(span.clone()).await;
 
@@ -99,6 +120,14 @@ pub async fn outer(State(state): State<AppState>, mut req: Request, next: Next) 
             route: route.clone(),
         })
         .observe(elapsed.as_secs_f64());
+    if traced {
+        crate::telemetry::rename(&span, format!("{method} {route}"));
+        span.record("http.route", route.as_str());
+        span.record("http.response.status_code", status);
+        if status >= 500 {
+            span.record("otel.status_code", "error");
+        }
+    }
     span.in_scope(|| {
         tracing::info!(
             method = %method,

@@ -6,6 +6,7 @@ pub mod idempotency;
 pub mod json;
 pub mod list;
 pub mod middleware;
+pub mod openapi;
 pub mod routes;
 
 use std::any::Any;
@@ -17,40 +18,23 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 use tower_http::catch_panic::CatchPanicLayer;
-use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
 use utoipa::openapi::Server;
-use utoipa::{Modify, OpenApi};
+use utoipa::OpenApi;
 
 use self::error::ApiError;
 use self::idempotency::idempotency;
 use self::middleware::{outer, rate_limit, record_route, shutdown_gate, Limit};
+use self::openapi::Conventions;
 use self::routes::{
     api_keys, applications, end_users, meta, packages, realtime, runs, schedules, webhooks,
 };
 use crate::state::AppState;
 
-struct BearerAuth;
-
-impl Modify for BearerAuth {
-    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
-        let components = openapi.components.get_or_insert_with(Default::default);
-        components.add_security_scheme(
-            "bearer",
-            SecurityScheme::Http(
-                HttpBuilder::new()
-                    .scheme(HttpAuthScheme::Bearer)
-                    .description(Some("An API key (ask_…) or an admin token (adm_…)"))
-                    .build(),
-            ),
-        );
-    }
-}
-
 #[derive(OpenApi)]
 #[openapi(
     info(title = "Appstrate API", description = "Run AI agents packaged as AFPS archives."),
     paths(
-        meta::health, meta::metrics, meta::openapi,
+        meta::health, meta::metrics, meta::openapi, meta::api_docs, meta::api_docs_asset, meta::llms_txt,
         applications::list, applications::create, applications::get, applications::update, applications::delete,
         api_keys::list, api_keys::available_scopes, api_keys::create, api_keys::revoke,
         end_users::create, end_users::list, end_users::get, end_users::update, end_users::delete,
@@ -65,12 +49,13 @@ impl Modify for BearerAuth {
         webhooks::create_webhook, webhooks::list_webhooks, webhooks::get_webhook,
         webhooks::update_webhook, webhooks::delete_webhook, webhooks::rotate_secret,
         webhooks::list_deliveries,
+        routes::sink::workspace, routes::sink::event, routes::sink::heartbeat, routes::sink::finalize,
     ),
     components(schemas(applications::ApplicationDto, api_keys::ApiKeyDto, end_users::EndUserDto,
         packages::PackageDto, packages::VersionDto, crate::packages::ConnectionView,
-        crate::packages::AgentSummary)),
-    modifiers(&BearerAuth),
-    security(("bearer" = []))
+        crate::packages::AgentSummary, openapi::Problem, openapi::ProblemFieldError)),
+    modifiers(&Conventions),
+    security(("apiKey" = []), ("adminToken" = []))
 )]
 struct ApiDoc;
 
@@ -147,7 +132,10 @@ pub fn router(state: AppState) -> Router {
     let public = Router::new()
         .route("/health", get(meta::health))
         .route("/metrics", get(meta::metrics))
-        .route("/api/openapi.json", get(meta::openapi));
+        .route("/api/openapi.json", get(meta::openapi))
+        .route("/api/docs", get(meta::api_docs))
+        .route("/api/docs/{file}", get(meta::api_docs_asset))
+        .route("/llms.txt", get(meta::llms_txt));
 
     let routes = Router::new()
         .merge(public)

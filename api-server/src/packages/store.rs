@@ -361,9 +361,9 @@ pub struct AgentSummary {
     pub display_name: Option<String>,
     pub description: Option<String>,
     pub schema_version: Option<String>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub input_schema: Option<Value>,
-    #[schema(value_type = Object)]
+    #[schema(value_type = Option<Object>)]
     pub output_schema: Option<Value>,
     /// `pending` + `running` runs of this agent in the application.
     pub running_runs: i64,

@@ -241,6 +241,9 @@ fn workload_spec(
             config.run_heartbeat_interval_seconds.to_string(),
         ),
     ];
+    if let Some(traceparent) = crate::telemetry::traceparent(&tracing::Span::current()) {
+        env.push(("TRACEPARENT", traceparent));
+    }
     if !agent_integrations.is_empty() {
         env.push((
             "AGENT_INTEGRATIONS",
@@ -288,7 +291,14 @@ pub fn launch(state: AppState, run: RunRow, ctx: LaunchContext) {
                 done: done_rx,
             },
         );
-    tokio::spawn(async move {
+    // The run's span, a child of the request that created it: the runner's sink calls and the
+    // sidecar's upstream calls join its trace through `TRACEPARENT`. Only built when exporting.
+    let span = if crate::telemetry::exporting() {
+        tracing::info_span!("run", otel.name = "run", run.id = %run.id, run.kind = %run.kind)
+    } else {
+        tracing::Span::none()
+    };
+    let task = async move {
         supervise(&state, &run, ctx, &mut stop_rx).await;
         state
             .runs
@@ -297,7 +307,8 @@ pub fn launch(state: AppState, run: RunRow, ctx: LaunchContext) {
             .unwrap_or_else(|e| e.into_inner())
             .remove(&run.id);
         let _ = done_tx.send(true);
-    });
+    };
+    tokio::spawn(tracing::Instrument::instrument(task, span));
 }
 
 async fn supervise(

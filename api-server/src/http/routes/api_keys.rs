@@ -50,7 +50,9 @@ impl From<ApiKeyRow> for ApiKeyDto {
 }
 
 #[utoipa::path(get, path = "/api/api-keys", tag = "api-keys",
-    responses((status = 200, description = "Active API keys of the application")))]
+    operation_id = "listApiKeys", summary = "List the API keys of the application",
+    security(("adminToken" = [])),
+    responses((status = 200, description = "Active API keys of the application", body = crate::http::openapi::ApiKeyList)))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -75,13 +77,18 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/api/api-keys/available-scopes", tag = "api-keys",
-    responses((status = 200, description = "The twelve scopes")))]
+    operation_id = "listApiKeyScopes", summary = "List the scopes an API key can hold",
+    security(("adminToken" = [])),
+    responses((status = 200, description = "The twelve scopes", body = crate::http::openapi::ScopeList)))]
 pub async fn available_scopes(Extension(auth): Extension<Auth>) -> Result<Response, ApiError> {
     auth.require_admin()?;
     Ok(Json(json!({ "scopes": SCOPES })).into_response())
 }
 
 #[utoipa::path(post, path = "/api/api-keys", tag = "api-keys",
+    operation_id = "createApiKey", summary = "Create an API key (the secret is shown once)",
+    security(("adminToken" = [])),
+    request_body = crate::http::openapi::CreateApiKeyRequest,
     responses((status = 201, body = ApiKeyDto), (status = 400), (status = 403)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -153,6 +160,8 @@ pub async fn create(
 }
 
 #[utoipa::path(delete, path = "/api/api-keys/{id}", tag = "api-keys",
+    operation_id = "revokeApiKey", summary = "Revoke an API key",
+    security(("adminToken" = [])),
     responses((status = 204), (status = 404)))]
 pub async fn revoke(
     State(state): State<AppState>,

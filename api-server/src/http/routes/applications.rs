@@ -55,8 +55,9 @@ fn parse_name(body: &serde_json::Value, required: bool) -> Result<Option<String>
 }
 
 #[utoipa::path(get, path = "/api/applications", tag = "applications",
+    operation_id = "listApplications", summary = "List applications",
     params(("limit" = Option<u32>, Query, description = "1-100"), ("startingAfter" = Option<String>, Query)),
-    responses((status = 200, description = "List of applications")))]
+    responses((status = 200, description = "List of applications", body = crate::http::openapi::ApplicationList)))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -79,6 +80,9 @@ pub async fn list(
 }
 
 #[utoipa::path(post, path = "/api/applications", tag = "applications",
+    operation_id = "createApplication", summary = "Create an application",
+    security(("adminToken" = [])),
+    request_body = crate::http::openapi::CreateApplicationRequest,
     responses((status = 201, body = ApplicationDto), (status = 400), (status = 403)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -105,6 +109,7 @@ async fn load(state: &AppState, auth: &Auth, id: &str) -> Result<ApplicationRow,
 }
 
 #[utoipa::path(get, path = "/api/applications/{id}", tag = "applications",
+    operation_id = "getApplication", summary = "Get an application",
     responses((status = 200, body = ApplicationDto), (status = 403), (status = 404)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -121,6 +126,9 @@ pub async fn get(
 }
 
 #[utoipa::path(patch, path = "/api/applications/{id}", tag = "applications",
+    operation_id = "updateApplication", summary = "Rename an application",
+    security(("adminToken" = [])),
+    request_body = crate::http::openapi::UpdateApplicationRequest,
     responses((status = 200, body = ApplicationDto), (status = 400), (status = 404)))]
 pub async fn update(
     State(state): State<AppState>,
@@ -144,6 +152,8 @@ pub async fn update(
 }
 
 #[utoipa::path(delete, path = "/api/applications/{id}", tag = "applications",
+    operation_id = "deleteApplication", summary = "Delete an application",
+    security(("adminToken" = [])),
     responses((status = 204), (status = 400, description = "default_application"), (status = 404), (status = 409)))]
 pub async fn delete(
     State(state): State<AppState>,

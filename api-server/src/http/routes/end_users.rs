@@ -137,6 +137,8 @@ fn map_conflict(e: DbError) -> ApiError {
 }
 
 #[utoipa::path(post, path = "/api/end-users", tag = "end-users",
+    operation_id = "createEndUser", summary = "Create an end-user",
+    request_body = crate::http::openapi::EndUserRequest,
     responses((status = 201, body = EndUserDto), (status = 400), (status = 409)))]
 pub async fn create(
     State(state): State<AppState>,
@@ -168,9 +170,10 @@ pub async fn create(
 }
 
 #[utoipa::path(get, path = "/api/end-users", tag = "end-users",
+    operation_id = "listEndUsers", summary = "List end-users",
     params(("limit" = Option<u32>, Query), ("startingAfter" = Option<String>, Query),
            ("externalId" = Option<String>, Query), ("email" = Option<String>, Query)),
-    responses((status = 200, description = "List of end-users")))]
+    responses((status = 200, description = "List of end-users", body = crate::http::openapi::EndUserList)))]
 pub async fn list(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -203,6 +206,7 @@ fn not_found(id: &str) -> ApiError {
 }
 
 #[utoipa::path(get, path = "/api/end-users/{id}", tag = "end-users",
+    operation_id = "getEndUser", summary = "Get an end-user",
     responses((status = 200, body = EndUserDto), (status = 404)))]
 pub async fn get(
     State(state): State<AppState>,
@@ -221,6 +225,8 @@ pub async fn get(
 }
 
 #[utoipa::path(patch, path = "/api/end-users/{id}", tag = "end-users",
+    operation_id = "updateEndUser", summary = "Update an end-user (null clears a field)",
+    request_body = crate::http::openapi::EndUserRequest,
     responses((status = 200, body = EndUserDto), (status = 400), (status = 404), (status = 409)))]
 pub async fn update(
     State(state): State<AppState>,
@@ -250,6 +256,7 @@ pub async fn update(
 }
 
 #[utoipa::path(delete, path = "/api/end-users/{id}", tag = "end-users",
+    operation_id = "deleteEndUser", summary = "Delete an end-user",
     responses((status = 204), (status = 404)))]
 pub async fn delete(
     State(state): State<AppState>,

@@ -1,9 +1,11 @@
-//! `/health`, `/metrics` and `/api/openapi.json`.
+//! `/health`, `/metrics`, `/api/openapi.json`, the interactive reference `/api/docs` and `/llms.txt`.
 
 use std::time::Instant;
 
-use axum::extract::State;
-use axum::http::header::{CONTENT_TYPE, ETAG, IF_NONE_MATCH};
+use axum::extract::{Path, State};
+use axum::http::header::{
+    CACHE_CONTROL, CONTENT_SECURITY_POLICY, CONTENT_TYPE, ETAG, IF_NONE_MATCH,
+};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
@@ -11,11 +13,14 @@ use serde_json::json;
 use sha2::{Digest, Sha256};
 
 use crate::config::RunAdapterKind;
+use crate::http::error::ApiError;
 use crate::state::AppState;
 
 /// `GET /health` (§22.3).
 #[utoipa::path(get, path = "/health", tag = "meta",
-    responses((status = 200, description = "Healthy or degraded"), (status = 503, description = "Unhealthy or starting")))]
+    operation_id = "getHealth", summary = "Health of the server and its infrastructure",
+    security(()),
+    responses((status = 200, description = "Healthy or degraded", body = crate::http::openapi::Health), (status = 503, description = "Unhealthy or starting (the same document, not a problem)", body = crate::http::openapi::Health)))]
 pub async fn health(State(state): State<AppState>) -> Response {
     let infra = &state.infra;
     let t = Instant::now();
@@ -92,7 +97,10 @@ pub async fn health(State(state): State<AppState>) -> Response {
 }
 
 /// `GET /metrics`: Prometheus text.
-#[utoipa::path(get, path = "/metrics", tag = "meta", responses((status = 200, description = "Prometheus text")))]
+#[utoipa::path(get, path = "/metrics", tag = "meta",
+    operation_id = "getMetrics", summary = "Prometheus metrics",
+    security(()),
+    responses((status = 200, description = "Prometheus text", body = String, content_type = "application/openmetrics-text")))]
 pub async fn metrics(State(state): State<AppState>) -> Response {
     (
         [(
@@ -104,10 +112,11 @@ pub async fn metrics(State(state): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The OpenAPI document and its ETag, built once per server.
+/// The OpenAPI document, its ETag and its `/llms.txt` rendering, built once per server.
 pub struct OpenApiDoc {
     json: String,
     etag: String,
+    llms: String,
 }
 
 fn document(state: &AppState) -> &OpenApiDoc {
@@ -117,13 +126,17 @@ fn document(state: &AppState) -> &OpenApiDoc {
             "\"{}\"",
             &hex::encode(Sha256::digest(json.as_bytes()))[..32]
         );
-        OpenApiDoc { json, etag }
+        let value: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+        let llms = crate::http::openapi::llms_txt(&value, &state.config.app_url);
+        OpenApiDoc { json, etag, llms }
     })
 }
 
 /// `GET /api/openapi.json`: OpenAPI 3.1 with an `ETag`; 304 on `If-None-Match`.
 #[utoipa::path(get, path = "/api/openapi.json", tag = "meta",
-    responses((status = 200, description = "OpenAPI document"), (status = 304, description = "Not modified")))]
+    operation_id = "getOpenApiDocument", summary = "This OpenAPI document",
+    security(()),
+    responses((status = 200, description = "OpenAPI document", body = Object), (status = 304, description = "Not modified")))]
 pub async fn openapi(State(state): State<AppState>, headers: HeaderMap) -> Response {
     let doc = document(&state);
     let matches = headers
@@ -144,4 +157,72 @@ pub async fn openapi(State(state): State<AppState>, headers: HeaderMap) -> Respo
         doc.json.clone(),
     )
         .into_response()
+}
+
+/// `GET /llms.txt`: the API for language models (llmstxt.org): a summary, links to the full references
+/// and one line per operation.
+#[utoipa::path(get, path = "/llms.txt", tag = "meta",
+    operation_id = "getLlmsTxt", summary = "The API summarised for language models",
+    security(()),
+    responses((status = 200, description = "Markdown", body = String, content_type = "text/markdown")))]
+pub async fn llms_txt(State(state): State<AppState>) -> Response {
+    (
+        [(CONTENT_TYPE, "text/markdown; charset=utf-8")],
+        document(&state).llms.clone(),
+    )
+        .into_response()
+}
+
+const SWAGGER_UI_JS: &[u8] = include_bytes!("../../../assets/swagger-ui/swagger-ui-bundle.js");
+const SWAGGER_UI_CSS: &[u8] = include_bytes!("../../../assets/swagger-ui/swagger-ui.css");
+const DOCS_INIT_JS: &[u8] = include_bytes!("../../../assets/swagger-ui/init.js");
+const DOCS_HTML: &[u8] = include_bytes!("../../../assets/swagger-ui/index.html");
+
+/// `GET /api/docs`: the interactive reference (Swagger UI embedded in the binary, nothing from a CDN).
+#[utoipa::path(get, path = "/api/docs", tag = "meta",
+    operation_id = "getApiDocs", summary = "Interactive API reference",
+    security(()),
+    responses((status = 200, description = "HTML page", body = String, content_type = "text/html")))]
+pub async fn api_docs() -> Response {
+    (
+        [
+            (CONTENT_TYPE, "text/html; charset=utf-8"),
+            // Scripts and styles from this origin only; Swagger UI sets inline styles and data: images.
+            (
+                CONTENT_SECURITY_POLICY,
+                "default-src 'self'; script-src 'self'; style-src 'self' 'unsafe-inline'; \
+                 img-src 'self' data:; object-src 'none'; frame-ancestors 'none'",
+            ),
+        ],
+        DOCS_HTML,
+    )
+        .into_response()
+}
+
+/// `GET /api/docs/{file}`: the reference's scripts and styles.
+#[utoipa::path(get, path = "/api/docs/{file}", tag = "meta",
+    operation_id = "getApiDocsAsset", summary = "A script or style sheet of the API reference",
+    security(()),
+    params(("file" = String, Path, description = "swagger-ui-bundle.js, swagger-ui.css or init.js")),
+    responses((status = 200, description = "The file", content(("text/javascript"), ("text/css"))),
+              (status = 404)))]
+pub async fn api_docs_asset(Path(file): Path<String>) -> Result<Response, ApiError> {
+    let (content_type, body) = match file.as_str() {
+        "swagger-ui-bundle.js" => ("text/javascript; charset=utf-8", SWAGGER_UI_JS),
+        "init.js" => ("text/javascript; charset=utf-8", DOCS_INIT_JS),
+        "swagger-ui.css" => ("text/css; charset=utf-8", SWAGGER_UI_CSS),
+        _ => {
+            return Err(ApiError::not_found(format!(
+                "No such file: /api/docs/{file}"
+            )))
+        }
+    };
+    Ok((
+        [
+            (CONTENT_TYPE, content_type),
+            (CACHE_CONTROL, "public, max-age=86400"),
+        ],
+        body,
+    )
+        .into_response())
 }

@@ -179,10 +179,11 @@ fn multipart_error(e: axum::extract::multipart::MultipartError) -> ApiError {
 }
 
 #[utoipa::path(post, path = "/api/packages/import", tag = "packages",
-    request_body(content = Vec<u8>, content_type = "application/zip",
+    operation_id = "importPackage", summary = "Import an .afps archive",
+    request_body(content((crate::http::openapi::ArchiveUpload = "multipart/form-data"), (crate::http::openapi::Archive = "application/zip")),
         description = "An .afps archive, or multipart/form-data with the archive in the field `file`"),
-    responses((status = 201, description = "{package, version, created:true}"),
-              (status = 200, description = "Identical bytes were already imported: created:false"),
+    responses((status = 201, description = "Imported: created:true", body = crate::http::openapi::ImportResult),
+              (status = 200, description = "Identical bytes were already imported: created:false", body = crate::http::openapi::ImportResult),
               (status = 400, description = "invalid_package with errors"),
               (status = 403, description = "system_package"),
               (status = 409, description = "version_exists"),
@@ -213,11 +214,12 @@ fn import_response(out: packages::ImportOutcome) -> Response {
 }
 
 #[utoipa::path(post, path = "/api/packages", tag = "packages",
-    request_body(content = Object,
+    operation_id = "createPackage", summary = "Create a package from a manifest and files",
+    request_body(content = crate::http::openapi::CreatePackageRequest,
         description = "{manifest:{…}, files?:{\"<path>\": \"<UTF-8 content>\"}}: the archive is built server-side \
                        (manifest.json from `manifest`) and validated like an import"),
-    responses((status = 201, description = "{package, version, created:true}"),
-              (status = 200, description = "The same manifest and files were already stored: created:false"),
+    responses((status = 201, description = "Created: created:true", body = crate::http::openapi::ImportResult),
+              (status = 200, description = "The same manifest and files were already stored: created:false", body = crate::http::openapi::ImportResult),
               (status = 400, description = "validation_failed (body shape, unknown fields) or invalid_package with errors"),
               (status = 403, description = "system_package"),
               (status = 409, description = "version_exists"),
@@ -235,12 +237,13 @@ pub async fn create(
 }
 
 #[utoipa::path(post, path = "/api/packages/{scope}/{name}/versions", tag = "packages",
+    operation_id = "publishPackageVersion", summary = "Publish a new version of a package",
     params(("scope" = String, Path), ("name" = String, Path)),
-    request_body(content = Object,
+    request_body(content((crate::http::openapi::CreatePackageRequest = "application/json"), (crate::http::openapi::ArchiveUpload = "multipart/form-data"), (crate::http::openapi::Archive = "application/zip")),
         description = "The same JSON body as POST /api/packages, or an .afps archive (application/zip, or \
                        multipart/form-data with the field `file`); the manifest must name this package"),
-    responses((status = 201, description = "{package, version, created:true}"),
-              (status = 200, description = "Identical bytes of an existing version: created:false"),
+    responses((status = 201, description = "Published: created:true", body = crate::http::openapi::ImportResult),
+              (status = 200, description = "Identical bytes of an existing version: created:false", body = crate::http::openapi::ImportResult),
               (status = 400, description = "invalid_package (manifest.name must be this package) or validation_failed"),
               (status = 403, description = "system_package"),
               (status = 404, description = "The application has no such package"),
@@ -267,6 +270,7 @@ pub async fn publish(
 }
 
 #[utoipa::path(delete, path = "/api/packages/{scope}/{name}", tag = "packages",
+    operation_id = "deletePackage", summary = "Remove a package from the application",
     params(("scope" = String, Path), ("name" = String, Path)),
     responses((status = 204, description = "Removed from the application (and deleted with its versions, \
                                              connections and artifacts when no other application has it)"),
@@ -285,9 +289,10 @@ pub async fn delete_package(
 }
 
 #[utoipa::path(get, path = "/api/packages", tag = "packages",
+    operation_id = "listPackages", summary = "List packages",
     params(("type" = Option<String>, Query, description = "agent, skill or integration"),
            ("limit" = Option<u32>, Query), ("startingAfter" = Option<String>, Query)),
-    responses((status = 200, description = "List of packages: system packages plus those installed in the application"),
+    responses((status = 200, description = "List of packages: system packages plus those installed in the application", body = crate::http::openapi::PackageList),
               (status = 400)))]
 pub async fn list(
     State(state): State<AppState>,
@@ -328,6 +333,7 @@ pub async fn list(
 }
 
 #[utoipa::path(get, path = "/api/packages/{scope}/{name}", tag = "packages",
+    operation_id = "getPackage", summary = "Get a package with the manifest of its latest version",
     params(("scope" = String, Path, description = "@scope (or %40scope)"), ("name" = String, Path)),
     responses((status = 200, body = PackageDto), (status = 404)))]
 pub async fn get_package(
@@ -350,9 +356,10 @@ pub async fn get_package(
 }
 
 #[utoipa::path(get, path = "/api/packages/{scope}/{name}/versions", tag = "packages",
+    operation_id = "listPackageVersions", summary = "List the versions of a package",
     params(("scope" = String, Path), ("name" = String, Path),
            ("limit" = Option<u32>, Query), ("startingAfter" = Option<String>, Query, description = "a version")),
-    responses((status = 200, description = "List of versions, highest semver first"), (status = 404)))]
+    responses((status = 200, description = "List of versions, highest semver first", body = crate::http::openapi::VersionList), (status = 404)))]
 pub async fn versions(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -397,8 +404,9 @@ pub async fn versions(
 }
 
 #[utoipa::path(put, path = "/api/packages/{scope}/{name}/connections/{authKey}", tag = "packages",
+    operation_id = "putConnection", summary = "Store the credentials of an integration",
     params(("scope" = String, Path), ("name" = String, Path), ("authKey" = String, Path)),
-    request_body(content = Object, description = "{credentials:{…}} validated against auths.<authKey>.credentials.schema"),
+    request_body(content = crate::http::openapi::PutConnectionRequest, description = "{credentials:{…}} validated against auths.<authKey>.credentials.schema"),
     responses((status = 200, body = ConnectionView), (status = 400), (status = 404)))]
 pub async fn put_connection(
     State(state): State<AppState>,
@@ -413,6 +421,7 @@ pub async fn put_connection(
 }
 
 #[utoipa::path(get, path = "/api/packages/{scope}/{name}/connections/{authKey}", tag = "packages",
+    operation_id = "getConnection", summary = "Get a connection (field names only, never values)",
     params(("scope" = String, Path), ("name" = String, Path), ("authKey" = String, Path)),
     responses((status = 200, body = ConnectionView), (status = 404)))]
 pub async fn get_connection(
@@ -427,6 +436,7 @@ pub async fn get_connection(
 }
 
 #[utoipa::path(delete, path = "/api/packages/{scope}/{name}/connections/{authKey}", tag = "packages",
+    operation_id = "deleteConnection", summary = "Delete a connection",
     params(("scope" = String, Path), ("name" = String, Path), ("authKey" = String, Path)),
     responses((status = 204), (status = 404)))]
 pub async fn delete_connection(
@@ -441,8 +451,9 @@ pub async fn delete_connection(
 }
 
 #[utoipa::path(get, path = "/api/agents", tag = "agents",
+    operation_id = "listAgents", summary = "List the agents the application can run",
     params(("limit" = Option<u32>, Query), ("startingAfter" = Option<String>, Query)),
-    responses((status = 200, description = "List of agents visible to the application (system and installed)")))]
+    responses((status = 200, description = "List of agents visible to the application (system and installed)", body = crate::http::openapi::AgentList)))]
 pub async fn list_agents(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,

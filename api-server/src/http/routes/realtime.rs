@@ -148,8 +148,10 @@ async fn changed_runs(
 
 /// `GET /api/realtime/runs/{id}`
 #[utoipa::path(get, path = "/api/realtime/runs/{id}", tag = "realtime",
+    operation_id = "streamRun", summary = "Stream the events of one run (SSE)",
     params(("token" = Option<String>, Query), ("verbose" = Option<bool>, Query), ("appId" = Option<String>, Query)),
-    responses((status = 200, description = "text/event-stream"), (status = 401), (status = 403), (status = 404)))]
+    security(("apiKey" = []), ("adminToken" = []), ("realtimeToken" = [])),
+    responses((status = 200, description = "Server-sent events: run_update and run_log", body = String, content_type = "text/event-stream"), (status = 401), (status = 403), (status = 404)))]
 pub async fn run_stream(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -221,8 +223,10 @@ pub async fn run_stream(
 
 /// `GET /api/realtime/runs`
 #[utoipa::path(get, path = "/api/realtime/runs", tag = "realtime",
+    operation_id = "streamRuns", summary = "Stream the events of every run of the application (SSE)",
     params(("status" = Option<String>, Query), ("verbose" = Option<bool>, Query)),
-    responses((status = 200, description = "text/event-stream of every run of the application"), (status = 401), (status = 403)))]
+    security(("apiKey" = []), ("adminToken" = []), ("realtimeToken" = [])),
+    responses((status = 200, description = "Server-sent events of every run of the application", body = String, content_type = "text/event-stream"), (status = 401), (status = 403)))]
 pub async fn runs_stream(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,

@@ -109,8 +109,10 @@ async fn respond_created(
 
 /// `POST /api/agents/{scope}/{name}/run`
 #[utoipa::path(post, path = "/api/agents/{scope}/{name}/run", tag = "runs",
+    operation_id = "runAgent", summary = "Start a run of an agent",
     params(("scope" = String, Path), ("name" = String, Path), ("version" = Option<String>, Query)),
-    responses((status = 201, description = "Run created (pending)"), (status = 400), (status = 404), (status = 412), (status = 422), (status = 429), (status = 503)))]
+    request_body = crate::http::openapi::StartRunRequest,
+    responses((status = 201, description = "Run created (pending)", body = crate::http::openapi::Run), (status = 400), (status = 404), (status = 412), (status = 422), (status = 429), (status = 503)))]
 pub async fn start_package_run(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -135,7 +137,9 @@ pub async fn start_package_run(
 
 /// `POST /api/runs/inline`
 #[utoipa::path(post, path = "/api/runs/inline", tag = "runs",
-    responses((status = 201, description = "Inline run created (pending)"), (status = 400), (status = 413), (status = 429)))]
+    operation_id = "runInline", summary = "Start a run of an inline agent (manifest and prompt in the body)",
+    request_body = crate::http::openapi::InlineRunRequest,
+    responses((status = 201, description = "Inline run created (pending)", body = crate::http::openapi::Run), (status = 400), (status = 413), (status = 429)))]
 pub async fn start_inline_run(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -236,8 +240,9 @@ async fn list_with(
 
 /// `GET /api/runs`
 #[utoipa::path(get, path = "/api/runs", tag = "runs",
+    operation_id = "listRuns", summary = "List runs",
     params(("status" = Option<String>, Query), ("packageId" = Option<String>, Query), ("kind" = Option<String>, Query), ("scheduleId" = Option<String>, Query), ("fields" = Option<String>, Query, description = "Comma-separated run DTO keys to return (id and object always); input and result are read only when listed. Default: every key")),
-    responses((status = 200, description = "List of runs")))]
+    responses((status = 200, description = "List of runs", body = crate::http::openapi::RunList)))]
 pub async fn list_runs(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -251,7 +256,8 @@ pub async fn list_runs(
 
 /// `GET /api/agents/{scope}/{name}/runs`
 #[utoipa::path(get, path = "/api/agents/{scope}/{name}/runs", tag = "runs",
-    responses((status = 200, description = "Runs of one agent"), (status = 404)))]
+    operation_id = "listAgentRuns", summary = "List the runs of one agent",
+    responses((status = 200, description = "Runs of one agent", body = crate::http::openapi::RunList), (status = 404)))]
 pub async fn list_agent_runs(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -364,8 +370,9 @@ async fn wait_terminal(state: &AppState, run: RunRow, wait: Duration) -> Result<
 
 /// `GET /api/runs/{id}`
 #[utoipa::path(get, path = "/api/runs/{id}", tag = "runs",
+    operation_id = "getRun", summary = "Get a run (optionally waiting for it to finish)",
     params(("wait" = Option<String>, Query, description = "Long-poll up to 55 s for a terminal state")),
-    responses((status = 200, description = "The run"), (status = 400), (status = 404)))]
+    responses((status = 200, description = "The run", body = crate::http::openapi::Run), (status = 400), (status = 404)))]
 pub async fn get_run(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -389,8 +396,9 @@ const LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
 
 /// `GET /api/runs/{id}/logs`
 #[utoipa::path(get, path = "/api/runs/{id}/logs", tag = "runs",
+    operation_id = "getRunLogs", summary = "Read the logs of a run",
     params(("since" = Option<i64>, Query), ("level" = Option<String>, Query), ("limit" = Option<u32>, Query)),
-    responses((status = 200, description = "Log rows, oldest first"), (status = 404)))]
+    responses((status = 200, description = "Log rows, oldest first", body = crate::http::openapi::RunLogList), (status = 404)))]
 pub async fn run_logs(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -454,7 +462,8 @@ pub async fn run_logs(
 
 /// `POST /api/runs/{id}/cancel`
 #[utoipa::path(post, path = "/api/runs/{id}/cancel", tag = "runs",
-    responses((status = 200, description = "The cancelled run"), (status = 404), (status = 409, description = "not_cancellable")))]
+    operation_id = "cancelRun", summary = "Cancel a run",
+    responses((status = 200, description = "The cancelled run", body = crate::http::openapi::Run), (status = 404), (status = 409, description = "not_cancellable")))]
 pub async fn cancel_run(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,

@@ -162,8 +162,10 @@ async fn visible_schedule(
 
 /// `POST /api/agents/{scope}/{name}/schedules`
 #[utoipa::path(post, path = "/api/agents/{scope}/{name}/schedules", tag = "schedules",
+    operation_id = "createSchedule", summary = "Schedule an agent",
     params(("scope" = String, Path), ("name" = String, Path)),
-    responses((status = 201, description = "Schedule created"), (status = 400), (status = 404), (status = 429)))]
+    request_body = crate::http::openapi::ScheduleRequest,
+    responses((status = 201, description = "Schedule created", body = crate::http::openapi::Schedule), (status = 400), (status = 404), (status = 429)))]
 pub async fn create_schedule(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -249,8 +251,9 @@ async fn list_with(
 
 /// `GET /api/schedules`
 #[utoipa::path(get, path = "/api/schedules", tag = "schedules",
+    operation_id = "listSchedules", summary = "List schedules",
     params(("limit" = Option<u32>, Query), ("startingAfter" = Option<String>, Query)),
-    responses((status = 200, description = "List of schedules")))]
+    responses((status = 200, description = "List of schedules", body = crate::http::openapi::ScheduleList)))]
 pub async fn list_schedules(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -261,9 +264,10 @@ pub async fn list_schedules(
 
 /// `GET /api/agents/{scope}/{name}/schedules`
 #[utoipa::path(get, path = "/api/agents/{scope}/{name}/schedules", tag = "schedules",
+    operation_id = "listAgentSchedules", summary = "List the schedules of one agent",
     params(("scope" = String, Path), ("name" = String, Path),
            ("limit" = Option<u32>, Query), ("startingAfter" = Option<String>, Query)),
-    responses((status = 200, description = "Schedules of one agent")))]
+    responses((status = 200, description = "Schedules of one agent", body = crate::http::openapi::ScheduleList)))]
 pub async fn list_agent_schedules(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -277,8 +281,9 @@ pub async fn list_agent_schedules(
 
 /// `GET /api/schedules/{id}`
 #[utoipa::path(get, path = "/api/schedules/{id}", tag = "schedules",
+    operation_id = "getSchedule", summary = "Get a schedule",
     params(("id" = String, Path)),
-    responses((status = 200, description = "The schedule"), (status = 404)))]
+    responses((status = 200, description = "The schedule", body = crate::http::openapi::Schedule), (status = 404)))]
 pub async fn get_schedule(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -291,8 +296,10 @@ pub async fn get_schedule(
 
 /// `PUT /api/schedules/{id}`: every field optional; `next_run_at` is recomputed.
 #[utoipa::path(put, path = "/api/schedules/{id}", tag = "schedules",
+    operation_id = "updateSchedule", summary = "Update a schedule",
     params(("id" = String, Path)),
-    responses((status = 200, description = "The updated schedule"), (status = 400), (status = 404)))]
+    request_body = crate::http::openapi::ScheduleRequest,
+    responses((status = 200, description = "The updated schedule", body = crate::http::openapi::Schedule), (status = 400), (status = 404)))]
 pub async fn update_schedule(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -353,6 +360,7 @@ pub async fn update_schedule(
 
 /// `DELETE /api/schedules/{id}`
 #[utoipa::path(delete, path = "/api/schedules/{id}", tag = "schedules",
+    operation_id = "deleteSchedule", summary = "Delete a schedule",
     params(("id" = String, Path)),
     responses((status = 204), (status = 404)))]
 pub async fn delete_schedule(

@@ -131,7 +131,13 @@ macro_rules! verify_or_return {
     };
 }
 
-async fn workspace(
+/// `GET /api/runs/{id}/workspace`: the run's bundle, for the runner.
+#[utoipa::path(get, path = "/api/runs/{id}/workspace", tag = "runner",
+    operation_id = "getRunWorkspace", summary = "Download the run's bundle (runner only)",
+    security(("runSignature" = [])),
+    params(("id" = String, Path), ("webhook-id" = String, Header, description = "Unique per message; a repeated id is answered as a replay"), ("webhook-timestamp" = i64, Header, description = "Unix seconds, within the tolerance window")),
+    responses((status = 200, description = "The agent bundle", body = crate::http::openapi::Archive, content_type = "application/zip"), (status = 401, description = "Missing or invalid signature"), (status = 404, description = "run_not_found"), (status = 410, description = "run_sink_closed: the run has finished"), (status = 429), (status = 503, description = "sink_unavailable")))]
+pub async fn workspace(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
@@ -170,7 +176,14 @@ async fn workspace(
     Ok(([(CONTENT_TYPE, "application/zip")], bundle).into_response())
 }
 
-async fn event(
+/// `POST /api/runs/{id}/events`: one runner event.
+#[utoipa::path(post, path = "/api/runs/{id}/events", tag = "runner",
+    operation_id = "postRunEvent", summary = "Report a run event (runner only)",
+    security(("runSignature" = [])),
+    params(("id" = String, Path), ("webhook-id" = String, Header, description = "Unique per message; a repeated id is answered as a replay"), ("webhook-timestamp" = i64, Header, description = "Unix seconds, within the tolerance window")),
+    request_body = crate::http::openapi::RunEvent,
+    responses((status = 200, description = "Accepted, buffered or replayed", body = crate::http::openapi::SinkReply), (status = 400, description = "invalid_event"), (status = 401, description = "Missing or invalid signature"), (status = 404, description = "run_not_found"), (status = 410, description = "run_sink_closed: the run has finished"), (status = 429), (status = 503, description = "sink_unavailable")))]
+pub async fn event(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
@@ -194,7 +207,14 @@ async fn event(
     Ok(Json(reply(outcome, sequence)).into_response())
 }
 
-async fn heartbeat(
+/// `POST /api/runs/{id}/events/heartbeat`: the runner is alive.
+#[utoipa::path(post, path = "/api/runs/{id}/events/heartbeat", tag = "runner",
+    operation_id = "postRunHeartbeat", summary = "Heartbeat of a running run (runner only)",
+    security(("runSignature" = [])),
+    params(("id" = String, Path), ("webhook-id" = String, Header, description = "Unique per message; a repeated id is answered as a replay"), ("webhook-timestamp" = i64, Header, description = "Unix seconds, within the tolerance window")),
+    request_body(content = Object, description = "`{}`"),
+    responses((status = 200, description = "Recorded", body = crate::http::openapi::SinkReply), (status = 401, description = "Missing or invalid signature"), (status = 404, description = "run_not_found"), (status = 410, description = "run_sink_closed: the run has finished"), (status = 429), (status = 503, description = "sink_unavailable")))]
+pub async fn heartbeat(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,
@@ -208,7 +228,14 @@ async fn heartbeat(
     Ok(Json(json!({"ok": true})).into_response())
 }
 
-async fn finalize(
+/// `POST /api/runs/{id}/events/finalize`: the run's outcome; closes the sink.
+#[utoipa::path(post, path = "/api/runs/{id}/events/finalize", tag = "runner",
+    operation_id = "finalizeRun", summary = "Report the outcome of a run (runner only)",
+    security(("runSignature" = [])),
+    params(("id" = String, Path), ("webhook-id" = String, Header, description = "Unique per message; a repeated id is answered as a replay"), ("webhook-timestamp" = i64, Header, description = "Unix seconds, within the tolerance window")),
+    request_body = crate::http::openapi::FinalizeRequest,
+    responses((status = 200, description = "The run's final status", body = crate::http::openapi::SinkReply), (status = 400, description = "validation_failed"), (status = 401, description = "Missing or invalid signature"), (status = 404, description = "run_not_found"), (status = 410, description = "run_sink_closed: the run has finished"), (status = 429), (status = 503, description = "sink_unavailable")))]
+pub async fn finalize(
     State(state): State<AppState>,
     ConnectInfo(addr): ConnectInfo<SocketAddr>,
     Path(id): Path<String>,

@@ -208,7 +208,9 @@ async fn visible_webhook(state: &AppState, auth: &Auth, id: &str) -> Result<Webh
 
 /// `POST /api/webhooks`
 #[utoipa::path(post, path = "/api/webhooks", tag = "webhooks",
-    responses((status = 201, description = "Webhook created; `secret` appears only here"), (status = 400), (status = 429)))]
+    operation_id = "createWebhook", summary = "Create a webhook (the secret is shown once)",
+    request_body = crate::http::openapi::WebhookRequest,
+    responses((status = 201, description = "Webhook created; `secret` appears only here", body = crate::http::openapi::Webhook), (status = 400), (status = 429)))]
 pub async fn create_webhook(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -259,8 +261,9 @@ pub async fn create_webhook(
 
 /// `GET /api/webhooks`
 #[utoipa::path(get, path = "/api/webhooks", tag = "webhooks",
+    operation_id = "listWebhooks", summary = "List webhooks",
     params(("limit" = Option<u32>, Query), ("startingAfter" = Option<String>, Query)),
-    responses((status = 200, description = "Webhooks of the application, without secrets")))]
+    responses((status = 200, description = "Webhooks of the application, without secrets", body = crate::http::openapi::WebhookList)))]
 pub async fn list_webhooks(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -282,8 +285,9 @@ pub async fn list_webhooks(
 
 /// `GET /api/webhooks/{id}`
 #[utoipa::path(get, path = "/api/webhooks/{id}", tag = "webhooks",
+    operation_id = "getWebhook", summary = "Get a webhook",
     params(("id" = String, Path)),
-    responses((status = 200, description = "The webhook"), (status = 404)))]
+    responses((status = 200, description = "The webhook", body = crate::http::openapi::Webhook), (status = 404)))]
 pub async fn get_webhook(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -296,8 +300,10 @@ pub async fn get_webhook(
 
 /// `PUT /api/webhooks/{id}`: every field optional.
 #[utoipa::path(put, path = "/api/webhooks/{id}", tag = "webhooks",
+    operation_id = "updateWebhook", summary = "Update a webhook",
     params(("id" = String, Path)),
-    responses((status = 200, description = "The updated webhook"), (status = 400), (status = 404)))]
+    request_body = crate::http::openapi::WebhookRequest,
+    responses((status = 200, description = "The updated webhook", body = crate::http::openapi::Webhook), (status = 400), (status = 404)))]
 pub async fn update_webhook(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -332,6 +338,7 @@ pub async fn update_webhook(
 
 /// `DELETE /api/webhooks/{id}`: pending retries are dropped with it.
 #[utoipa::path(delete, path = "/api/webhooks/{id}", tag = "webhooks",
+    operation_id = "deleteWebhook", summary = "Delete a webhook",
     params(("id" = String, Path)),
     responses((status = 204), (status = 404)))]
 pub async fn delete_webhook(
@@ -353,8 +360,10 @@ pub async fn delete_webhook(
 /// `POST /api/webhooks/{id}/rotate-secret` `{previousSecretExpiresInSeconds?}`: a new secret (shown once);
 /// the previous one keeps signing, next to the new one, for the window (default 24 h, 0 ends it now).
 #[utoipa::path(post, path = "/api/webhooks/{id}/rotate-secret", tag = "webhooks",
+    operation_id = "rotateWebhookSecret", summary = "Rotate the signing secret of a webhook",
     params(("id" = String, Path)),
-    responses((status = 200, description = "The webhook with its new `secret`"), (status = 400), (status = 404)))]
+    request_body = crate::http::openapi::RotateSecretRequest,
+    responses((status = 200, description = "The webhook with its new `secret`", body = crate::http::openapi::Webhook), (status = 400), (status = 404)))]
 pub async fn rotate_secret(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -401,8 +410,9 @@ pub async fn rotate_secret(
 
 /// `GET /api/webhooks/{id}/deliveries`: one row per attempt, newest first.
 #[utoipa::path(get, path = "/api/webhooks/{id}/deliveries", tag = "webhooks",
+    operation_id = "listWebhookDeliveries", summary = "List the delivery attempts of a webhook",
     params(("id" = String, Path), ("limit" = Option<u32>, Query), ("startingAfter" = Option<String>, Query)),
-    responses((status = 200, description = "Delivery attempts"), (status = 404)))]
+    responses((status = 200, description = "Delivery attempts", body = crate::http::openapi::WebhookDeliveryList), (status = 404)))]
 pub async fn list_deliveries(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
