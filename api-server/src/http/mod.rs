@@ -6,6 +6,7 @@ pub mod json;
 pub mod list;
 pub mod middleware;
 pub mod routes;
+pub mod session;
 
 use std::any::Any;
 
@@ -146,6 +147,9 @@ pub fn router(state: AppState) -> Router {
 
     let routes = Router::new()
         .merge(public)
+        .merge(routes::people::router(&state))
+        .merge(routes::orgs::router(&state))
+        .merge(routes::sso::router())
         .merge(api)
         .merge(routes::sink::router());
     with_request_handling(routes, state)

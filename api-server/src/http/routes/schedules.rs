@@ -151,6 +151,13 @@ pub async fn create_schedule(
     .await?;
     let enabled = b.enabled.unwrap_or(true);
     let at = now();
+    if auth.user_id().is_some() {
+        // A schedule fires later as its creator's credential; a browser session is not one that lasts.
+        return Err(ApiError::forbidden(
+            "Schedules run as an API key or an admin token; create an API key for this application and create the schedule with it",
+        )
+        .with_code("session_not_allowed"));
+    }
     let actor_type = match (&auth.end_user, auth.is_admin()) {
         (Some(_), _) => ACTOR_END_USER,
         (None, true) => ACTOR_ADMIN,

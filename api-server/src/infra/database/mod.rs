@@ -3,6 +3,7 @@
 
 pub mod migrate_data;
 mod packages;
+pub mod people;
 pub mod runs;
 pub mod schedules;
 pub mod schema;
@@ -19,6 +20,7 @@ pub use packages::{
     ConnectionRow, NewPackageVersion, PackageFilter, PackageRepo, PackageRow, PackageVersionRow,
     PackageWithManifest,
 };
+pub use people::PeopleRepo;
 pub use runs::RunRepo;
 pub use schedules::ScheduleRepo;
 pub use sql::{
@@ -106,6 +108,10 @@ pub struct ApiKeyRow {
     pub revoked_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
     pub created_at: Timestamp,
+    /// The user who created the key (its permissions are capped by that user's role); read on the
+    /// authentication path only.
+    #[sqlx(default)]
+    pub created_by: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -172,7 +178,9 @@ pub enum IdempotencyState {
 
 /// The whole repository: tenancy here, other areas in their own files as supertraits.
 #[async_trait]
-pub trait Database: PackageRepo + RunRepo + ScheduleRepo + WebhookRepo + Send + Sync {
+pub trait Database:
+    PackageRepo + RunRepo + ScheduleRepo + WebhookRepo + PeopleRepo + Send + Sync
+{
     /// `sqlite` or `postgres`, as reported by `/health`.
     fn kind(&self) -> &'static str;
     /// Applies the pending migrations; returns how many were applied.
