@@ -29,6 +29,7 @@ mod conventions;
 mod crash;
 mod database;
 mod docker;
+mod layering;
 mod migrate_data;
 mod packages;
 mod people;
