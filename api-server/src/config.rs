@@ -185,6 +185,12 @@ pub struct Config {
     pub trust_proxy_hops: u32,
     pub workspace_tmpfs_size_mb: u32,
     pub shutdown_grace_seconds: u64,
+    /// Connections served at once; one more is answered 503 (`HTTP_MAX_CONNECTIONS`).
+    pub http_max_connections: u64,
+    /// Time for a request head to arrive completely, else 408 (`HTTP_HEADER_READ_TIMEOUT_SECONDS`).
+    pub http_header_read_timeout_seconds: u64,
+    /// Time an idle keep-alive connection stays open (`HTTP_KEEPALIVE_TIMEOUT_SECONDS`).
+    pub http_keepalive_timeout_seconds: u64,
     pub system_packages_dir: PathBuf,
     pub app_version: String,
     pub git_sha: Option<String>,
@@ -665,6 +671,9 @@ impl Config {
             },
         };
         let shutdown_grace_seconds = r.positive("SHUTDOWN_GRACE_SECONDS", 30);
+        let http_max_connections = r.positive("HTTP_MAX_CONNECTIONS", 4096);
+        let http_header_read_timeout_seconds = r.positive("HTTP_HEADER_READ_TIMEOUT_SECONDS", 15);
+        let http_keepalive_timeout_seconds = r.positive("HTTP_KEEPALIVE_TIMEOUT_SECONDS", 75);
         let system_packages_dir =
             PathBuf::from(r.string("SYSTEM_PACKAGES_DIR", "./system-packages"));
         let app_version = r.string("APP_VERSION", env!("CARGO_PKG_VERSION"));
@@ -722,6 +731,9 @@ impl Config {
             trust_proxy_hops,
             workspace_tmpfs_size_mb,
             shutdown_grace_seconds,
+            http_max_connections,
+            http_header_read_timeout_seconds,
+            http_keepalive_timeout_seconds,
             system_packages_dir,
             app_version,
             git_sha,

@@ -14,6 +14,7 @@ pub mod packages;
 pub mod people;
 pub mod runs;
 pub mod schedules;
+pub mod server;
 pub mod startup;
 pub mod state;
 pub mod telemetry;

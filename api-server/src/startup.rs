@@ -1,7 +1,6 @@
 //! Boot (§5.2) and graceful shutdown (§5.3). The port is bound first and answers 503 `starting` until
 //! every boot step has run; then the real router takes over.
 
-use std::net::SocketAddr;
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -109,18 +108,14 @@ impl Application {
             .map_err(|e| BootError::Bind("listener".into(), e))?
             .port();
         let gate_state = Arc::new(Gate::default());
-        let (stop, mut stop_rx) = watch::channel(false);
+        let (stop, stop_rx) = watch::channel(false);
         let gate_router = Router::new().fallback(gate).with_state(gate_state.clone());
-        let server = tokio::spawn(async move {
-            axum::serve(
-                listener,
-                gate_router.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async move {
-                let _ = stop_rx.wait_for(|s| *s).await;
-            })
-            .await
-        });
+        let limits = crate::server::Limits {
+            max_connections: config.http_max_connections as usize,
+            header_read_timeout: Duration::from_secs(config.http_header_read_timeout_seconds),
+            keepalive_timeout: Duration::from_secs(config.http_keepalive_timeout_seconds),
+        };
+        let server = tokio::spawn(crate::server::serve(listener, gate_router, limits, stop_rx));
 
         let infra = match Infra::connect(&config).await {
             Ok(i) => i,
@@ -152,6 +147,7 @@ impl Application {
         state.runs.adapter.prepare().await;
         crate::runs::runtime::start_workers(&state).await;
         crate::schedules::start(&state).await;
+        crate::http::idempotency::start_sweeper(&state);
         let router = crate::http::router(state.clone());
         let _ = gate_state.router.set(router);
         tracing::info!(

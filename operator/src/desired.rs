@@ -11,6 +11,7 @@ use sha2::{Digest, Sha256};
 
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret, Service};
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 
 use crate::labels::{self, child_name, Component, CONFIG_HASH};
 use crate::v1alpha1::{AccessMode, Appstrate, AppstrateSpec, RunAdapter};
@@ -31,15 +32,17 @@ pub enum ChildKind {
     Service,
     PersistentVolumeClaim,
     Secret,
+    NetworkPolicy,
 }
 
 impl ChildKind {
-    pub const ALL: [ChildKind; 5] = [
+    pub const ALL: [ChildKind; 6] = [
         ChildKind::Deployment,
         ChildKind::StatefulSet,
         ChildKind::Service,
         ChildKind::PersistentVolumeClaim,
         ChildKind::Secret,
+        ChildKind::NetworkPolicy,
     ];
 
     pub fn api_resource(self) -> ApiResource {
@@ -49,6 +52,7 @@ impl ChildKind {
             ChildKind::Service => ApiResource::erase::<Service>(&()),
             ChildKind::PersistentVolumeClaim => ApiResource::erase::<PersistentVolumeClaim>(&()),
             ChildKind::Secret => ApiResource::erase::<Secret>(&()),
+            ChildKind::NetworkPolicy => ApiResource::erase::<NetworkPolicy>(&()),
         }
     }
 
@@ -59,6 +63,7 @@ impl ChildKind {
             ChildKind::Service => "Service",
             ChildKind::PersistentVolumeClaim => "PersistentVolumeClaim",
             ChildKind::Secret => "Secret",
+            ChildKind::NetworkPolicy => "NetworkPolicy",
         }
     }
 
@@ -147,15 +152,25 @@ pub fn desired_objects(app: &Appstrate) -> Vec<DesiredObject> {
     };
 
     let mut out = Vec::new();
+    let policies = spec.network_policy.enabled;
     if plan.postgres_managed {
+        if policies {
+            out.push(ctx.api_only_policy(Component::Postgres, 5432));
+        }
         out.push(ctx.headless_service(Component::Postgres, "postgres", 5432));
         out.push(postgres_statefulset(&ctx, spec));
     }
     if plan.redis_managed {
+        if policies {
+            out.push(ctx.api_only_policy(Component::Redis, 6379));
+        }
         out.push(ctx.headless_service(Component::Redis, "redis", 6379));
         out.push(redis_statefulset(&ctx, spec));
     }
     if plan.storage_managed {
+        if policies {
+            out.push(ctx.api_only_policy(Component::Minio, 9000));
+        }
         out.push(ctx.headless_service(Component::Minio, "s3", 9000));
         out.push(minio_statefulset(&ctx, spec));
     }
@@ -186,6 +201,31 @@ impl Ctx<'_> {
             }
         }
         m
+    }
+
+    /// A NetworkPolicy admitting connections to `component`'s pods on `port` from this
+    /// instance's API pods only. Applied before the workload it protects, so the pods never run
+    /// open. Kubelet probes come from the node, which NetworkPolicies do not restrict.
+    fn api_only_policy(&self, component: Component, port: i32) -> DesiredObject {
+        let policy_name = child_name(self.name, component.as_str());
+        DesiredObject {
+            kind: ChildKind::NetworkPolicy,
+            name: policy_name.clone(),
+            component,
+            object: json!({
+                "apiVersion": "networking.k8s.io/v1",
+                "kind": "NetworkPolicy",
+                "metadata": self.metadata(&policy_name, component, true),
+                "spec": {
+                    "podSelector": {"matchLabels": labels::selector(self.name, component)},
+                    "policyTypes": ["Ingress"],
+                    "ingress": [{
+                        "from": [{"podSelector": {"matchLabels": labels::selector(self.name, Component::Api)}}],
+                        "ports": [{"protocol": "TCP", "port": port}],
+                    }],
+                },
+            }),
+        }
     }
 
     fn headless_service(&self, component: Component, port_name: &str, port: i32) -> DesiredObject {
@@ -785,8 +825,10 @@ mod tests {
         assert_eq!(
             names(&t2),
             vec![
+                "NetworkPolicy/demo-postgres",
                 "Service/demo-postgres",
                 "StatefulSet/demo-postgres",
+                "NetworkPolicy/demo-redis",
                 "Service/demo-redis",
                 "StatefulSet/demo-redis",
                 "PersistentVolumeClaim/demo-data",

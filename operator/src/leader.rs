@@ -7,7 +7,7 @@ use std::time::Duration;
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::{SignedDuration, Timestamp};
-use kube::api::{Api, ObjectMeta, PostParams};
+use kube::api::{Api, ObjectMeta};
 use kube::Client;
 
 pub const LEASE_NAME: &str = "appstrate-operator";
@@ -51,7 +51,11 @@ impl LeaderElector {
                         ..LeaseSpec::default()
                     }),
                 };
-                match self.api.create(&PostParams::default(), &lease).await {
+                match self
+                    .api
+                    .create(&crate::credentials::post_params(), &lease)
+                    .await
+                {
                     Ok(_) => Ok(true),
                     Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
                     Err(e) => Err(e),
@@ -72,7 +76,7 @@ impl LeaderElector {
                 spec.renew_time = Some(MicroTime(now));
                 match self
                     .api
-                    .replace(LEASE_NAME, &PostParams::default(), &lease)
+                    .replace(LEASE_NAME, &crate::credentials::post_params(), &lease)
                     .await
                 {
                     Ok(_) => Ok(true),
@@ -91,7 +95,7 @@ impl LeaderElector {
                 spec.holder_identity = None;
                 spec.renew_time = None;
                 self.api
-                    .replace(LEASE_NAME, &PostParams::default(), &lease)
+                    .replace(LEASE_NAME, &crate::credentials::post_params(), &lease)
                     .await?;
             }
         }

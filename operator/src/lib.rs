@@ -2,11 +2,15 @@
 //! builder, and the reconcile pipeline (validate → secrets → build → apply → prune → observe →
 //! status) with its controller plumbing (leader election, metrics, health endpoints).
 
+pub mod credentials;
 pub mod desired;
+pub mod finalizer;
 pub mod health;
 pub mod labels;
 pub mod leader;
 pub mod metrics;
+pub mod observe;
+pub mod quantity;
 pub mod reconcile;
 pub mod secrets;
 pub mod server;
@@ -19,6 +23,23 @@ pub use reconcile::{error_policy, reconcile, reconcile_appstrate, Context, Error
 pub use v1alpha1::{Appstrate, AppstrateSpec, AppstrateStatus};
 
 use kube::CustomResourceExt;
+
+/// The `User-Agent` of the operator's requests, `appstrate-operator/<version>`: the API server
+/// names the field manager of a write without an explicit one (such as the Events the kube
+/// recorder publishes) after it.
+pub fn user_agent() -> String {
+    format!("{}/{}", labels::MANAGER, env!("CARGO_PKG_VERSION"))
+}
+
+/// Sends [`user_agent`] with every request of clients built from `config`.
+pub fn identify(config: &mut kube::Config) {
+    if let Ok(value) = http::HeaderValue::from_str(&user_agent()) {
+        config
+            .headers
+            .retain(|(name, _)| name != http::header::USER_AGENT);
+        config.headers.push((http::header::USER_AGENT, value));
+    }
+}
 
 /// Path of the generated CRD, relative to the repository root.
 pub const CRD_PATH: &str = "crds/appstrate.dev_appstrates.yaml";

@@ -12,6 +12,7 @@ use std::sync::Arc;
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
 use k8s_openapi::api::core::v1::Service;
+use k8s_openapi::api::networking::v1::NetworkPolicy;
 use kube::core::DeserializeGuard;
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::{watcher, Controller};
@@ -106,7 +107,9 @@ async fn main() -> anyhow::Result<()> {
         });
     }
 
-    let client = Client::try_default().await?;
+    let mut config = kube::Config::infer().await?;
+    operator::identify(&mut config);
+    let client = Client::try_from(config)?;
     let elector = LeaderElector::new(client.clone(), &namespace, &identity);
 
     if leader_election {
@@ -186,7 +189,8 @@ async fn main() -> anyhow::Result<()> {
     Controller::new(apps, watcher::Config::default().any_semantic())
         .owns(api::<Deployment>(&client, &watch_ns), children.clone())
         .owns(api::<StatefulSet>(&client, &watch_ns), children.clone())
-        .owns(api::<Service>(&client, &watch_ns), children)
+        .owns(api::<Service>(&client, &watch_ns), children.clone())
+        .owns(api::<NetworkPolicy>(&client, &watch_ns), children)
         .graceful_shutdown_on(shutdown)
         .run(reconcile, error_policy, ctx)
         .for_each(|res| async move {

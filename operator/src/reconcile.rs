@@ -5,27 +5,23 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::ObjectReference;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
-use kube::core::error_boundary::InvalidObject;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{DeserializeGuard, DynamicObject, TypeMeta};
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event as KubeEvent, EventType, Recorder};
-use kube::runtime::finalizer::{finalizer, Event as FinalizerEvent};
 use kube::{Client, Resource, ResourceExt};
 use serde_json::{json, Value};
 use tracing::{debug, info, warn};
 
-use crate::desired::{desired_objects, ChildKind, Plan, API_PORT};
+use crate::desired::{desired_objects, ChildKind};
 use crate::health::HealthProbe;
-use crate::labels::{self, child_name, Component, MANAGER};
+use crate::labels::{self, MANAGER};
 use crate::metrics::Metrics;
-use crate::secrets::{self, generated_secrets, new_secret};
-use crate::status::{self, ApiObservation, Backing, Cond};
-use crate::v1alpha1::{
-    Appstrate, AppstrateStatus, DeletionPolicy, Endpoints, Phase, RunAdapter, FINALIZER,
-};
+use crate::status;
+use crate::v1alpha1::{Appstrate, AppstrateStatus, Phase, FINALIZER};
+use crate::{credentials, finalizer, observe, quantity};
 
 /// Requeue while anything is not ready (default of `REQUEUE_NOT_READY_SECONDS`).
 pub const REQUEUE_NOT_READY: Duration = Duration::from_secs(10);
@@ -81,8 +77,10 @@ pub const BACKOFF_MAX: Duration = Duration::from_secs(300);
 pub enum Error {
     #[error("kubernetes API error: {0}")]
     Kube(#[from] kube::Error),
-    #[error("finalizer: {0}")]
-    Finalizer(#[source] Box<kube::runtime::finalizer::Error<Error>>),
+    #[error("could not add the finalizer: {0}")]
+    AddFinalizer(#[source] kube::Error),
+    #[error("could not remove the finalizer: {0}")]
+    RemoveFinalizer(#[source] kube::Error),
     #[error("resource has no namespace")]
     MissingNamespace,
     #[error("cannot serialize object: {0}")]
@@ -93,6 +91,9 @@ pub enum Error {
         #[source]
         source: kube::Error,
     },
+    /// Children the operator itself refused to apply (such as a data volume below its live size).
+    #[error("not applied: {0}")]
+    Refused(String),
 }
 
 fn kube_label(e: &kube::Error) -> &'static str {
@@ -108,15 +109,11 @@ fn kube_label(e: &kube::Error) -> &'static str {
 impl Error {
     /// Low-cardinality label for `appstrate_operator_reconcile_errors_total{reason}`.
     pub fn metric_label(&self) -> &'static str {
-        use kube::runtime::finalizer::Error as F;
         match self {
             Error::Kube(e) | Error::Apply { source: e, .. } => kube_label(e),
-            Error::Finalizer(f) => match f.as_ref() {
-                F::ApplyFailed(e) | F::CleanupFailed(e) => e.metric_label(),
-                F::AddFinalizer(_) => "add_finalizer",
-                F::RemoveFinalizer(_) => "remove_finalizer",
-                F::UnnamedObject | F::InvalidFinalizer => "finalizer",
-            },
+            Error::AddFinalizer(_) => "add_finalizer",
+            Error::RemoveFinalizer(_) => "remove_finalizer",
+            Error::Refused(_) => "invalid",
             Error::MissingNamespace => "missing_namespace",
             Error::Serialize(_) => "serialize",
         }
@@ -158,7 +155,27 @@ impl Context {
         self
     }
 
-    async fn event(&self, app: &Appstrate, type_: EventType, reason: &str, note: String) {
+    pub(crate) async fn event(
+        &self,
+        app: &Appstrate,
+        type_: EventType,
+        reason: &str,
+        note: String,
+    ) {
+        self.event_about(app, type_, reason, note, None).await;
+    }
+
+    /// An Event regarding `app`, related to `related`. The recorder folds Events with the same
+    /// type, reason, regarding and related object into one series that keeps the first note, so
+    /// an Event about one child names that child as its related object.
+    pub(crate) async fn event_about(
+        &self,
+        app: &Appstrate,
+        type_: EventType,
+        reason: &str,
+        note: String,
+        related: Option<ObjectReference>,
+    ) {
         let Some(recorder) = &self.recorder else {
             return;
         };
@@ -167,7 +184,7 @@ impl Context {
             reason: reason.into(),
             note: Some(truncate_utf8(&note, EVENT_NOTE_MAX_BYTES)),
             action: "Reconcile".into(),
-            secondary: None,
+            secondary: related,
         };
         if let Err(e) = recorder.publish(&ev, &app.object_ref(&())).await {
             debug!(error = %e, reason, "could not publish event");
@@ -203,7 +220,7 @@ pub fn backoff_delay(n: u32) -> Duration {
     Duration::from_secs(secs.min(BACKOFF_MAX.as_secs()))
 }
 
-fn object_key(meta: &kube::api::ObjectMeta) -> String {
+pub(crate) fn object_key(meta: &kube::api::ObjectMeta) -> String {
     format!(
         "{}/{}",
         meta.namespace.as_deref().unwrap_or_default(),
@@ -220,7 +237,7 @@ pub async fn reconcile(
     let key = object_key(guard.meta());
     let result = match &guard.0 {
         Ok(app) => reconcile_appstrate(Arc::new(app.clone()), ctx.clone()).await,
-        Err(invalid) => report_invalid_object(invalid, &ctx).await,
+        Err(invalid) => finalizer::report_invalid_object(invalid, &ctx).await,
     };
     ctx.metrics.reconciled(
         start.elapsed(),
@@ -244,41 +261,58 @@ pub fn error_policy(
     Action::requeue(delay)
 }
 
-/// The finalizer-wrapped reconcile of one well-formed resource.
+/// The finalizer-wrapped reconcile of one well-formed resource: add the finalizer first (the
+/// patch triggers the next reconcile), clean up before removing it on deletion.
 pub async fn reconcile_appstrate(app: Arc<Appstrate>, ctx: Arc<Context>) -> Result<Action, Error> {
     let ns = app.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<Appstrate> = Api::namespaced(ctx.client.clone(), &ns);
-    finalizer(&api, FINALIZER, app, |event| async {
-        match event {
-            FinalizerEvent::Apply(app) => apply(&app, &ctx).await,
-            FinalizerEvent::Cleanup(app) => cleanup(&app, &ctx).await,
+    let index = app.finalizers().iter().position(|f| f == FINALIZER);
+    let deleting = app.metadata.deletion_timestamp.is_some();
+    match (index, deleting) {
+        (Some(_), false) => apply(&app, &ctx).await,
+        (Some(i), true) => {
+            // Cleanup must succeed before the finalizer goes, so a failure keeps it.
+            let action = finalizer::cleanup(&app, &ctx).await?;
+            finalizer::remove_finalizer(&api, &app, i).await?;
+            Ok(action)
         }
-    })
-    .await
-    .map_err(|e| Error::Finalizer(Box::new(e)))
+        (None, false) => {
+            finalizer::add_finalizer(&api, &app).await?;
+            Ok(Action::await_change())
+        }
+        (None, true) => Ok(Action::await_change()),
+    }
 }
 
-fn dyn_api(client: &Client, ns: &str, kind: ChildKind) -> Api<DynamicObject> {
+/// Parameters of every write that is not a server-side apply: the operator's field manager.
+pub fn write_params() -> PatchParams {
+    PatchParams {
+        field_manager: Some(MANAGER.into()),
+        ..PatchParams::default()
+    }
+}
+
+pub(crate) fn dyn_api(client: &Client, ns: &str, kind: ChildKind) -> Api<DynamicObject> {
     Api::namespaced_with(client.clone(), ns, &kind.api_resource())
 }
 
-fn apply_params() -> PatchParams {
+pub(crate) fn apply_params() -> PatchParams {
     PatchParams::apply(MANAGER).force()
 }
 
-fn now() -> Time {
+pub(crate) fn now() -> Time {
     Time(k8s_openapi::jiff::Timestamp::now())
 }
 
 /// Existing children by kind and name, as listed by the instance labels.
-type Existing = BTreeMap<(ChildKind, String), Value>;
+pub(crate) type Existing = BTreeMap<(ChildKind, String), Value>;
 
 /// Lists one kind of child by the instance labels, each item carrying its `apiVersion` and `kind`.
 ///
 /// The API server omits `apiVersion`/`kind` on the items of a list of built-in resources, while
 /// a desired object always carries them: without this, every listed child would differ from its
 /// desired form.
-async fn list_kind(
+pub(crate) async fn list_kind(
     client: &Client,
     ns: &str,
     instance: &str,
@@ -355,74 +389,75 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
     }
 
     let client = &ctx.client;
-    let mut existing = list_children(client, &ns, &name).await?;
+    let existing = list_children(client, &ns, &name).await?;
 
     // 2 Secrets: create the generated ones that are missing; never update one.
-    let secret_api: Api<Secret> = Api::namespaced(client.clone(), &ns);
-    // A Send generator seeded from the OS (ThreadRng cannot cross an await).
-    let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::from_entropy();
-    for which in generated_secrets(app) {
-        if existing.contains_key(&(ChildKind::Secret, which.name.clone())) {
+    let secrets = credentials::ensure_generated(app, client, &existing).await?;
+    for created in &secrets.created {
+        ctx.event_about(
+            app,
+            EventType::Normal,
+            "SecretCreated",
+            format!("generated Secret {created}"),
+            Some(child_ref(ChildKind::Secret, &ns, created)),
+        )
+        .await;
+        info!(object = %key, secret = %created, "generated secret created");
+    }
+
+    // 3 Build, 4 Apply (skipping objects that already match, so an unchanged resource writes
+    // nothing). A refused child does not stop the others; it keeps its live form.
+    let desired = desired_objects(app);
+    let mut applied: BTreeMap<(ChildKind, String), Value> = BTreeMap::new();
+    let mut refusals: Vec<(ChildKind, String, String)> = Vec::new();
+    let mut refusal_error: Option<Error> = None;
+    for obj in &desired {
+        let k = (obj.kind, obj.name.clone());
+        let current = existing.get(&k);
+        if let Some(current) = current.filter(|c| is_subset(&obj.object, c)) {
+            applied.insert(k, current.clone());
             continue;
         }
-        let secret = new_secret(app, &which, &mut rng);
-        match secret_api.create(&PostParams::default(), &secret).await {
-            Ok(created) => {
-                existing.insert(
-                    (ChildKind::Secret, which.name.clone()),
-                    serde_json::to_value(&created)?,
-                );
-                ctx.event(
-                    app,
-                    EventType::Normal,
-                    "SecretCreated",
-                    format!("generated Secret {}", which.name),
-                )
-                .await;
-                info!(object = %key, secret = %which.name, "generated secret created");
+        let child = format!("{}/{}", obj.kind.kind(), obj.name);
+        if let Some(message) = current.and_then(|c| shrink_refusal(obj, c)) {
+            refusals.push((obj.kind, obj.name.clone(), message.clone()));
+            refusal_error.get_or_insert(Error::Refused(format!("{child}: {message}")));
+            applied.insert(k, current.cloned().unwrap_or_default());
+            continue;
+        }
+        match dyn_api(client, &ns, obj.kind)
+            .patch(&obj.name, &apply_params(), &Patch::Apply(&obj.object))
+            .await
+        {
+            Ok(result) => {
+                debug!(object = %key, kind = obj.kind.kind(), child = %obj.name, "applied");
+                applied.insert(k, serde_json::to_value(&result)?);
             }
-            // Created meanwhile, or a Secret of that name exists without our labels: keep it.
-            Err(kube::Error::Api(s)) if s.code == 409 => {}
+            // Refused (invalid, conflict, forbidden…): say so on the resource, go on with the
+            // other children, then back off.
+            Err(kube::Error::Api(s)) if (400..500).contains(&s.code) => {
+                warn!(object = %key, %child, message = %s.message, "server-side apply refused");
+                refusals.push((obj.kind, obj.name.clone(), s.message.clone()));
+                refusal_error.get_or_insert(Error::Apply {
+                    child,
+                    source: kube::Error::Api(s),
+                });
+                if let Some(current) = current {
+                    applied.insert(k, current.clone());
+                }
+            }
             Err(e) => return Err(e.into()),
         }
     }
 
-    // 3 Build, 4 Apply (skipping objects that already match, so an unchanged resource writes nothing).
-    let desired = desired_objects(app);
-    let mut applied: BTreeMap<(ChildKind, String), Value> = BTreeMap::new();
-    for obj in &desired {
-        let k = (obj.kind, obj.name.clone());
-        match existing.get(&k) {
-            Some(current) if is_subset(&obj.object, current) => {
-                applied.insert(k, current.clone());
-            }
-            _ => {
-                let result = match dyn_api(client, &ns, obj.kind)
-                    .patch(&obj.name, &apply_params(), &Patch::Apply(&obj.object))
-                    .await
-                {
-                    Ok(result) => result,
-                    // Refused (invalid, conflict, forbidden…): say so on the resource, then back off.
-                    Err(kube::Error::Api(s)) if (400..500).contains(&s.code) => {
-                        let child = format!("{}/{}", obj.kind.kind(), obj.name);
-                        report_apply_failure(app, ctx, &child, &s.message).await;
-                        return Err(Error::Apply {
-                            child,
-                            source: kube::Error::Api(s),
-                        });
-                    }
-                    Err(e) => return Err(e.into()),
-                };
-                debug!(object = %key, kind = obj.kind.kind(), child = %obj.name, "applied");
-                applied.insert(k, serde_json::to_value(&result)?);
-            }
-        }
-    }
-
-    // 5 Prune: workloads and Services no longer desired; data (PVCs, Secrets) stays.
+    // 5 Prune: workloads, Services and NetworkPolicies no longer desired; data (PVCs,
+    // Secrets) stays, and so does a refused child (it is in `applied` with its live form).
     let mut pruned = Vec::new();
     for ((kind, child), obj) in &existing {
         if kind.holds_data() || applied.contains_key(&(*kind, child.clone())) {
+            continue;
+        }
+        if desired.iter().any(|d| d.kind == *kind && d.name == *child) {
             continue;
         }
         if owned_by_other(obj, app) || is_terminating(obj) {
@@ -449,13 +484,34 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
     }
 
     // 6 Observe.
-    let observed = observe(app, ctx, &ns, &applied, &existing).await?;
+    let observed = observe::observe(app, ctx, &ns, &applied, &secrets.problems).await?;
 
-    // 7 Status.
-    let ready = observed.ready.ok;
-    let phase = status::phase(ready, previous_phase, observed.waiting_for_user_secret);
+    // 7 Status: a refused child or pods that cannot be created need a person (Failed); lost
+    // credentials break a running installation (Degraded).
+    let refused_message = (!refusals.is_empty()).then(|| {
+        truncate_utf8(
+            &refusals
+                .iter()
+                .map(|(kind, name, m)| format!("{}/{name}: {m}", kind.kind()))
+                .collect::<Vec<_>>()
+                .join("; "),
+            CONDITION_MESSAGE_MAX_BYTES,
+        )
+    });
+    let ready_cond = match &refused_message {
+        Some(m) => status::apply_failed_condition(m),
+        None => observed.ready.clone(),
+    };
+    let ready = ready_cond.ok;
+    let phase = if refused_message.is_some() || observed.pods_failed {
+        Phase::Failed
+    } else if observed.credentials_lost {
+        Phase::Degraded
+    } else {
+        status::phase(ready, previous_phase, observed.waiting_for_user_secret)
+    };
     let mut conds = observed.conditions.clone();
-    conds.push(observed.ready.clone());
+    conds.push(ready_cond.clone());
     let mut st = AppstrateStatus {
         phase: Some(phase),
         observed_generation: app.metadata.generation,
@@ -470,11 +526,30 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
         write_status(app, ctx, &st).await?;
     }
     ctx.metrics.set_phase(&key, Some(phase));
-    if previous_phase != Some(phase) {
+    if let Some(message) = &refused_message {
+        let same_message = previous
+            .as_ref()
+            .and_then(|p| p.conditions.iter().find(|c| c.type_ == status::READY))
+            .is_some_and(|c| c.reason == status::APPLY_FAILED && c.message == *message);
+        if !same_message {
+            let related = refusals
+                .first()
+                .map(|(kind, name, _)| child_ref(*kind, &ns, name));
+            ctx.event_about(
+                app,
+                EventType::Warning,
+                status::APPLY_FAILED,
+                message.clone(),
+                related,
+            )
+            .await;
+        }
+    }
+    if previous_phase != Some(phase) && refused_message.is_none() {
         let (type_, note) = match phase {
             Phase::Ready => (EventType::Normal, "all conditions are true".to_string()),
-            Phase::Degraded => (EventType::Warning, observed.ready.message.clone()),
-            _ => (EventType::Normal, observed.ready.message.clone()),
+            Phase::Degraded | Phase::Failed => (EventType::Warning, ready_cond.message.clone()),
+            _ => (EventType::Normal, ready_cond.message.clone()),
         };
         ctx.event(app, type_, phase.as_str(), note).await;
     }
@@ -488,7 +563,10 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
         ctx.event(app, EventType::Normal, "TierChanged", note).await;
     }
 
-    // 8 Requeue.
+    // 8 Requeue (a refusal backs off through the error policy instead).
+    if let Some(e) = refusal_error {
+        return Err(e);
+    }
     Ok(Action::requeue(if ready {
         ctx.requeue.ready
     } else {
@@ -496,42 +574,41 @@ async fn apply(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
     }))
 }
 
-/// Phase `Failed` with `Ready=False` (reason `ApplyFailed`) naming the refused child and the API
-/// server's message, and a Warning Event when the message is new. The other conditions keep
-/// their last observed values. Best effort: the reconcile error that follows drives the backoff.
-async fn report_apply_failure(app: &Appstrate, ctx: &Context, child: &str, server_message: &str) {
-    let key = object_key(&app.metadata);
-    let message = truncate_utf8(
-        &format!("{child}: {server_message}"),
-        CONDITION_MESSAGE_MAX_BYTES,
-    );
-    warn!(object = %key, %child, message = %server_message, "server-side apply refused");
-    let previous = app.status.as_ref();
-    let mut st = previous.cloned().unwrap_or_default();
-    st.phase = Some(Phase::Failed);
-    st.observed_generation = app.metadata.generation;
-    st.tier = Some(app.spec.tier);
-    st.conditions.retain(|c| c.type_ != status::READY);
-    st.conditions.extend(status::to_conditions(
-        &[status::apply_failed_condition(&message)],
-        previous,
-        app.metadata.generation,
-        &now(),
-    ));
-    // Unchanged on a retry: no write, so no watch event cuts the backoff short.
-    if previous != Some(&st) {
-        if let Err(e) = write_status(app, ctx, &st).await {
-            warn!(object = %key, error = %e, "could not write the Failed status");
-        }
+/// A reference to a child, as the related object of an Event.
+fn child_ref(kind: ChildKind, ns: &str, name: &str) -> ObjectReference {
+    let ar = kind.api_resource();
+    ObjectReference {
+        api_version: Some(ar.api_version),
+        kind: Some(ar.kind),
+        name: Some(name.to_string()),
+        namespace: Some(ns.to_string()),
+        ..ObjectReference::default()
     }
-    ctx.metrics.set_phase(&key, Some(Phase::Failed));
-    let same_message = previous
-        .and_then(|p| p.conditions.iter().find(|c| c.type_ == status::READY))
-        .is_some_and(|c| c.reason == status::APPLY_FAILED && c.message == message);
-    if !same_message {
-        ctx.event(app, EventType::Warning, status::APPLY_FAILED, message)
-            .await;
+}
+
+/// Why the data PVC is not applied: its desired size is below what the live claim already has
+/// (the API server refuses to shrink a PVC). Comparing with the live claim, not with the last
+/// accepted spec, lets a size whose growth was refused return to the claim's actual size.
+fn shrink_refusal(desired: &crate::desired::DesiredObject, current: &Value) -> Option<String> {
+    if desired.kind != ChildKind::PersistentVolumeClaim {
+        return None;
     }
+    let want = desired.object["spec"]["resources"]["requests"]["storage"].as_str()?;
+    let requested = current["spec"]["resources"]["requests"]["storage"].as_str();
+    let capacity = current["status"]["capacity"]["storage"].as_str();
+    // A claim whose expansion failed may go back down to its capacity.
+    let floor = match (requested, capacity) {
+        (Some(r), Some(c)) if quantity::compare(c, r) == Some(std::cmp::Ordering::Less) => c,
+        (Some(r), _) => r,
+        (None, Some(c)) => c,
+        (None, None) => return None,
+    };
+    (quantity::compare(want, floor) == Some(std::cmp::Ordering::Less)).then(|| {
+        format!(
+            "spec.dataVolume.size {want} is smaller than the {floor} the PersistentVolumeClaim {} already has; a claim can only grow: set spec.dataVolume.size to at least {floor}",
+            desired.name
+        )
+    })
 }
 
 /// The API server's limit on a Kubernetes Event's `note` (events.k8s.io/v1).
@@ -553,7 +630,7 @@ pub fn truncate_utf8(s: &str, max: usize) -> String {
 }
 
 /// A listed child that carries a controller reference to some other owner is not ours to prune.
-fn owned_by_other(obj: &Value, app: &Appstrate) -> bool {
+pub(crate) fn owned_by_other(obj: &Value, app: &Appstrate) -> bool {
     let uid = app.uid().unwrap_or_default();
     obj["metadata"]["ownerReferences"]
         .as_array()
@@ -563,226 +640,11 @@ fn owned_by_other(obj: &Value, app: &Appstrate) -> bool {
         })
 }
 
-struct Observed {
-    conditions: Vec<Cond>,
-    ready: Cond,
-    endpoints: Endpoints,
-    sidecar_pool: Option<crate::v1alpha1::SidecarPoolStatus>,
-    waiting_for_user_secret: bool,
-}
-
-fn ready_replicas(obj: Option<&Value>) -> i32 {
-    obj.and_then(|o| o["status"]["readyReplicas"].as_i64())
-        .and_then(|n| i32::try_from(n).ok())
-        .unwrap_or(0)
-}
-
-/// Checks a user-supplied Secret holds the keys the API needs; `Some(message)` when not.
-async fn check_user_secret(
-    api: &Api<Secret>,
-    name: &str,
-    keys: &[&str],
-) -> Result<Option<String>, Error> {
-    match api.get_opt(name).await? {
-        None => Ok(Some(format!("Secret {name} not found"))),
-        Some(s) => {
-            let missing: Vec<&str> = keys
-                .iter()
-                .copied()
-                .filter(|k| !secrets::has_key(&s, k))
-                .collect();
-            if missing.is_empty() {
-                Ok(None)
-            } else {
-                Ok(Some(format!(
-                    "Secret {name} lacks key(s) {}",
-                    missing.join(", ")
-                )))
-            }
-        }
-    }
-}
-
-async fn observe(
+pub(crate) async fn write_status(
     app: &Appstrate,
     ctx: &Context,
-    ns: &str,
-    applied: &BTreeMap<(ChildKind, String), Value>,
-    existing: &Existing,
-) -> Result<Observed, Error> {
-    let name = app.name_any();
-    let spec = &app.spec;
-    let plan = Plan::of(spec);
-    let secret_api: Api<Secret> = Api::namespaced(ctx.client.clone(), ns);
-    let mut waiting_for_user_secret = false;
-    let svc_host =
-        |suffix: &str, port: u16| format!("{}.{ns}.svc:{port}", child_name(&name, suffix));
-
-    let generated_missing = |component: Component| -> Option<String> {
-        let secret = child_name(&name, component.as_str());
-        (!existing.contains_key(&(ChildKind::Secret, secret.clone())))
-            .then(|| format!("Secret {secret} not found"))
-    };
-    let managed = |component: Component| Backing::Managed {
-        statefulset: child_name(&name, component.as_str()),
-        ready: ready_replicas(applied.get(&(
-            ChildKind::StatefulSet,
-            child_name(&name, component.as_str()),
-        ))),
-        missing: generated_missing(component),
-    };
-
-    let mut endpoints = Endpoints {
-        api: Some(format!(
-            "http://{}.{ns}.svc:{API_PORT}",
-            child_name(&name, "api")
-        )),
-        ..Endpoints::default()
-    };
-
-    let database = if plan.postgres_managed {
-        endpoints.database = Some(svc_host("postgres", 5432));
-        managed(Component::Postgres)
-    } else if plan.postgres_external {
-        endpoints.database = Some("external".into());
-        let r = &spec
-            .postgres
-            .as_ref()
-            .and_then(|p| p.external.as_ref())
-            .map(|e| e.secret_ref.clone());
-        let (secret, key) = r
-            .as_ref()
-            .map(|r| (r.name.clone(), r.key.clone()))
-            .unwrap_or_default();
-        let missing = check_user_secret(&secret_api, &secret, &[key.as_str()]).await?;
-        waiting_for_user_secret |= missing.is_some();
-        Backing::External { secret, missing }
-    } else {
-        Backing::NotRequired {
-            why: format!(
-                "no PostgreSQL at tier {} (SQLite on the data volume)",
-                spec.tier
-            ),
-        }
-    };
-
-    let redis = if plan.redis_managed {
-        endpoints.redis = Some(svc_host("redis", 6379));
-        managed(Component::Redis)
-    } else if plan.redis_external {
-        endpoints.redis = Some("external".into());
-        let r = spec
-            .redis
-            .as_ref()
-            .and_then(|p| p.external.as_ref())
-            .map(|e| e.secret_ref.clone());
-        let (secret, key) = r.map(|r| (r.name, r.key)).unwrap_or_default();
-        let missing = check_user_secret(&secret_api, &secret, &[key.as_str()]).await?;
-        waiting_for_user_secret |= missing.is_some();
-        Backing::External { secret, missing }
-    } else {
-        Backing::NotRequired {
-            why: format!(
-                "no Redis at tier {} (in-process queue and pub/sub)",
-                spec.tier
-            ),
-        }
-    };
-
-    let storage = if plan.storage_managed {
-        endpoints.storage = Some(svc_host("minio", 9000));
-        managed(Component::Minio)
-    } else if plan.storage_external {
-        endpoints.storage = Some("external".into());
-        let secret = spec
-            .storage
-            .as_ref()
-            .and_then(|s| s.external.as_ref())
-            .map(|e| e.secret_ref.name.clone())
-            .unwrap_or_default();
-        let missing = check_user_secret(
-            &secret_api,
-            &secret,
-            &["bucket", "region", "accessKeyId", "secretAccessKey"],
-        )
-        .await?;
-        waiting_for_user_secret |= missing.is_some();
-        Backing::External { secret, missing }
-    } else {
-        Backing::NotRequired {
-            why: "filesystem storage on the data volume".into(),
-        }
-    };
-
-    // Boot secrets: a user-supplied Secret must exist with all three keys.
-    let boot_missing = match &spec.secrets_ref {
-        Some(r) => {
-            let m = check_user_secret(
-                &secret_api,
-                &r.name,
-                secrets::required_keys(Component::BootSecrets),
-            )
-            .await?;
-            waiting_for_user_secret |= m.is_some();
-            m
-        }
-        None => generated_missing(Component::BootSecrets),
-    };
-
-    let deployment_name = child_name(&name, "api");
-    let deployment = applied.get(&(ChildKind::Deployment, deployment_name.clone()));
-    let api_ready = ready_replicas(deployment);
-    let health = if api_ready >= 1 {
-        // Probe through the Service's cluster IP when known: no DNS lookup needed.
-        let service = applied.get(&(ChildKind::Service, deployment_name.clone()));
-        let host = service
-            .and_then(|s| s["spec"]["clusterIP"].as_str())
-            .filter(|ip| !ip.is_empty() && *ip != "None")
-            .map(|ip| {
-                if ip.contains(':') {
-                    format!("[{ip}]")
-                } else {
-                    ip.to_string()
-                }
-            })
-            .unwrap_or_else(|| format!("{deployment_name}.{ns}.svc"));
-        Some(ctx.health.check(&format!("http://{host}:{API_PORT}")).await)
-    } else {
-        None
-    };
-    let api = ApiObservation {
-        deployment: deployment_name,
-        desired: plan.replicas,
-        ready: api_ready,
-        health: health.clone(),
-        forced_replicas: plan
-            .replicas_forced(spec)
-            .then_some((spec.replicas, spec.tier)),
-        missing_secret: boot_missing,
-    };
-
-    let pool_required =
-        plan.docker && spec.run_adapter == RunAdapter::Docker && spec.sidecar_pool.size > 0;
-    let (pool_cond, sidecar_pool) = status::sidecar_condition(pool_required, health.as_ref());
-
-    let conditions = vec![
-        status::backing_condition(status::DATABASE_READY, &database),
-        status::backing_condition(status::REDIS_READY, &redis),
-        status::backing_condition(status::STORAGE_READY, &storage),
-        status::api_condition(&api),
-        pool_cond,
-    ];
-    let ready = status::ready_condition(&conditions);
-    Ok(Observed {
-        conditions,
-        ready,
-        endpoints,
-        sidecar_pool,
-        waiting_for_user_secret,
-    })
-}
-
-async fn write_status(app: &Appstrate, ctx: &Context, st: &AppstrateStatus) -> Result<(), Error> {
+    st: &AppstrateStatus,
+) -> Result<(), Error> {
     let ns = app.namespace().ok_or(Error::MissingNamespace)?;
     let api: Api<Appstrate> = Api::namespaced(ctx.client.clone(), &ns);
     let body = json!({
@@ -795,125 +657,32 @@ async fn write_status(app: &Appstrate, ctx: &Context, st: &AppstrateStatus) -> R
     Ok(())
 }
 
-/// Cleanup before the finalizer is removed: data goes only with `deletionPolicy: Delete`.
-async fn cleanup(app: &Appstrate, ctx: &Context) -> Result<Action, Error> {
-    let name = app.name_any();
-    let ns = app.namespace().ok_or(Error::MissingNamespace)?;
-    let key = format!("{ns}/{name}");
-
-    if app.status.as_ref().and_then(|s| s.phase) != Some(Phase::Deleting) {
-        let mut st = app.status.clone().unwrap_or_default();
-        st.phase = Some(Phase::Deleting);
-        // Best effort: the resource is going away either way.
-        if let Err(e) = write_status(app, ctx, &st).await {
-            debug!(object = %key, error = %e, "could not mark Deleting");
-        }
-    }
-
-    // Children are deleted here, not left to the garbage collector through their owner
-    // references: an API server without a controller-manager has none. Workloads go first, so
-    // nothing still mounts a volume or reads a Secret when those are deleted.
-    let mut kinds = vec![
-        ChildKind::Deployment,
-        ChildKind::StatefulSet,
-        ChildKind::Service,
-    ];
-    if app.spec.deletion_policy == DeletionPolicy::Delete {
-        kinds.extend([ChildKind::PersistentVolumeClaim, ChildKind::Secret]);
-    }
-    let mut deleted = Vec::new();
-    for kind in kinds {
-        let api = dyn_api(&ctx.client, &ns, kind);
-        for obj in list_kind(&ctx.client, &ns, &name, kind).await? {
-            let value = serde_json::to_value(&obj)?;
-            // Already going away, or controlled by another owner: not ours to delete.
-            if is_terminating(&value) || (!kind.holds_data() && owned_by_other(&value, app)) {
-                continue;
-            }
-            let child = obj.name_any();
-            match api.delete(&child, &DeleteParams::background()).await {
-                Ok(_) => deleted.push(format!("{}/{child}", kind.kind())),
-                Err(kube::Error::Api(s)) if s.code == 404 => {}
-                Err(e) => return Err(e.into()),
-            }
-        }
-    }
-    if app.spec.deletion_policy == DeletionPolicy::Delete {
-        info!(object = %key, deleted = ?deleted, "deletionPolicy Delete: children and data removed");
-        if !deleted.is_empty() {
-            ctx.event(
-                app,
-                EventType::Normal,
-                "DataDeleted",
-                format!("deleted {}", deleted.join(", ")),
-            )
-            .await;
-        }
-    } else {
-        info!(object = %key, deleted = ?deleted, "deletionPolicy Retain: children removed, PVCs and generated Secrets kept");
-    }
-    ctx.metrics.set_phase(&key, None);
-    Ok(Action::await_change())
-}
-
-/// A resource that does not deserialize: report it on its status instead of stopping the watch.
-async fn report_invalid_object(invalid: &InvalidObject, ctx: &Context) -> Result<Action, Error> {
-    let meta = &invalid.metadata;
-    let ns = meta.namespace.clone().ok_or(Error::MissingNamespace)?;
-    let name = meta.name.clone().unwrap_or_default();
-    let api: Api<DynamicObject> = Api::namespaced_with(
-        ctx.client.clone(),
-        &ns,
-        &kube::core::ApiResource::erase::<Appstrate>(&()),
-    );
-    warn!(object = %format!("{ns}/{name}"), error = %invalid.error, "resource does not deserialize");
-
-    // Being deleted with our finalizer: nothing can be read, so keep the data (Retain) and let go.
-    if meta.deletion_timestamp.is_some() {
-        let finalizers = meta.finalizers.clone().unwrap_or_default();
-        if finalizers.iter().any(|f| f == FINALIZER) {
-            let rest: Vec<&String> = finalizers.iter().filter(|f| *f != FINALIZER).collect();
-            // resourceVersion makes the merge patch fail instead of dropping a finalizer added meanwhile.
-            let patch =
-                json!({"metadata": {"finalizers": rest, "resourceVersion": meta.resource_version}});
-            api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-                .await?;
-        }
-        return Ok(Action::await_change());
-    }
-
-    let message = format!("spec does not match the schema: {}", invalid.error);
-    let cond = status::to_conditions(
-        &[status::invalid_spec_condition(&message)],
-        None,
-        meta.generation,
-        &now(),
-    );
-    let body = json!({
-        "apiVersion": Appstrate::api_version(&()),
-        "kind": Appstrate::kind(&()),
-        "status": {"phase": "Failed", "observedGeneration": meta.generation, "conditions": cond},
-    });
-    api.patch_status(&name, &apply_params(), &Patch::Apply(&body))
-        .await?;
-    ctx.metrics
-        .set_phase(&format!("{ns}/{name}"), Some(Phase::Failed));
-    Ok(Action::await_change())
-}
-
 /// Whether every field of `desired` is present with the same value in `current`.
 ///
 /// Arrays must have the same length (so a removed env var or container counts as a change);
 /// fields the server added (defaults, status, metadata) are ignored. An empty string matches an
 /// absent field, because the API server drops empty strings on write.
 pub fn is_subset(desired: &Value, current: &Value) -> bool {
+    subset(desired, current, false)
+}
+
+/// Maps whose values are quantities, compared by value (`1024Mi` matches the `1Gi` the API
+/// server stores, `0.5` matches `500m`).
+fn holds_quantities(key: &str) -> bool {
+    matches!(key, "requests" | "limits" | "capacity")
+}
+
+/// `quantity_map`: `desired` is the value of a [`holds_quantities`] key, whose entries are
+/// quantities.
+fn subset(desired: &Value, current: &Value, quantity_map: bool) -> bool {
     match (desired, current) {
-        (Value::Object(d), Value::Object(c)) => d.iter().all(|(k, dv)| match c.get(k) {
-            Some(cv) => is_subset(dv, cv),
-            None => dv == &Value::String(String::new()),
+        (Value::Object(d), Value::Object(c)) => d.iter().all(|(k, dv)| match (c.get(k), dv) {
+            (Some(Value::String(cv)), Value::String(q)) if quantity_map => quantity::same(q, cv),
+            (Some(cv), _) => subset(dv, cv, holds_quantities(k)),
+            (None, _) => dv == &Value::String(String::new()),
         }),
         (Value::Array(d), Value::Array(c)) => {
-            d.len() == c.len() && d.iter().zip(c).all(|(a, b)| is_subset(a, b))
+            d.len() == c.len() && d.iter().zip(c).all(|(a, b)| subset(a, b, false))
         }
         (Value::Number(a), Value::Number(b)) => a.as_f64() == b.as_f64(),
         (a, b) => a == b,
@@ -934,6 +703,22 @@ mod tests {
         assert!(!is_subset(&fewer, &current));
         let changed = json!({"spec": {"env": [{"name": "A", "value": "2"}]}});
         assert!(!is_subset(&changed, &current));
+    }
+
+    #[test]
+    fn quantities_compare_by_value_only_where_kubernetes_stores_quantities() {
+        let desired = json!({"resources": {"requests": {"cpu": "0.5", "memory": "1024Mi"},
+            "limits": {"memory": "1Gi"}}, "env": [{"name": "A", "value": "1024Mi"}]});
+        let stored = json!({"resources": {"requests": {"cpu": "500m", "memory": "1Gi"},
+            "limits": {"memory": "1Gi"}}, "env": [{"name": "A", "value": "1Gi"}]});
+        // The env value is a plain string: its spelling matters.
+        assert!(!is_subset(&desired, &stored));
+        let stored_env = json!({"resources": stored["resources"].clone(),
+            "env": [{"name": "A", "value": "1024Mi"}]});
+        assert!(is_subset(&desired, &stored_env));
+        let grown = json!({"resources": {"requests": {"cpu": "0.5", "memory": "2Gi"},
+            "limits": {"memory": "1Gi"}}, "env": [{"name": "A", "value": "1024Mi"}]});
+        assert!(!is_subset(&grown, &stored_env));
     }
 
     #[test]
@@ -991,9 +776,14 @@ mod tests {
             ..Default::default()
         })));
         assert_eq!(conflict.metric_label(), "conflict");
-        let wrapped = Error::Finalizer(Box::new(kube::runtime::finalizer::Error::ApplyFailed(
-            Error::MissingNamespace,
-        )));
-        assert_eq!(wrapped.metric_label(), "missing_namespace");
+        let not_found = kube::Error::Api(Box::new(kube::core::Status {
+            code: 404,
+            ..Default::default()
+        }));
+        assert_eq!(
+            Error::RemoveFinalizer(not_found).metric_label(),
+            "remove_finalizer"
+        );
+        assert_eq!(Error::Refused("x".into()).metric_label(), "invalid");
     }
 }

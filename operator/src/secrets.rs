@@ -135,6 +135,16 @@ pub fn has_key(secret: &Secret, key: &str) -> bool {
             .is_some_and(|d| d.contains_key(key))
 }
 
+/// `Secret <name> lacks key(s) …` when `secret` misses any of `keys`.
+pub fn missing_keys_message(secret: &Secret, name: &str, keys: &[&str]) -> Option<String> {
+    let missing: Vec<&str> = keys
+        .iter()
+        .copied()
+        .filter(|k| !has_key(secret, k))
+        .collect();
+    (!missing.is_empty()).then(|| format!("Secret {name} lacks key(s) {}", missing.join(", ")))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -58,11 +58,22 @@ pub enum Backing {
         ready: i32,
         missing: Option<String>,
     },
+    /// Run by the operator, but its generated credentials are gone while its volume holds
+    /// data initialised with them; `message` says how to recover.
+    CredentialsLost {
+        message: String,
+    },
 }
+
+/// Reason of a backing condition whose credentials were deleted while data exists.
+pub const CREDENTIALS_LOST: &str = "CredentialsLost";
 
 pub fn backing_condition(type_: &'static str, b: &Backing) -> Cond {
     match b {
         Backing::NotRequired { why } => Cond::new(type_, true, "NotRequired", why.clone()),
+        Backing::CredentialsLost { message } => {
+            Cond::new(type_, false, CREDENTIALS_LOST, message.clone())
+        }
         Backing::External {
             missing: Some(m), ..
         }
@@ -109,12 +120,28 @@ pub struct ApiObservation {
     pub forced_replicas: Option<(i32, i32)>,
     /// A boot-secret problem that keeps pods from starting.
     pub missing_secret: Option<String>,
+    /// Why the Deployment's ReplicaSet cannot create pods (its `ReplicaFailure` condition).
+    pub pods_failed: Option<String>,
 }
+
+/// Reason of `ApiReady=False` when the API's pods cannot be created.
+pub const FAILED_CREATE: &str = "FailedCreate";
 
 pub fn api_condition(o: &ApiObservation) -> Cond {
     let mut note = String::new();
     if let Some((requested, tier)) = o.forced_replicas {
         note = format!("; replicas forced to 1 at tier {tier} (requested {requested})");
+    }
+    if let Some(m) = &o.pods_failed {
+        return Cond::new(
+            API_READY,
+            false,
+            FAILED_CREATE,
+            format!(
+                "{m}; Deployment {}: {}/{} ready{note}",
+                o.deployment, o.ready, o.desired
+            ),
+        );
     }
     if let Some(m) = &o.missing_secret {
         return Cond::new(
@@ -351,6 +378,7 @@ mod tests {
             health: None,
             forced_replicas: Some((3, 1)),
             missing_secret: None,
+            pods_failed: None,
         };
         let c = api_condition(&o);
         assert_eq!((c.ok, c.reason.as_str()), (false, "DeploymentProgressing"));
@@ -366,6 +394,17 @@ mod tests {
         o.health = Some(Ok(healthy(None)));
         let c = api_condition(&o);
         assert_eq!((c.ok, c.reason.as_str()), (true, "DeploymentAvailable"));
+        o.ready = 0;
+        o.health = None;
+        o.pods_failed = Some("ReplicaSet d-1: FailedCreate: forbidden".into());
+        let c = api_condition(&o);
+        assert_eq!((c.ok, c.reason.as_str()), (false, FAILED_CREATE));
+        assert!(
+            c.message
+                .starts_with("ReplicaSet d-1: FailedCreate: forbidden; Deployment d: 0/1 ready"),
+            "{}",
+            c.message
+        );
     }
 
     #[test]

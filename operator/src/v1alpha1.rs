@@ -147,6 +147,31 @@ pub struct AppstrateSpec {
     /// Resources of the API container.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
+
+    /// NetworkPolicies that let only this instance's API pods reach the managed PostgreSQL,
+    /// Redis and MinIO.
+    #[serde(default)]
+    pub network_policy: NetworkPolicySpec,
+}
+
+/// `spec.networkPolicy`.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkPolicySpec {
+    /// Reconcile the NetworkPolicies (default true). Turn off where another tool manages
+    /// NetworkPolicies; without a policy engine in the cluster they are stored but not enforced.
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+}
+
+impl Default for NetworkPolicySpec {
+    fn default() -> Self {
+        NetworkPolicySpec { enabled: true }
+    }
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// One entry of `spec.extraEnv`: the shape of a container's `EnvVar`.
@@ -243,11 +268,11 @@ const QUANTITY_PATTERN: &str = r"^[0-9]+(\.[0-9]+)?(Ki|Mi|Gi|Ti|Pi|Ei|k|M|G|T|P|
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, KubeSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DataVolume {
-    /// Requested size. It can grow (when the storage class allows expansion), never shrink.
+    /// Requested size. It can grow (when the storage class allows expansion), never below the
+    /// size the PersistentVolumeClaim already has; the operator compares with the live claim, so
+    /// a refused growth can be taken back.
     #[serde(default = "default_data_size")]
     #[schemars(regex(pattern = QUANTITY_PATTERN), length(max = 64))]
-    // Transition rule with the CEL quantity library (Kubernetes >= 1.30).
-    #[x_kube(validation = Rule::new("quantity(self).compareTo(quantity(oldSelf)) >= 0").message("spec.dataVolume.size cannot shrink: a PersistentVolumeClaim can only grow"))]
     pub size: String,
     /// Storage class; the cluster default when absent.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -1,5 +1,5 @@
 //! Cross-cutting request handling: request ids, problem rendering, access log and metrics (outermost),
-//! the route-template recorder, per-route rate limits and idempotency.
+//! the route-template recorder and per-route rate limits.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -10,14 +10,11 @@ use axum::http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use http_body_util::BodyExt;
-use sha2::{Digest, Sha256};
 use tracing::Instrument;
 
 use super::auth::Auth;
 use super::error::{render_problem, ApiError};
-use super::json::{payload_too_large, read_body};
-use crate::infra::database::IdempotencyState;
+use super::json::payload_too_large;
 use crate::infra::ratelimit::RateDecision;
 use crate::metrics::{RequestLabels, RouteLabels, RouteOnly};
 use crate::state::AppState;
@@ -43,7 +40,25 @@ pub async fn record_route(req: Request, next: Next) -> Response {
     res
 }
 
-/// Outermost layer: request id, shutdown gate, problem rendering, access log and metrics.
+/// During graceful shutdown (§5.3 step 1) a mutating request gets 503 `shutting_down`; GETs are still
+/// served. Attached to the API routes only: the runner's event sink (`/events`, `/events/heartbeat`,
+/// `/events/finalize`) keeps working until the last run is finalized or the grace period ends, so a run
+/// that finishes during the grace keeps its outcome.
+pub async fn shutdown_gate(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    if state.is_shutting_down()
+        && !matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS)
+    {
+        return ApiError::unavailable(
+            "shutting_down",
+            "The server is shutting down; retry shortly",
+        )
+        .with_header(RETRY_AFTER, "5")
+        .into_response();
+    }
+    next.run(req).await
+}
+
+/// Outermost layer: request id, problem rendering, access log and metrics.
 pub async fn outer(State(state): State<AppState>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
     let request_id = format!("req_{}", uuid::Uuid::new_v4());
@@ -52,18 +67,7 @@ pub async fn outer(State(state): State<AppState>, mut req: Request, next: Next) 
     let path = req.uri().path().to_string();
     let span = tracing::info_span!("request", request_id = %request_id);
 
-    let mut res = if state.is_shutting_down()
-        && !matches!(method, Method::GET | Method::HEAD | Method::OPTIONS)
-    {
-        ApiError::unavailable(
-            "shutting_down",
-            "The server is shutting down; retry shortly",
-        )
-        .with_header(RETRY_AFTER, "5")
-        .into_response()
-    } else {
-        next.run(req).instrument(span.clone()).await
-    };
+    let mut res = next.run(req).instrument(span.clone()).await;
 
     finish_problem(&mut res, &request_id, &method, &path);
     if let Ok(v) = HeaderValue::from_str(&request_id) {
@@ -77,11 +81,13 @@ pub async fn outer(State(state): State<AppState>, mut req: Request, next: Next) 
         .unwrap_or_else(|| "unmatched".to_string());
     let status = res.status().as_u16();
     let elapsed = started.elapsed();
+    // Bounded label values: a client chooses the method and the path, not the number of series.
+    let method_label = crate::metrics::method_label(&method);
     state
         .metrics
         .http_requests
         .get_or_create(&RequestLabels {
-            method: method.to_string(),
+            method: method_label.to_string(),
             route: route.clone(),
             status,
         })
@@ -90,7 +96,7 @@ pub async fn outer(State(state): State<AppState>, mut req: Request, next: Next) 
         .metrics
         .http_duration
         .get_or_create(&RouteLabels {
-            method: method.to_string(),
+            method: method_label.to_string(),
             route: route.clone(),
         })
         .observe(elapsed.as_secs_f64());
@@ -314,126 +320,5 @@ pub async fn hit_limit(
             state.metrics.rate_limiter_errors.inc();
             Ok(())
         }
-    }
-}
-
-fn valid_idempotency_key(key: &str) -> bool {
-    (1..=255).contains(&key.len()) && key.bytes().all(|b| (0x21..=0x7e).contains(&b))
-}
-
-/// `Idempotency-Key` handling for the routes that support it (§8).
-pub async fn idempotency(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    match idempotency_inner(state, req, next).await {
-        Ok(r) => r,
-        Err(e) => e.into_response(),
-    }
-}
-
-async fn idempotency_inner(
-    state: AppState,
-    req: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
-    let Some(raw) = req.headers().get("idempotency-key") else {
-        return Ok(next.run(req).await);
-    };
-    let key = raw
-        .to_str()
-        .ok()
-        .filter(|k| valid_idempotency_key(k))
-        .ok_or_else(|| {
-            ApiError::bad_request(
-                "invalid_idempotency_key",
-                "Idempotency-Key must be 1-255 printable ASCII characters",
-            )
-            .with_param("Idempotency-Key")
-        })?
-        .to_string();
-    let auth = req
-        .extensions()
-        .get::<Auth>()
-        .cloned()
-        .ok_or_else(|| ApiError::internal("idempotency without authentication"))?;
-    let app_id = auth.app()?.id.clone();
-    let (parts, body) = req.into_parts();
-    let bytes = read_body(Request::from_parts(parts.clone(), body)).await?;
-    let hash = hex::encode(Sha256::digest(&bytes));
-    let db = &state.infra.db;
-    match db
-        .idempotency_begin(&auth.org_id, &app_id, &key, &hash)
-        .await?
-    {
-        IdempotencyState::Acquired => {}
-        IdempotencyState::InProgress { body_hash } => {
-            return Err(if body_hash != hash {
-                conflict()
-            } else {
-                ApiError::conflict(
-                    "idempotency_in_progress",
-                    "A request with this Idempotency-Key is still being processed",
-                )
-            });
-        }
-        IdempotencyState::Completed {
-            body_hash,
-            status,
-            body,
-        } => {
-            if body_hash != hash {
-                return Err(conflict());
-            }
-            let mut res = Response::new(Body::from(body));
-            *res.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
-            res.headers_mut()
-                .insert(CONTENT_TYPE, HeaderValue::from_static("application/json"));
-            res.headers_mut()
-                .insert("idempotent-replayed", HeaderValue::from_static("true"));
-            return Ok(res);
-        }
-    }
-    let res = next
-        .run(Request::from_parts(parts, Body::from(bytes)))
-        .await;
-    if !res.status().is_success() {
-        db.idempotency_release(&auth.org_id, &app_id, &key).await?;
-        return Ok(res);
-    }
-    let (parts, body) = res.into_parts();
-    let body = match body.collect().await {
-        Ok(b) => b.to_bytes(),
-        Err(e) => {
-            db.idempotency_release(&auth.org_id, &app_id, &key).await?;
-            return Err(ApiError::internal(e));
-        }
-    };
-    db.idempotency_complete(
-        &auth.org_id,
-        &app_id,
-        &key,
-        parts.status.as_u16(),
-        &String::from_utf8_lossy(&body),
-    )
-    .await?;
-    Ok(Response::from_parts(parts, Body::from(body)))
-}
-
-fn conflict() -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "idempotency_conflict",
-        "This Idempotency-Key was used with a different request body",
-    )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::valid_idempotency_key;
-
-    #[test]
-    fn idempotency_keys() {
-        assert!(valid_idempotency_key("abc-123"));
-        assert!(!valid_idempotency_key(""));
-        assert!(!valid_idempotency_key("has space"));
-        assert!(!valid_idempotency_key(&"x".repeat(256)));
     }
 }

@@ -2,6 +2,7 @@
 
 pub mod auth;
 pub mod error;
+pub mod idempotency;
 pub mod json;
 pub mod list;
 pub mod middleware;
@@ -22,7 +23,8 @@ use utoipa::openapi::Server;
 use utoipa::{Modify, OpenApi};
 
 use self::error::ApiError;
-use self::middleware::{idempotency, outer, rate_limit, record_route, Limit};
+use self::idempotency::idempotency;
+use self::middleware::{outer, rate_limit, record_route, shutdown_gate, Limit};
 use self::routes::{
     api_keys, applications, end_users, meta, packages, realtime, runs, schedules, webhooks,
 };
@@ -93,7 +95,7 @@ pub fn router(state: AppState) -> Router {
     let rl = |limit: u32, window_secs: u64| {
         from_fn_with_state((state.clone(), Limit { limit, window_secs }), rate_limit)
     };
-    let idem = || from_fn_with_state(state.clone(), idempotency);
+    let idem = |scope: &'static str| from_fn_with_state((state.clone(), scope), idempotency);
 
     let api = Router::new()
         .route(
@@ -122,7 +124,7 @@ pub fn router(state: AppState) -> Router {
             "/api/end-users",
             get(end_users::list).route_layer(rl(300, 60)).merge(
                 post(end_users::create)
-                    .route_layer(idem())
+                    .route_layer(idem("end-users:write"))
                     .route_layer(rl(60, 60)),
             ),
         )
@@ -138,7 +140,10 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::runs::router(&state))
         .merge(routes::schedules::router(&state))
         .merge(routes::webhooks::router(&state))
-        .route_layer(from_fn_with_state(state.clone(), auth::require_auth));
+        .route_layer(from_fn_with_state(state.clone(), auth::require_auth))
+        // Outside authentication: a mutating API request during shutdown is refused before any work.
+        // The sink routes below are not gated (§5.3: runs may still finish during the grace).
+        .route_layer(from_fn_with_state(state.clone(), shutdown_gate));
 
     let public = Router::new()
         .route("/health", get(meta::health))

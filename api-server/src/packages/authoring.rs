@@ -150,7 +150,7 @@ pub async fn mutable_package(
     {
         Some(p) if p.org_id.is_none() => Err(system_package(id)),
         Some(p) => Ok(p),
-        None => Err(ApiError::not_found(format!("Package {id} not found"))),
+        None => Err(super::store::package_not_found(&id.to_string())),
     }
 }
 

@@ -112,6 +112,7 @@ pub async fn import_parsed(
     };
     let existing = db.find_org_package(&auth.org_id, &id).await?;
     if let Some(p) = &existing {
+        ensure_installed(state, auth, p).await?;
         if let Some(v) = db.get_package_version(&p.id, &version).await? {
             if v.integrity != pkg.integrity {
                 return Err(conflict());
@@ -140,6 +141,8 @@ pub async fn import_parsed(
                 .find_org_package(&auth.org_id, &id)
                 .await?
                 .ok_or_else(conflict)?;
+            // The winner created it for its own application: this one may not join it.
+            ensure_installed(state, auth, &p).await?;
             let v = db
                 .get_package_version(&p.id, &version)
                 .await?
@@ -162,6 +165,32 @@ pub async fn import_parsed(
         version: version_row,
         created: true,
     })
+}
+
+/// The answer for a package the caller's application cannot see, whoever owns it: an import or publish
+/// aimed at a package of another application of the organization gets exactly what one aimed at another
+/// organization's package gets, so nothing about it is revealed.
+pub(super) fn package_not_found(id: &str) -> ApiError {
+    ApiError::not_found(format!("Package {id} not found"))
+}
+
+/// Refuses to touch the organization package `p` unless it is installed in the caller's application, or
+/// the caller is an admin token (which acts for every application of the organization). Package ids are
+/// unique per organization, so without this an API key of one application could add a version (the new
+/// latest) to a package only another application uses, and change what that application runs.
+async fn ensure_installed(state: &AppState, auth: &Auth, p: &PackageRow) -> Result<(), ApiError> {
+    if auth.is_admin() {
+        return Ok(());
+    }
+    let visible = state
+        .infra
+        .db
+        .find_visible_package(&auth.app()?.id, &p.package_id)
+        .await?;
+    match visible {
+        Some(v) if v.id == p.id => Ok(()),
+        _ => Err(package_not_found(&p.package_id)),
+    }
 }
 
 /// What one boot-time sync did.

@@ -10,7 +10,7 @@ pub mod verdict;
 use serde_json::{json, Value};
 
 use crate::infra::database::runs::{RunLogRow, RunRow};
-use crate::infra::pubsub::Topic;
+use crate::infra::pubsub::Channel;
 use crate::state::AppState;
 
 pub use runtime::{finalize_run, stop_run, Runtime};
@@ -93,7 +93,7 @@ pub async fn publish(state: &AppState, event: &str, run: &RunRow, data: Value) {
     if let Err(e) = state
         .infra
         .pubsub
-        .publish(Topic::RunEvents, frame(event, run, data))
+        .publish(&Channel::run_events(&run.org_id), frame(event, run, data))
         .await
     {
         tracing::warn!(run_id = %run.id, error = %e, "could not publish a run event");

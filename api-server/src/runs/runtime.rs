@@ -15,7 +15,7 @@ use super::verdict::{self, Outcome};
 use crate::config::{Config, LlmApi};
 use crate::infra::database::now;
 use crate::infra::database::runs::{Finalization, RunRow};
-use crate::infra::pubsub::Topic;
+use crate::infra::pubsub::{Channel, Delivery};
 use crate::infra::run_adapter::{RunAdapter, WorkloadSpec};
 use crate::packages::RunIntegration;
 use crate::state::AppState;
@@ -40,7 +40,8 @@ pub struct Runtime {
     pub adapter: Arc<dyn RunAdapter>,
     active: Mutex<HashMap<String, ActiveRun>>,
     pub sink: SinkState,
-    waiters: Mutex<HashMap<String, usize>>,
+    waiters: Arc<Slots>,
+    streams: Arc<Slots>,
     /// Set when graceful shutdown begins (§5.3 step 1): SSE streams and long-polls end.
     shutting_down: watch::Sender<bool>,
 }
@@ -51,7 +52,8 @@ impl Runtime {
             adapter,
             active: Mutex::new(HashMap::new()),
             sink: SinkState::default(),
-            waiters: Mutex::new(HashMap::new()),
+            waiters: Slots::new(MAX_WAITS_PER_IDENTITY),
+            streams: Slots::new(MAX_STREAMS_PER_IDENTITY),
             shutting_down: watch::channel(false).0,
         }
     }
@@ -76,34 +78,65 @@ impl Runtime {
         Some(run.done.clone())
     }
 
-    /// Takes one long-poll slot for `identity` (at most 10 at once); `None` when they are all taken.
-    pub fn enter_wait(self: &Arc<Self>, identity: &str) -> Option<WaitSlot> {
-        let mut w = self.waiters.lock().unwrap_or_else(|e| e.into_inner());
+    /// Takes one long-poll slot for `identity` (at most [`MAX_WAITS_PER_IDENTITY`] at once); `None`
+    /// when they are all taken.
+    pub fn enter_wait(&self, identity: &str) -> Option<Slot> {
+        self.waiters.enter(identity)
+    }
+
+    /// Takes one SSE stream slot for `identity` (at most [`MAX_STREAMS_PER_IDENTITY`] at once); `None`
+    /// when they are all taken.
+    pub fn enter_stream(&self, identity: &str) -> Option<Slot> {
+        self.streams.enter(identity)
+    }
+}
+
+/// Concurrent long-polls per identity (§11.7).
+pub const MAX_WAITS_PER_IDENTITY: usize = 10;
+/// Concurrent SSE streams per identity (one API key, admin token or end-user impersonation).
+pub const MAX_STREAMS_PER_IDENTITY: usize = 10;
+
+/// Counted slots per identity, with a ceiling.
+pub struct Slots {
+    limit: usize,
+    held: Mutex<HashMap<String, usize>>,
+}
+
+impl Slots {
+    fn new(limit: usize) -> Arc<Slots> {
+        Arc::new(Slots {
+            limit,
+            held: Mutex::new(HashMap::new()),
+        })
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    fn enter(self: &Arc<Self>, identity: &str) -> Option<Slot> {
+        let mut w = self.held.lock().unwrap_or_else(|e| e.into_inner());
         let n = w.entry(identity.to_string()).or_insert(0);
-        if *n >= 10 {
+        if *n >= self.limit {
             return None;
         }
         *n += 1;
-        Some(WaitSlot {
-            runtime: self.clone(),
+        Some(Slot {
+            slots: self.clone(),
             identity: identity.to_string(),
         })
     }
 }
 
-/// A held long-poll slot, released on drop.
-pub struct WaitSlot {
-    runtime: Arc<Runtime>,
+/// A held slot (long-poll or SSE stream), released on drop.
+pub struct Slot {
+    slots: Arc<Slots>,
     identity: String,
 }
 
-impl Drop for WaitSlot {
+impl Drop for Slot {
     fn drop(&mut self) {
-        let mut w = self
-            .runtime
-            .waiters
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut w = self.slots.held.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(n) = w.get_mut(&self.identity) {
             *n = n.saturating_sub(1);
             if *n == 0 {
@@ -455,7 +488,7 @@ pub async fn stop_run(state: &AppState, run_id: &str, outcome: Outcome) -> anyho
     if let Err(e) = state
         .infra
         .pubsub
-        .publish(Topic::RunCancel, run_id.to_string())
+        .publish(&Channel::run_cancel(), run_id.to_string())
         .await
     {
         tracing::warn!(run_id, error = %e, "could not publish a cancellation");
@@ -466,19 +499,66 @@ pub async fn stop_run(state: &AppState, run_id: &str, outcome: Outcome) -> anyho
     finalize_run(state, run_id, outcome).await
 }
 
+/// Stops the local workloads of runs cancelled on any instance (`appstrate:runs:cancel`). After a lag
+/// (or a pub/sub outage) the cancellations it may have missed are recovered from the database: every run
+/// held here that is already terminal there is stopped.
+async fn cancel_listener(state: AppState) {
+    let mut stream = loop {
+        match state.infra.pubsub.subscribe(&Channel::run_cancel()).await {
+            Ok(s) => break s,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot subscribe to run cancellations; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        }
+    };
+    // Ends only when the adapter is gone.
+    while let Some(delivery) = stream.next().await {
+        match delivery {
+            Delivery::Message(run_id) => {
+                state.runs.request_stop(&run_id, StopRequest::External);
+            }
+            Delivery::Lagged => {
+                tracing::warn!("run cancellations lagged; re-reading the runs held here");
+                let s = state.clone();
+                tokio::spawn(async move {
+                    stop_runs_finalized_elsewhere(&s).await;
+                    // A cancelling instance publishes before it finalizes: look again once its write
+                    // has landed.
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    stop_runs_finalized_elsewhere(&s).await;
+                });
+            }
+        }
+    }
+}
+
+/// Stops every workload held here whose run the database says is terminal (finalized by another
+/// instance: a cancel whose message was missed).
+pub async fn stop_runs_finalized_elsewhere(state: &AppState) {
+    let ids: Vec<String> = state
+        .runs
+        .active
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .keys()
+        .cloned()
+        .collect();
+    for id in ids {
+        match state.infra.db.get_run(&id).await {
+            Ok(Some(run)) if run.is_terminal() => {
+                state.runs.request_stop(&id, StopRequest::External);
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!(run_id = %id, error = %e, "could not re-read a run"),
+        }
+    }
+}
+
 /// Background work of the run side: cross-instance cancellation and the watchdog.
 pub async fn start_workers(state: &AppState) {
-    match state.infra.pubsub.subscribe(Topic::RunCancel).await {
-        Ok(mut stream) => {
-            let s = state.clone();
-            tokio::spawn(async move {
-                while let Some(run_id) = stream.next().await {
-                    s.runs.request_stop(&run_id, StopRequest::External);
-                }
-            });
-        }
-        Err(e) => tracing::error!(error = %e, "cannot subscribe to run cancellations"),
-    }
+    let s = state.clone();
+    tokio::spawn(cancel_listener(s));
     let s = state.clone();
     tokio::spawn(async move {
         let base = s.config.run_watchdog_interval_seconds as f64;

@@ -35,6 +35,7 @@ pub fn schedule_dto(s: &ScheduleRow) -> Value {
         "version_override": s.version_override,
         "last_run_at": s.last_run_at,
         "next_run_at": s.next_run_at,
+        "disabled_reason": s.disabled_reason,
         "createdAt": s.created_at,
         "updatedAt": s.updated_at,
     })
@@ -63,14 +64,21 @@ pub fn next_run_at(spec: &CronSpec, enabled: bool) -> Option<Timestamp> {
     }
 }
 
-/// Why a schedule's actor can no longer act.
-struct ActorGone(String);
+/// Why a schedule cannot fire as its actor any more.
+enum ActorGone {
+    /// The actor (application or end-user) is gone: the occurrence records a failed run.
+    Actor(String),
+    /// The credential that made (or last took over) the schedule no longer exists, was revoked, expired
+    /// or cannot start runs: the occurrence is skipped, without a run.
+    Credential(String),
+}
 
-/// Rebuilds the actor fixed at creation: its application, its key's scopes (or admin) and its end-user.
+/// Rebuilds the actor fixed at creation: its application, its credential (re-checked at every fire: it
+/// must exist, be unrevoked and unexpired, and an API key must still hold `agents:run`) and its end-user.
 async fn actor(state: &AppState, s: &ScheduleRow) -> anyhow::Result<Result<Auth, ActorGone>> {
     let db = &state.infra.db;
     let Some(app) = db.get_application(&s.org_id, &s.application_id).await? else {
-        return Ok(Err(ActorGone(
+        return Ok(Err(ActorGone::Actor(
             "The schedule's application no longer exists".into(),
         )));
     };
@@ -83,37 +91,15 @@ async fn actor(state: &AppState, s: &ScheduleRow) -> anyhow::Result<Result<Auth,
         match found {
             Some(eu) => end_user = Some(eu),
             None => {
-                return Ok(Err(ActorGone(
+                return Ok(Err(ActorGone::Actor(
                     "The schedule's end-user was deleted; the schedule is disabled".into(),
                 )))
             }
         }
     }
-    let credential = if s.actor_type == ACTOR_ADMIN {
-        Credential::Admin {
-            id: format!("schedule:{}", s.id),
-        }
-    } else {
-        let key = match &s.api_key_id {
-            Some(id) => db.get_api_key_by_id(id).await?,
-            None => None,
-        };
-        let at = now();
-        match key {
-            Some(k) if k.revoked_at.is_none() && k.expires_at.is_none_or(|e| e > at) => {
-                Credential::ApiKey {
-                    id: k.id,
-                    application_id: k.application_id,
-                    scopes: k.scopes.0,
-                }
-            }
-            _ => {
-                return Ok(Err(ActorGone(
-                    "The schedule's API key was revoked or expired; the schedule is disabled"
-                        .into(),
-                )))
-            }
-        }
+    let credential = match credential(state, s).await? {
+        Ok(c) => c,
+        Err(reason) => return Ok(Err(ActorGone::Credential(reason))),
     };
     Ok(Ok(Auth {
         org_id: s.org_id.clone(),
@@ -121,6 +107,53 @@ async fn actor(state: &AppState, s: &ScheduleRow) -> anyhow::Result<Result<Auth,
         application: Some(app),
         end_user,
     }))
+}
+
+/// The schedule's credential, if it may still start runs; else why not.
+async fn credential(
+    state: &AppState,
+    s: &ScheduleRow,
+) -> anyhow::Result<Result<Credential, String>> {
+    let db = &state.infra.db;
+    if s.actor_type == ACTOR_ADMIN {
+        let Some(id) = &s.admin_token_id else {
+            return Ok(Err(
+                "The schedule was created by an admin token before creating tokens were recorded; \
+                 an edit by an admin token or an API key with agents:run makes it theirs"
+                    .into(),
+            ));
+        };
+        return Ok(match db.get_admin_token_by_id(id).await? {
+            Some(t) if t.revoked_at.is_none() && t.org_id == s.org_id => {
+                Ok(Credential::Admin { id: t.id })
+            }
+            Some(_) => Err("The schedule's admin token was revoked".into()),
+            None => Err("The schedule's admin token no longer exists".into()),
+        });
+    }
+    let key = match &s.api_key_id {
+        Some(id) => db.get_api_key_by_id(id).await?,
+        None => None,
+    };
+    let at = now();
+    Ok(match key {
+        None => Err("The schedule's API key no longer exists".into()),
+        Some(k) if k.revoked_at.is_some() => Err("The schedule's API key was revoked".into()),
+        Some(k) if k.expires_at.is_some_and(|e| e <= at) => {
+            Err("The schedule's API key expired".into())
+        }
+        Some(k) if k.application_id != s.application_id => {
+            Err("The schedule's API key belongs to another application".into())
+        }
+        Some(k) if !k.scopes.0.iter().any(|sc| sc == "agents:run") => {
+            Err("The schedule's API key lacks the agents:run scope".into())
+        }
+        Some(k) => Ok(Credential::ApiKey {
+            id: k.id,
+            application_id: k.application_id,
+            scopes: k.scopes.0,
+        }),
+    })
 }
 
 /// What one fire did.
@@ -132,6 +165,9 @@ pub enum FireOutcome {
     Failed(String),
     /// This occurrence already has a run.
     Duplicate,
+    /// The schedule's credential can no longer start runs: nothing ran, and the schedule was disabled
+    /// with this reason.
+    Skipped(String),
 }
 
 /// The creation-pipeline errors after which the schedule is disabled: its agent is gone.
@@ -149,6 +185,8 @@ enum NotStarted {
     Duplicate,
     /// The preflight failed; `disable` when the schedule's actor or agent is gone.
     Failed { reason: String, disable: bool },
+    /// The schedule's credential is gone: no run, and the schedule is disabled.
+    CredentialGone(String),
 }
 
 /// Fires one occurrence of `s`.
@@ -156,15 +194,32 @@ pub async fn fire(state: &AppState, s: &ScheduleRow, scheduled_for: Timestamp) -
     match try_fire(state, s, scheduled_for).await {
         Ok(run_id) => FireOutcome::Started(run_id),
         Err(NotStarted::Duplicate) => FireOutcome::Duplicate,
-        Err(NotStarted::Failed { reason, disable }) => {
-            if disable {
-                tracing::warn!(schedule_id = %s.id, reason = %reason, "schedule disabled");
-                if let Err(e) = state.infra.db.disable_schedule(&s.id, now()).await {
-                    tracing::warn!(schedule_id = %s.id, error = %e, "could not disable a schedule");
-                }
+        Err(NotStarted::CredentialGone(reason)) => {
+            tracing::warn!(
+                schedule_id = %s.id,
+                scheduled_for = %scheduled_for,
+                reason = %reason,
+                "scheduled occurrence skipped: its credential can no longer start runs"
+            );
+            disable(state, s, &reason).await;
+            FireOutcome::Skipped(reason)
+        }
+        Err(NotStarted::Failed {
+            reason,
+            disable: off,
+        }) => {
+            if off {
+                disable(state, s, &reason).await;
             }
             record_failed(state, s, scheduled_for, &reason).await
         }
+    }
+}
+
+async fn disable(state: &AppState, s: &ScheduleRow, reason: &str) {
+    tracing::warn!(schedule_id = %s.id, reason = %reason, "schedule disabled");
+    if let Err(e) = state.infra.db.disable_schedule(&s.id, now(), reason).await {
+        tracing::warn!(schedule_id = %s.id, error = %e, "could not disable a schedule");
     }
 }
 
@@ -175,12 +230,13 @@ async fn try_fire(
 ) -> Result<String, NotStarted> {
     let auth = match actor(state, s).await {
         Ok(Ok(a)) => a,
-        Ok(Err(ActorGone(reason))) => {
+        Ok(Err(ActorGone::Actor(reason))) => {
             return Err(NotStarted::Failed {
                 reason,
                 disable: true,
             })
         }
+        Ok(Err(ActorGone::Credential(reason))) => return Err(NotStarted::CredentialGone(reason)),
         Err(e) => {
             return Err(NotStarted::Failed {
                 reason: format!("Could not resolve the schedule's actor: {e}"),
@@ -338,7 +394,13 @@ pub async fn tick_schedule(
     }
     let mut out = Vec::new();
     for at in &times {
-        out.push(fire(state, s, *at).await);
+        let outcome = fire(state, s, *at).await;
+        let skipped = matches!(outcome, FireOutcome::Skipped(_));
+        out.push(outcome);
+        if skipped {
+            // Disabled: no later occurrence fires, and a skipped one is not a run.
+            return out;
+        }
     }
     // The first occurrence after the window just covered: the next poll starts there.
     let next = spec.next_after(until);

@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use appstrate::infra::database::Timestamp;
-use appstrate::infra::pubsub::{LocalPubSub, PubSub, RedisPubSub, Topic};
+use appstrate::infra::pubsub::{Channel, Delivery, LocalPubSub, PubSub, RedisPubSub};
 use appstrate::infra::queue::{
     CronTick, Job, JobHandler, JobQueue, LocalQueue, RedisQueue, RedisQueueOptions,
 };
@@ -30,10 +30,14 @@ async fn redis(server: &RedisServer) -> Redis {
         .expect("connect to the test redis-server")
 }
 
-async fn next(stream: &mut futures::stream::BoxStream<'static, String>) -> Option<String> {
+async fn next(stream: &mut futures::stream::BoxStream<'static, Delivery>) -> Option<Delivery> {
     tokio::time::timeout(Duration::from_secs(10), stream.next())
         .await
-        .expect("a message within 10 s")
+        .expect("a delivery within 10 s")
+}
+
+fn msg(s: &str) -> Option<Delivery> {
+    Some(Delivery::Message(s.to_string()))
 }
 
 // ---------------------------------------------------------------------------------------------------
@@ -41,52 +45,64 @@ async fn next(stream: &mut futures::stream::BoxStream<'static, String>) -> Optio
 // ---------------------------------------------------------------------------------------------------
 
 async fn pubsub_conformance(a: Arc<dyn PubSub>, b: Arc<dyn PubSub>) {
-    // Fan-out to every subscriber of every instance, in order; topics are isolated.
-    let mut on_a = a.subscribe(Topic::RunEvents).await.unwrap();
-    let mut on_b1 = b.subscribe(Topic::RunEvents).await.unwrap();
-    let mut on_b2 = b.subscribe(Topic::RunEvents).await.unwrap();
-    let mut cancels_b = b.subscribe(Topic::RunCancel).await.unwrap();
+    let acme = Channel::run_events("org_acme");
+    let other = Channel::run_events("org_other");
+    let cancel = Channel::run_cancel();
+    // Fan-out to every subscriber of every instance, in order; channels are isolated.
+    let mut on_a = a.subscribe(&acme).await.unwrap();
+    let mut on_b1 = b.subscribe(&acme).await.unwrap();
+    let mut on_b2 = b.subscribe(&acme).await.unwrap();
+    let mut other_b = b.subscribe(&other).await.unwrap();
+    let mut cancels_b = b.subscribe(&cancel).await.unwrap();
     for i in 0..50 {
-        a.publish(Topic::RunEvents, format!("event-{i}"))
-            .await
-            .unwrap();
+        a.publish(&acme, format!("event-{i}")).await.unwrap();
     }
-    b.publish(Topic::RunCancel, "run_x".into()).await.unwrap();
+    b.publish(&cancel, "run_x".into()).await.unwrap();
+    a.publish(&other, "other-1".into()).await.unwrap();
     for s in [&mut on_a, &mut on_b1, &mut on_b2] {
         for i in 0..50 {
-            assert_eq!(next(s).await.unwrap(), format!("event-{i}"));
+            assert_eq!(next(s).await, msg(&format!("event-{i}")));
         }
     }
-    assert_eq!(next(&mut cancels_b).await.unwrap(), "run_x");
-    // The cancel went to the cancel topic only: the next event is the next one published on events.
-    a.publish(Topic::RunEvents, "after".into()).await.unwrap();
-    assert_eq!(next(&mut on_b1).await.unwrap(), "after");
+    assert_eq!(next(&mut cancels_b).await, msg("run_x"));
+    assert_eq!(next(&mut other_b).await, msg("other-1"));
+    // The cancel and the other organization's event went to their own channels only.
+    a.publish(&acme, "after".into()).await.unwrap();
+    assert_eq!(next(&mut on_b1).await, msg("after"));
 
-    // A subscriber that falls behind by more than the capacity (1024) is dropped: its stream ends, while
-    // one that keeps up sees everything.
-    let mut slow = b.subscribe(Topic::RunEvents).await.unwrap();
-    let mut fast = b.subscribe(Topic::RunEvents).await.unwrap();
+    // 1,100 frames to a stalled subscriber (more than the capacity, 1024): it is told it lagged, then
+    // goes on with the newest frames still held and every later one. One that keeps up sees everything,
+    // and a subscriber of another organization sees its own frames without any lag.
+    let mut stalled = b.subscribe(&acme).await.unwrap();
+    let mut fast = b.subscribe(&acme).await.unwrap();
     let reader = tokio::spawn(async move {
         for i in 0..1100 {
-            assert_eq!(next(&mut fast).await.unwrap(), format!("m{i}"));
+            assert_eq!(next(&mut fast).await, msg(&format!("m{i}")));
         }
     });
     for i in 0..1100 {
-        a.publish(Topic::RunEvents, format!("m{i}")).await.unwrap();
+        a.publish(&acme, format!("m{i}")).await.unwrap();
         // Let the fast reader keep up (an in-process publish never yields by itself).
         tokio::task::yield_now().await;
     }
+    a.publish(&other, "other-2".into()).await.unwrap();
     reader.await.unwrap();
-    assert_eq!(
-        next(&mut slow).await,
-        None,
-        "a lagging subscriber is dropped"
-    );
+    assert_eq!(next(&mut other_b).await, msg("other-2"));
+    assert_eq!(next(&mut stalled).await, Some(Delivery::Lagged));
+    assert_eq!(next(&mut stalled).await, msg(&format!("m{}", 1100 - 1024)));
+    for i in 1100 - 1024 + 1..1100 {
+        assert_eq!(next(&mut stalled).await, msg(&format!("m{i}")));
+    }
+    a.publish(&acme, "after-lag".into()).await.unwrap();
+    assert_eq!(next(&mut stalled).await, msg("after-lag"));
+    // A cancel published after the burst still reaches the cancel subscriber.
+    a.publish(&cancel, "run_y".into()).await.unwrap();
+    assert_eq!(next(&mut cancels_b).await, msg("run_y"));
 
     // Publishing with no subscriber left is fine.
-    drop((on_a, on_b1, on_b2, cancels_b, slow));
-    a.publish(Topic::RunEvents, "nobody".into()).await.unwrap();
-    b.publish(Topic::RunCancel, "nobody".into()).await.unwrap();
+    drop((on_a, on_b1, on_b2, other_b, cancels_b, stalled));
+    a.publish(&acme, "nobody".into()).await.unwrap();
+    b.publish(&cancel, "nobody".into()).await.unwrap();
 }
 
 #[tokio::test]
@@ -104,15 +120,37 @@ async fn pubsub_conformance_redis() {
     pubsub_conformance(Arc::new(a), Arc::new(b)).await;
 }
 
+/// The idle probe (`PING` every 10 s on the subscriber connection) keeps the connection: it is not
+/// mistaken for a broken one and re-established, which would lose the messages published meanwhile.
+#[tokio::test]
+async fn redis_pubsub_keeps_its_subscriber_connection_across_idle_probes() {
+    let server = require!(RedisServer::start());
+    let a = RedisPubSub::connect(redis(&server).await).await.unwrap();
+    let mut cancels = a.subscribe(&Channel::run_cancel()).await.unwrap();
+    tokio::time::sleep(Duration::from_secs(11)).await;
+    assert_eq!(
+        a.connections(),
+        1,
+        "the subscriber connection was re-established"
+    );
+    a.publish(&Channel::run_cancel(), "run_z".into())
+        .await
+        .unwrap();
+    assert_eq!(next(&mut cancels).await, msg("run_z"));
+}
+
+/// After a Redis restart the subscriber resubscribes on its own; every open stream is told that frames
+/// may have been missed (so its owner re-reads the database), then delivery goes on.
 #[tokio::test]
 async fn redis_pubsub_resubscribes_after_a_redis_restart() {
     let mut server = require!(RedisServer::start());
     let a = RedisPubSub::connect(redis(&server).await).await.unwrap();
     let b = RedisPubSub::connect(redis(&server).await).await.unwrap();
-    let mut events = b.subscribe(Topic::RunEvents).await.unwrap();
-    let mut cancels = b.subscribe(Topic::RunCancel).await.unwrap();
-    a.publish(Topic::RunEvents, "before".into()).await.unwrap();
-    assert_eq!(next(&mut events).await.unwrap(), "before");
+    let acme = Channel::run_events("org_acme");
+    let mut events = b.subscribe(&acme).await.unwrap();
+    let mut cancels = b.subscribe(&Channel::run_cancel()).await.unwrap();
+    a.publish(&acme, "before".into()).await.unwrap();
+    assert_eq!(next(&mut events).await, msg("before"));
 
     server.restart();
     // The subscriber reconnects on its own (backoff), and the open streams did not end.
@@ -122,7 +160,7 @@ async fn redis_pubsub_resubscribes_after_a_redis_restart() {
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         // The publisher's connection reconnects too; until then a publish may fail.
-        if a.publish(Topic::RunCancel, "run_after".into())
+        if a.publish(&Channel::run_cancel(), "run_after".into())
             .await
             .is_ok()
         {
@@ -131,9 +169,11 @@ async fn redis_pubsub_resubscribes_after_a_redis_restart() {
         assert!(Instant::now() < deadline, "publishing never recovered");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert_eq!(next(&mut cancels).await.unwrap(), "run_after");
-    a.publish(Topic::RunEvents, "after".into()).await.unwrap();
-    assert_eq!(next(&mut events).await.unwrap(), "after");
+    assert_eq!(next(&mut cancels).await, Some(Delivery::Lagged));
+    assert_eq!(next(&mut cancels).await, msg("run_after"));
+    a.publish(&acme, "after".into()).await.unwrap();
+    assert_eq!(next(&mut events).await, Some(Delivery::Lagged));
+    assert_eq!(next(&mut events).await, msg("after"));
 }
 
 // ---------------------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-//! A server killed mid-run (SIGKILL) and restarted: the run is failed and its runner is gone.
+//! A server killed mid-run (SIGKILL) and restarted: the run is failed and its runner is gone. A server
+//! stopped gracefully (SIGTERM) mid-run lets the run finish within the grace period.
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -136,4 +137,109 @@ async fn runs_left_by_a_killed_server_are_failed_at_the_next_boot() {
         libc::kill(server.id() as i32, libc::SIGTERM);
     }
     assert_eq!(server.wait().unwrap().code(), Some(0));
+}
+
+/// SIGTERM while a run waits on a slow model: with a generous grace the runner's `/events` and
+/// `/events/finalize` are still accepted during the shutdown, so the run ends `success` with its output
+/// and the server then exits 0 (§5.3 step 3).
+#[tokio::test]
+async fn a_run_finishing_during_the_shutdown_grace_keeps_its_output() {
+    let fake = FakeLlm::start(vec![
+        Turn::tool_call(
+            "log",
+            json!({"level": "info", "message": "before the slow call"}),
+        ),
+        Turn::tool_call("output", json!({"data": {"answer": 42}})).with_delay(2_500),
+    ])
+    .await;
+    let dir = tempfile::tempdir().unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let mut env = env(port, &fake.url());
+    env.push(("SHUTDOWN_GRACE_SECONDS", "60".into()));
+    let out = command(dir.path(), &["bootstrap"], &env).output().unwrap();
+    let boot: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let key = boot["apiKey"].as_str().unwrap().to_string();
+
+    let mut server = serve(dir.path(), &env, port).await;
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let base = format!("http://127.0.0.1:{port}");
+    let manifest = json!({"schema_version": "0.1", "name": "@tests/graceful", "version": "1.0.0", "type": "agent", "display_name": "Graceful"});
+    let run: Value = client
+        .post(format!("{base}/api/runs/inline"))
+        .bearer_auth(&key)
+        .json(&json!({"manifest": manifest, "prompt": "x"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = run["id"].as_str().unwrap().to_string();
+    // Mid-run: the first model call is answered (its log is stored), the second one is slow.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while fake.requests().len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "the runner never reached the slow call"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let sigterm = Instant::now();
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGTERM);
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Mutating API requests are refused meanwhile.
+    let refused = client
+        .post(format!("{base}/api/runs/inline"))
+        .bearer_auth(&key)
+        .json(&json!({"manifest": manifest, "prompt": "y"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 503);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = server.try_wait().unwrap() {
+            break status.code();
+        }
+        if Instant::now() > deadline {
+            let _ = server.kill();
+            panic!("the server did not exit after the run finished");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(0));
+    eprintln!("server exited {:?} after SIGTERM", sigterm.elapsed());
+
+    let mut server = serve(dir.path(), &env, port).await;
+    let run: Value = client
+        .get(format!("{base}/api/runs/{id}"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let logs: Value = client
+        .get(format!("{base}/api/runs/{id}/logs"))
+        .bearer_auth(&key)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    unsafe {
+        libc::kill(server.id() as i32, libc::SIGTERM);
+    }
+    assert_eq!(server.wait().unwrap().code(), Some(0));
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(run["result"]["output"]["answer"], 42, "{run}");
+    assert!(logs.to_string().contains("before the slow call"), "{logs}");
 }

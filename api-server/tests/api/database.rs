@@ -13,8 +13,8 @@ use appstrate::infra::database::schedules::{ScheduleFilter, ScheduleRow};
 use appstrate::infra::database::schema::{introspect_postgres, introspect_sqlite};
 use appstrate::infra::database::{
     connect_postgres, connect_sqlite, now, ConnectionRow, Database, DbError, EndUserFilter,
-    EndUserPatch, EndUserRow, IdempotencyState, NewApiKey, NewPackageVersion, PackageFilter, Page,
-    Timestamp,
+    EndUserPatch, EndUserRow, IdempotencyScope, IdempotencyState, NewApiKey, NewPackageVersion,
+    PackageFilter, Page, Timestamp,
 };
 use serde_json::{json, Value};
 use sqlx::types::Json;
@@ -422,47 +422,64 @@ async fn end_users_and_uniqueness(db: Arc<dyn Database>) {
 
 async fn idempotency_records(db: Arc<dyn Database>) {
     let (org_id, app_id) = org(&db).await;
+    let scope = |credential: &str, end_user: &str, key: &str| IdempotencyScope {
+        org_id: org_id.clone(),
+        application_id: app_id.clone(),
+        credential: credential.into(),
+        end_user_id: end_user.into(),
+        key: key.into(),
+    };
+    let k = scope("apikey:1", "", "k");
     assert_eq!(
-        db.idempotency_begin(&org_id, &app_id, "k", "body-1")
-            .await
-            .unwrap(),
+        db.idempotency_begin(&k, "body-1").await.unwrap(),
         IdempotencyState::Acquired
     );
     assert_eq!(
-        db.idempotency_begin(&org_id, &app_id, "k", "body-2")
-            .await
-            .unwrap(),
+        db.idempotency_begin(&k, "body-2").await.unwrap(),
         IdempotencyState::InProgress {
             body_hash: "body-1".into()
         }
     );
-    db.idempotency_complete(&org_id, &app_id, "k", 201, r#"{"id":"run_1"}"#)
+    db.idempotency_complete(&k, 201, "v1:k:sealed")
         .await
         .unwrap();
     assert_eq!(
-        db.idempotency_begin(&org_id, &app_id, "k", "body-1")
-            .await
-            .unwrap(),
+        db.idempotency_begin(&k, "body-1").await.unwrap(),
         IdempotencyState::Completed {
             body_hash: "body-1".into(),
             status: 201,
-            body: r#"{"id":"run_1"}"#.into()
+            body: "v1:k:sealed".into()
         }
     );
+    // The same key from another credential, or for another end-user of the same key, is another record.
+    for other in [scope("apikey:2", "", "k"), scope("apikey:1", "eu_1", "k")] {
+        assert_eq!(
+            db.idempotency_begin(&other, "body-1").await.unwrap(),
+            IdempotencyState::Acquired,
+            "{other:?}"
+        );
+    }
     // Another key, released after a failure: free again.
+    let k2 = scope("apikey:1", "", "k2");
     assert_eq!(
-        db.idempotency_begin(&org_id, &app_id, "k2", "b")
-            .await
-            .unwrap(),
+        db.idempotency_begin(&k2, "b").await.unwrap(),
         IdempotencyState::Acquired
     );
-    db.idempotency_release(&org_id, &app_id, "k2")
-        .await
-        .unwrap();
+    db.idempotency_release(&k2).await.unwrap();
     assert_eq!(
-        db.idempotency_begin(&org_id, &app_id, "k2", "b")
+        db.idempotency_begin(&k2, "b").await.unwrap(),
+        IdempotencyState::Acquired
+    );
+    // The sweep deletes records once they expire (24 h), whether or not their key comes back.
+    assert_eq!(db.idempotency_sweep(now()).await.unwrap(), 0);
+    assert_eq!(
+        db.idempotency_sweep(now() + chrono::Duration::hours(25))
             .await
             .unwrap(),
+        4
+    );
+    assert_eq!(
+        db.idempotency_begin(&k, "body-2").await.unwrap(),
         IdempotencyState::Acquired
     );
 }
@@ -1017,6 +1034,8 @@ fn schedule(org_id: &str, app_id: &str, id: &str, next: Option<Timestamp>) -> Sc
         next_run_at: next,
         created_at: at,
         updated_at: at,
+        admin_token_id: None,
+        disabled_reason: None,
     }
 }
 
@@ -1072,8 +1091,15 @@ async fn schedules_crud_and_firing(db: Arc<dyn Database>) {
         Some(next)
     );
     db.set_schedule_next_run("sched_2", None).await.unwrap();
-    db.disable_schedule("sched_2", now()).await.unwrap();
+    db.disable_schedule("sched_2", now(), "The schedule's API key was revoked")
+        .await
+        .unwrap();
     assert!(db.enabled_schedules().await.unwrap().is_empty());
+    let disabled = db.get_schedule(&app_id, "sched_2").await.unwrap().unwrap();
+    assert_eq!(
+        disabled.disabled_reason.as_deref(),
+        Some("The schedule's API key was revoked")
+    );
     assert_eq!(
         db.list_schedules(
             &app_id,

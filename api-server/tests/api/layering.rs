@@ -4,8 +4,8 @@
 
 use std::path::{Path, PathBuf};
 
-/// Files below `src/` (outside `http/`) that still import the JSON face. `startup.rs` is wiring and builds
-/// the router; every other entry is debt.
+/// Files below `src/` (outside `http/`) that still import the JSON face. `startup.rs` and `server.rs` are
+/// wiring (they build and serve the router); every other entry is debt.
 const NOT_YET: &[&str] = &[
     "cli.rs",
     "packages/afps.rs",
@@ -19,6 +19,7 @@ const NOT_YET: &[&str] = &[
     "runs/events.rs",
     "runs/sink.rs",
     "schedules/mod.rs",
+    "server.rs",
     "startup.rs",
     "state.rs",
 ];

@@ -146,7 +146,8 @@ async fn crud_validation_and_impersonation(backend: Backend) {
     .await;
     assert_problem(s, &b, 404, "agent_not_found");
 
-    // Create: the DTO has exactly the documented fields; 09:00 in Paris is 07:00 or 08:00 UTC.
+    // Create: the DTO has exactly the documented fields (SPEC §18.1 plus `disabled_reason`, see
+    // docs/decisions.md); 09:00 in Paris is 07:00 or 08:00 UTC.
     let created = create_schedule(
         &app,
         "@sched/crud",
@@ -167,6 +168,7 @@ async fn crud_validation_and_impersonation(backend: Backend) {
             "applicationId",
             "createdAt",
             "cron_expression",
+            "disabled_reason",
             "enabled",
             "endUserId",
             "id",

@@ -287,11 +287,11 @@ async fn signatures_ordering_replay_and_single_finalize() {
     assert_eq!(completed, 1, "one terminal write");
 }
 
-/// A long-poll whose pub/sub subscription falls behind (and is dropped) still answers, from the 2 s
-/// re-reads, instead of dropping the connection.
+/// A long-poll whose pub/sub subscription falls behind still answers (it re-reads the run) instead of
+/// dropping the connection.
 #[tokio::test]
 async fn long_poll_survives_a_dropped_subscription() {
-    use appstrate::infra::pubsub::Topic;
+    use appstrate::infra::pubsub::Channel;
     let s = silent_run().await;
     let waiter = {
         let client = s.app.client.clone();
@@ -300,13 +300,16 @@ async fn long_poll_survives_a_dropped_subscription() {
         tokio::spawn(async move { client.get(url).bearer_auth(key).send().await })
     };
     tokio::time::sleep(std::time::Duration::from_millis(300)).await;
-    // Flood the channel past its capacity so the waiter's subscription lags and ends.
+    // Flood the organization's channel past its capacity so the waiter's subscription lags.
     for i in 0..3000 {
         s.app
             .state()
             .infra
             .pubsub
-            .publish(Topic::RunEvents, format!("{{\"n\":{i}}}"))
+            .publish(
+                &Channel::run_events(&s.app.org_id),
+                format!("{{\"n\":{i}}}"),
+            )
             .await
             .unwrap();
     }

@@ -910,3 +910,95 @@ async fn the_event_sink_dedupes_and_orders_events_across_instances() {
     assert_eq!(outcome(post!(&b, 31, "w-31").await).await, "persisted");
     assert_eq!(outcome(post!(&a, 31, "w-31").await).await, "replay");
 }
+
+/// Through Redis, 1,100 frames on the cancel channel and on one organization's events channel (a
+/// stalled local subscriber on each), then a cancel on B of a run held by A: it still reaches A's
+/// runner. An SSE client of another organization on A follows its own run to the end meanwhile.
+#[tokio::test]
+async fn after_a_burst_a_cancel_still_reaches_its_run_and_other_orgs_see_no_gap() {
+    use appstrate::infra::pubsub::Channel;
+    let pg = require!(postgres_database().await);
+    let redis = require!(RedisServer::start());
+    let fake = FakeLlm::start(vec![Turn::text("slow").with_delay(120_000)]).await;
+    let (a, b) = pair(&pg, &redis, &fake, &[]).await;
+    let other = appstrate::cli::bootstrap_json(a.state().infra.db.as_ref(), "Other", "Other")
+        .await
+        .unwrap();
+    let other_key = other["apiKey"].as_str().unwrap().to_string();
+
+    let id = start_inline(&a, "@tiers/burst").await;
+    let pid = wait_for_pid(&a, &id).await;
+    // The run is in its (slow) model call, so the turns pushed below are the other run's.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while fake.requests().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the runner never called the model"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut stream = a
+        .client
+        .get(a.url(&format!("/api/realtime/runs?token={other_key}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stream.status(), 200);
+    assert!(String::from_utf8_lossy(&stream.chunk().await.unwrap().unwrap()).contains("ping"));
+
+    // Stalled subscribers on A (never read), then the burst published through B.
+    let on_a = a.state().infra.pubsub.clone();
+    let _stalled_cancel = on_a.subscribe(&Channel::run_cancel()).await.unwrap();
+    let busy = Channel::run_events(&a.org_id);
+    let _stalled_events = on_a.subscribe(&busy).await.unwrap();
+    let on_b = b.state().infra.pubsub.clone();
+    for i in 0..1100 {
+        on_b.publish(&Channel::run_cancel(), format!("run_elsewhere_{i}"))
+            .await
+            .unwrap();
+        let frame = json!({"event": "run_log", "runId": format!("run_busy_{i}"),
+            "applicationId": a.app_id, "status": "running", "terminal": false, "data": {}});
+        on_b.publish(&busy, frame.to_string()).await.unwrap();
+    }
+
+    let t = Instant::now();
+    let (s, run) = json_of(b.key(Method::POST, &format!("/api/runs/{id}/cancel"))).await;
+    assert_eq!(s, 200, "{run}");
+    while alive(pid) {
+        assert!(
+            t.elapsed() < Duration::from_secs(15),
+            "the runner on A missed the cancel"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    // The other organization's run, started on B, streamed on A from start to end.
+    fake.push(Turn::tool_call(
+        "log",
+        json!({"level": "info", "message": "quiet org"}),
+    ));
+    fake.push(Turn::tool_call("output", json!({"data": {"ok": true}})));
+    let r = b
+        .client
+        .post(b.url("/api/runs/inline"))
+        .bearer_auth(&other_key)
+        .json(&inline_run("@tiers/quiet"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let mut body = String::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !body.contains("\"status\":\"success\"") {
+        assert!(Instant::now() < deadline, "no terminal update: {body}");
+        let chunk = tokio::time::timeout(Duration::from_secs(30), stream.chunk())
+            .await
+            .expect("the stream stays open")
+            .unwrap()
+            .expect("the stream stays open");
+        body.push_str(&String::from_utf8_lossy(&chunk));
+    }
+    assert!(body.contains("\"status\":\"running\""), "{body}");
+    assert!(body.contains("event: run_log"), "{body}");
+    assert!(!body.contains("run_busy_"), "{body}");
+}

@@ -177,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
         "operator reconcile, tier-3 resource (examples/appstrate-tier3.yaml), kube-fake-client"
     );
     report(
-        "first reconcile (4 Secrets + 8 objects created, status)",
+        "first reconcile (4 Secrets + 11 objects created, status)",
         first,
     );
     report("steady-state reconcile (no change)", steady);

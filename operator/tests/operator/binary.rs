@@ -18,6 +18,20 @@ use serde_json::{json, Value};
 #[derive(Clone, Default)]
 struct FakeApi {
     lease: Arc<Mutex<Option<Value>>>,
+    /// `User-Agent` and query of every Lease write.
+    writes: Arc<Mutex<Vec<(String, String)>>>,
+}
+
+impl FakeApi {
+    fn record(&self, headers: &axum::http::HeaderMap, uri: &Uri) {
+        let agent = headers
+            .get(axum::http::header::USER_AGENT)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        let query = uri.query().unwrap_or_default().to_string();
+        self.writes.lock().unwrap().push((agent, query));
+    }
 }
 
 fn not_found() -> Response {
@@ -52,13 +66,25 @@ fn stored(mut lease: Value, rv: u64) -> Value {
     lease
 }
 
-async fn create_lease(State(api): State<FakeApi>, Json(lease): Json<Value>) -> Response {
+async fn create_lease(
+    State(api): State<FakeApi>,
+    headers: axum::http::HeaderMap,
+    uri: Uri,
+    Json(lease): Json<Value>,
+) -> Response {
+    api.record(&headers, &uri);
     let lease = stored(lease, 1);
     *api.lease.lock().unwrap() = Some(lease.clone());
     (StatusCode::CREATED, Json(lease)).into_response()
 }
 
-async fn replace_lease(State(api): State<FakeApi>, Json(lease): Json<Value>) -> Response {
+async fn replace_lease(
+    State(api): State<FakeApi>,
+    headers: axum::http::HeaderMap,
+    uri: Uri,
+    Json(lease): Json<Value>,
+) -> Response {
+    api.record(&headers, &uri);
     let mut slot = api.lease.lock().unwrap();
     let rv = slot
         .as_ref()
@@ -261,6 +287,19 @@ async fn operator_binary_elects_itself_serves_health_and_stops_on_sigterm() {
     let (exit, stderr) = op.terminate().await;
     assert!(exit.success(), "exit {exit:?}\n{stderr}");
     assert_eq!(holder(&api), None, "Lease released on shutdown");
+    // Every write names the operator: as field manager, and in the User-Agent the API server
+    // falls back on for writes without one.
+    let writes = api.writes.lock().unwrap().clone();
+    assert!(!writes.is_empty());
+    for (agent, query) in writes {
+        assert_eq!(agent, operator::user_agent());
+        assert!(
+            query
+                .split('&')
+                .any(|p| p == "fieldManager=appstrate-operator"),
+            "{query}"
+        );
+    }
     let _ = std::fs::remove_dir_all(config.parent().unwrap_or(&config));
 }
 

@@ -200,6 +200,8 @@ fn cluster_role_is_least_privilege_without_wildcards() {
     ];
     assert_eq!(find("apps", "deployments"), crud);
     assert_eq!(find("apps", "statefulsets"), crud);
+    assert_eq!(find("networking.k8s.io", "networkpolicies"), crud);
+    assert_eq!(find("apps", "replicasets"), ["get", "list"]);
     for r in ["services", "secrets", "persistentvolumeclaims"] {
         assert_eq!(find("", r), crud, "{r}");
     }

@@ -15,6 +15,8 @@ use serde_json::{json, Value};
 pub struct Recorded {
     pub method: Method,
     pub path: String,
+    /// The query string, without `?` (empty when none).
+    pub query: String,
     pub body: Value,
 }
 
@@ -40,9 +42,15 @@ where
         while let Some((req, send)) = handle.next_request().await {
             let method = req.method().clone();
             let path = req.uri().path().to_string();
+            let query = req.uri().query().unwrap_or_default().to_string();
             let bytes = req.into_body().collect_bytes().await.unwrap_or_default();
             let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
-            let r = Recorded { method, path, body };
+            let r = Recorded {
+                method,
+                path,
+                query,
+                body,
+            };
             let (code, answer) = answer(&r);
             recorded.lock().unwrap().push(r);
             send.send_response(
@@ -105,6 +113,65 @@ pub fn collection(path: &str) -> Option<(&'static str, &'static str)> {
         "services" => ("v1", "Service"),
         "persistentvolumeclaims" => ("v1", "PersistentVolumeClaim"),
         "secrets" => ("v1", "Secret"),
+        "networkpolicies" => ("networking.k8s.io/v1", "NetworkPolicy"),
+        "replicasets" => ("apps/v1", "ReplicaSet"),
         _ => return None,
     })
+}
+
+/// The kind and name a single-object path such as `/api/v1/namespaces/default/secrets/x` names.
+pub fn object(path: &str) -> Option<(&'static str, &str)> {
+    let (collection_path, name) = path.rsplit_once('/')?;
+    Some((collection(collection_path)?.1, name))
+}
+
+/// A scripted API server holding `live` children (listed and read as a real API server serves
+/// them) that accepts every write, except the requests `refuse` answers itself. The status
+/// subresource answers with `app`.
+pub fn live_server<F>(app: &operator::Appstrate, live: Vec<Value>, refuse: F) -> (Client, Log)
+where
+    F: Fn(&Recorded) -> Option<(u16, Value)> + Send + 'static,
+{
+    let app_json = serde_json::to_value(app).unwrap();
+    serve(move |r| {
+        if let Some(answer) = refuse(r) {
+            return answer;
+        }
+        let of_kind = |kind: &str| {
+            live.iter()
+                .filter(|o| o["kind"] == kind)
+                .cloned()
+                .collect::<Vec<_>>()
+        };
+        match (r.method.as_str(), collection(&r.path), object(&r.path)) {
+            ("GET", Some((api_version, kind)), _) => (200, list(api_version, kind, of_kind(kind))),
+            ("GET", None, Some((kind, name))) => of_kind(kind)
+                .into_iter()
+                .find(|o| o["metadata"]["name"] == name)
+                .map(|o| (200, o))
+                .unwrap_or_else(|| failure(404, "NotFound", &format!("{kind} {name} not found"))),
+            ("PATCH", _, _) if r.path.contains("/appstrates/") => (200, app_json.clone()),
+            ("PATCH", _, _) => (200, r.body.clone()),
+            ("POST", _, _) => (201, r.body.clone()),
+            ("DELETE", _, _) => deleted(),
+            _ => failure(500, "InternalError", &format!("unexpected {}", r.line())),
+        }
+    })
+}
+
+/// The generated Secrets of `app` as the API server holds them (labelled, every key present).
+pub fn generated_secrets(app: &operator::Appstrate) -> Vec<Value> {
+    use rand::SeedableRng;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+    operator::secrets::generated_secrets(app)
+        .iter()
+        .map(|which| {
+            let mut v =
+                serde_json::to_value(operator::secrets::new_secret(app, which, &mut rng)).unwrap();
+            v["apiVersion"] = json!("v1");
+            v["kind"] = json!("Secret");
+            v["metadata"]["resourceVersion"] = json!("5");
+            v
+        })
+        .collect()
 }

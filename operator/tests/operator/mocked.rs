@@ -19,7 +19,7 @@ use crate::common::{example, unreachable_api, NS, UID};
 use crate::mock::{collection, deleted, failure, lines, list, serve, Log};
 
 /// The example of `tier`, already carrying the finalizer (so the reconcile goes straight on).
-fn with_finalizer(tier: u8) -> Appstrate {
+pub(crate) fn with_finalizer(tier: u8) -> Appstrate {
     let mut app = example(tier);
     app.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
     app.metadata.generation = Some(1);
@@ -28,7 +28,7 @@ fn with_finalizer(tier: u8) -> Appstrate {
 }
 
 /// A desired object as the API server would return it: with server-set metadata.
-fn live(object: &Value) -> Value {
+pub(crate) fn live(object: &Value) -> Value {
     let mut v = object.clone();
     let name = v["metadata"]["name"]
         .as_str()
@@ -63,7 +63,10 @@ fn child(api_version: &str, kind: &str, name: &str, terminating: bool) -> Value 
     v
 }
 
-fn context_with_events(client: kube::Client, health: Arc<dyn HealthProbe>) -> Arc<Context> {
+pub(crate) fn context_with_events(
+    client: kube::Client,
+    health: Arc<dyn HealthProbe>,
+) -> Arc<Context> {
     let reporter = Reporter {
         controller: "appstrate-operator".into(),
         instance: Some("test".into()),
@@ -77,7 +80,7 @@ fn context_with_events(client: kube::Client, health: Arc<dyn HealthProbe>) -> Ar
 }
 
 /// Every request but the GETs.
-fn writes(log: &Log) -> Vec<String> {
+pub(crate) fn writes(log: &Log) -> Vec<String> {
     lines(log)
         .into_iter()
         .filter(|l| !l.starts_with("GET "))
@@ -140,6 +143,7 @@ fn refusing_deployment(app: &Appstrate, code: u16, message: &'static str) -> (ku
     let app_json = serde_json::to_value(app).unwrap();
     serve(move |r| match (r.method.as_str(), collection(&r.path)) {
         ("GET", Some((api_version, kind))) => (200, list(api_version, kind, vec![])),
+        ("GET", None) => failure(404, "NotFound", "not found"),
         ("POST", _) => (201, r.body.clone()),
         ("PATCH", _) if r.path.ends_with("/status") => (200, app_json.clone()),
         ("PATCH", _) if r.path.contains("/deployments/") => failure(code, "Invalid", message),
@@ -148,7 +152,7 @@ fn refusing_deployment(app: &Appstrate, code: u16, message: &'static str) -> (ku
     })
 }
 
-fn bodies(log: &Log, method: &str, path_end: &str) -> Vec<Value> {
+pub(crate) fn bodies(log: &Log, method: &str, path_end: &str) -> Vec<Value> {
     log.lock()
         .unwrap()
         .iter()
@@ -261,6 +265,7 @@ async fn deletion_with_policy_delete_removes_workloads_before_volumes_and_secret
                 "StatefulSet" => &["appstrate-postgres"],
                 "Service" => &["appstrate-api", "appstrate-postgres"],
                 "PersistentVolumeClaim" => &["appstrate-data", "data-appstrate-postgres-0"],
+                "NetworkPolicy" => &["appstrate-postgres"],
                 _ => &["appstrate-boot-secrets", "appstrate-postgres"],
             };
             let items = names
@@ -305,6 +310,7 @@ async fn deletion_with_policy_delete_removes_workloads_before_volumes_and_secret
             "statefulsets/appstrate-postgres",
             "services/appstrate-api",
             "services/appstrate-postgres",
+            "networkpolicies/appstrate-postgres",
             "persistentvolumeclaims/appstrate-data",
             "persistentvolumeclaims/data-appstrate-postgres-0",
             "secrets/appstrate-boot-secrets",
@@ -361,6 +367,7 @@ async fn deletion_with_policy_retain_still_deletes_owned_workloads_but_keeps_dat
             "DELETE /apis/apps/v1/namespaces/default/deployments/appstrate-deployment",
             "DELETE /apis/apps/v1/namespaces/default/statefulsets/appstrate-statefulset",
             "DELETE /api/v1/namespaces/default/services/appstrate-service",
+            "DELETE /apis/networking.k8s.io/v1/namespaces/default/networkpolicies/appstrate-networkpolicy",
         ]
     );
 }

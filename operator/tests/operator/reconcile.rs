@@ -24,7 +24,7 @@ use serde_json::json;
 use crate::common::{appstrate, context, example, healthy, unreachable_api, NS};
 
 /// A fake API server holding `app` (with the finalizer already added) and `extra` objects.
-async fn fake_with(mut app: Appstrate, extra: Vec<serde_json::Value>) -> Client {
+pub(crate) async fn fake_with(mut app: Appstrate, extra: Vec<serde_json::Value>) -> Client {
     app.metadata.finalizers = Some(vec![FINALIZER.to_string()]);
     ClientBuilder::new()
         .with_resource::<Appstrate>()
@@ -36,18 +36,18 @@ async fn fake_with(mut app: Appstrate, extra: Vec<serde_json::Value>) -> Client 
         .expect("fake client builds")
 }
 
-async fn fake(app: Appstrate) -> Client {
+pub(crate) async fn fake(app: Appstrate) -> Client {
     fake_with(app, vec![]).await
 }
 
-async fn get_app(client: &Client, name: &str) -> Appstrate {
+pub(crate) async fn get_app(client: &Client, name: &str) -> Appstrate {
     Api::<Appstrate>::namespaced(client.clone(), NS)
         .get(name)
         .await
         .expect("resource exists")
 }
 
-async fn run(client: &Client, name: &str, health: Arc<dyn HealthProbe>) -> Action {
+pub(crate) async fn run(client: &Client, name: &str, health: Arc<dyn HealthProbe>) -> Action {
     let app = get_app(client, name).await;
     reconcile(
         Arc::new(DeserializeGuard(Ok(app))),
@@ -57,7 +57,7 @@ async fn run(client: &Client, name: &str, health: Arc<dyn HealthProbe>) -> Actio
     .expect("reconcile succeeds")
 }
 
-async fn names<K>(client: &Client) -> Vec<String>
+pub(crate) async fn names<K>(client: &Client) -> Vec<String>
 where
     K: kube::Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
         + Clone
@@ -76,7 +76,7 @@ where
     n
 }
 
-fn condition<'a>(
+pub(crate) fn condition<'a>(
     app: &'a Appstrate,
     type_: &str,
 ) -> &'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
@@ -273,8 +273,12 @@ async fn lowering_tier_2_to_0_prunes_statefulsets_but_keeps_pvcs_and_secrets() {
             "app.kubernetes.io/part-of": "appstrate"}},
         "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "5Gi"}}},
     });
-    let client = fake_with(example(2), vec![claim]).await;
+    let client = fake(example(2)).await;
     run(&client, "appstrate", unreachable_api()).await;
+    Api::<PersistentVolumeClaim>::namespaced(client.clone(), NS)
+        .create(&Default::default(), &serde_json::from_value(claim).unwrap())
+        .await
+        .unwrap();
     assert_eq!(
         names::<StatefulSet>(&client).await,
         vec!["appstrate-postgres", "appstrate-redis"]

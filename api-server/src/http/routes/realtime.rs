@@ -1,10 +1,15 @@
 //! Server-sent events (§11.8): one run, or every run of the application, fed by the pub/sub adapter so
-//! events from every instance arrive.
+//! events from every instance arrive. A stream follows its organization's events channel; when it lags
+//! (or the pub/sub backend was unreachable) it re-reads the runs it follows from the database and sends
+//! their current `run_update`, so a terminal update is never missed. At most
+//! [`MAX_STREAMS_PER_IDENTITY`] streams are open at once per identity (429 `too_many_streams` beyond).
 
 use std::convert::Infallible;
 use std::time::Duration;
 
 use axum::extract::{Path, RawQuery, State};
+use axum::http::header::RETRY_AFTER;
+use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::Extension;
@@ -14,7 +19,10 @@ use tokio::sync::mpsc;
 
 use crate::http::auth::Auth;
 use crate::http::error::ApiError;
-use crate::infra::pubsub::Topic;
+use crate::infra::database::runs::{RunFilter, RunRow};
+use crate::infra::database::{now, Page, Timestamp};
+use crate::infra::pubsub::{Channel, Delivery};
+use crate::runs::runtime::{Slot, MAX_STREAMS_PER_IDENTITY};
 use crate::state::AppState;
 
 const IDLE_PING: Duration = Duration::from_secs(30);
@@ -64,13 +72,78 @@ fn filtered(frame: &Value, verbose: bool) -> Option<(String, String)> {
     Some((event, data.to_string()))
 }
 
-async fn subscribe(state: &AppState) -> Result<BoxStream<'static, String>, ApiError> {
+async fn subscribe(
+    state: &AppState,
+    org_id: &str,
+) -> Result<BoxStream<'static, Delivery>, ApiError> {
     state
         .infra
         .pubsub
-        .subscribe(Topic::RunEvents)
+        .subscribe(&Channel::run_events(org_id))
         .await
         .map_err(ApiError::internal)
+}
+
+/// Seconds a refused stream is told to wait before retrying.
+const STREAM_RETRY_AFTER: u64 = 5;
+
+/// One of the caller's SSE stream slots (per credential, and per end-user when impersonating), or 429
+/// `too_many_streams` with `Retry-After` and the rate-limit headers.
+fn stream_slot(state: &AppState, auth: &Auth) -> Result<Slot, ApiError> {
+    let identity = match &auth.end_user {
+        Some(eu) => format!("{}:{}", auth.identity(), eu.id),
+        None => auth.identity(),
+    };
+    state.runs.enter_stream(&identity).ok_or_else(|| {
+        let limit = MAX_STREAMS_PER_IDENTITY;
+        let mut err = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_streams",
+            format!(
+                "At most {limit} event streams may be open at once per credential; close one and retry"
+            ),
+        )
+        .with_header(RETRY_AFTER, &STREAM_RETRY_AFTER.to_string())
+        .with_header(
+            "ratelimit".parse().expect("static header"),
+            &format!("limit={limit}, remaining=0, reset={STREAM_RETRY_AFTER}"),
+        )
+        .with_header(
+            "ratelimit-policy".parse().expect("static header"),
+            &limit.to_string(),
+        );
+        err.retry_after = Some(STREAM_RETRY_AFTER);
+        err
+    })
+}
+
+/// The application's runs that may have changed since `since` (open, or finished since then), newest
+/// first, for a stream that lagged.
+async fn changed_runs(
+    state: &AppState,
+    app_id: &str,
+    filter: &RunFilter,
+    since: Timestamp,
+) -> Vec<RunRow> {
+    let page = Page {
+        limit: 100,
+        starting_after: None,
+    };
+    match state.infra.db.list_runs(app_id, filter, &page).await {
+        Ok(p) => p
+            .items
+            .into_iter()
+            .filter(|r| {
+                !r.is_terminal()
+                    || r.completed_at.is_none_or(|c| c >= since)
+                    || r.created_at >= since
+            })
+            .collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "could not re-read runs for a lagging stream");
+            Vec::new()
+        }
+    }
 }
 
 /// `GET /api/realtime/runs/{id}`
@@ -85,9 +158,11 @@ pub async fn run_stream(
 ) -> Result<Response, ApiError> {
     auth.require_scope("runs:read")?;
     let verbose = param(&q, "verbose").is_some_and(|v| v == "true" || v == "1");
-    // Subscribe before the snapshot so nothing falls between them.
-    let mut frames = subscribe(&state).await?;
     let run = super::runs::visible_run(&state, &auth, &id).await?;
+    let slot = stream_slot(&state, &auth)?;
+    // Subscribe before the snapshot so nothing falls between them.
+    let mut frames = subscribe(&state, &run.org_id).await?;
+    let run = state.infra.db.get_run(&id).await?.unwrap_or(run);
     let (tx, rx) = mpsc::channel(MAX_QUEUED);
     let mut out = Out {
         tx,
@@ -99,6 +174,7 @@ pub async fn run_stream(
     let terminal = run.is_terminal();
     let shutdown = state.runs.shutdown_signal();
     tokio::spawn(async move {
+        let _slot = slot;
         tokio::pin!(shutdown);
         if terminal {
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -112,7 +188,17 @@ pub async fn run_stream(
                         if !out.send("ping", "") { return; }
                     }
                     Ok(None) => return,
-                    Ok(Some(raw)) => {
+                    Ok(Some(Delivery::Lagged)) => {
+                        // Frames were missed: send the run as the database has it now.
+                        let Ok(Some(run)) = state.infra.db.get_run(&id).await else { continue };
+                        let data = crate::runs::run_update(&run).to_string();
+                        if !out.send("run_update", &data) { return; }
+                        if run.is_terminal() {
+                            tokio::time::sleep(Duration::from_millis(200)).await;
+                            return;
+                        }
+                    }
+                    Ok(Some(Delivery::Message(raw))) => {
                         let Ok(v) = serde_json::from_str::<Value>(&raw) else { continue };
                         if v["runId"] != id.as_str() { continue; }
                         let Some((name, data)) = filtered(&v, verbose) else { continue };
@@ -147,7 +233,15 @@ pub async fn runs_stream(
     let end_user = auth.end_user.as_ref().map(|e| e.id.clone());
     let status = param(&q, "status").filter(|s| !s.is_empty());
     let verbose = param(&q, "verbose").is_some_and(|v| v == "true" || v == "1");
-    let mut frames = subscribe(&state).await?;
+    let slot = stream_slot(&state, &auth)?;
+    let mut frames = subscribe(&state, &auth.org_id).await?;
+    let filter = RunFilter {
+        status: status.clone(),
+        end_user_id: end_user.clone(),
+        ..Default::default()
+    };
+    // Frames are current up to this instant; a lag re-reads what changed since.
+    let mut current_at = now();
     let (tx, rx) = mpsc::channel(MAX_QUEUED);
     let mut out = Out {
         tx,
@@ -157,6 +251,7 @@ pub async fn runs_stream(
     out.send("ping", "");
     let shutdown = state.runs.shutdown_signal();
     tokio::spawn(async move {
+        let _slot = slot;
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -165,7 +260,20 @@ pub async fn runs_stream(
                         if !out.send("ping", "") { return; }
                     }
                     Ok(None) => return,
-                    Ok(Some(raw)) => {
+                    Ok(Some(Delivery::Lagged)) => {
+                        // Frames were missed: the current state of every run that may have changed.
+                        let at = now();
+                        let mut runs = changed_runs(&state, &app_id, &filter, current_at).await;
+                        runs.reverse();
+                        for run in runs {
+                            let data = crate::runs::run_update(&run).to_string();
+                            if !out.send("run_update", &data) { return; }
+                        }
+                        // A little overlap: a run finishing while the page was read is sent again.
+                        current_at = at - chrono::Duration::seconds(1);
+                    }
+                    Ok(Some(Delivery::Message(raw))) => {
+                        current_at = now();
                         let Ok(v) = serde_json::from_str::<Value>(&raw) else { continue };
                         if v["applicationId"] != app_id.as_str() { continue; }
                         if let Some(eu) = &end_user {

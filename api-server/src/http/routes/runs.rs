@@ -15,11 +15,12 @@ use serde_json::{json, Value};
 
 use crate::http::auth::Auth;
 use crate::http::error::ApiError;
+use crate::http::idempotency::idempotency;
 use crate::http::json::{Fields, JsonBody};
 use crate::http::list::{paged_response, ListQuery};
-use crate::http::middleware::{idempotency, rate_limit, Limit};
+use crate::http::middleware::{rate_limit, Limit};
 use crate::infra::database::runs::{RunFilter, RunRow};
-use crate::infra::pubsub::Topic;
+use crate::infra::pubsub::{Channel, Delivery};
 use crate::runs::create::{create_run, AgentSource, CreateRun};
 use crate::runs::verdict::Outcome;
 use crate::runs::{run_dto, stop_run};
@@ -30,19 +31,19 @@ pub fn router(state: &AppState) -> Router<AppState> {
     let rl = |limit: u32, window_secs: u64| {
         from_fn_with_state((state.clone(), Limit { limit, window_secs }), rate_limit)
     };
-    let idem = || from_fn_with_state(state.clone(), idempotency);
+    let idem = |scope: &'static str| from_fn_with_state((state.clone(), scope), idempotency);
     Router::new()
         .route(
             "/api/agents/{scope}/{name}/run",
             post(start_package_run)
-                .route_layer(idem())
+                .route_layer(idem("agents:run"))
                 .route_layer(rl(20, 60)),
         )
         .route("/api/agents/{scope}/{name}/runs", get(list_agent_runs))
         .route(
             "/api/runs/inline",
             post(start_inline_run)
-                .route_layer(idem())
+                .route_layer(idem("agents:run"))
                 .route_layer(rl(state.config.inline_run_limits.rate_per_min as u32, 60)),
         )
         .route("/api/runs", get(list_runs))
@@ -290,8 +291,13 @@ async fn wait_terminal(state: &AppState, run: RunRow, wait: Duration) -> Result<
     if run.is_terminal() {
         return Ok(run);
     }
-    // A subscriber that falls behind is dropped by the pub/sub adapter: then the 2 s re-reads carry on.
-    let mut frames = state.infra.pubsub.subscribe(Topic::RunEvents).await.ok();
+    // Without a subscription (the adapter failed) the 2 s re-reads carry on alone.
+    let mut frames = state
+        .infra
+        .pubsub
+        .subscribe(&Channel::run_events(&run.org_id))
+        .await
+        .ok();
     let deadline = tokio::time::Instant::now() + wait;
     let mut reread = tokio::time::interval(Duration::from_secs(2));
     let shutdown = state.runs.shutdown_signal();
@@ -317,12 +323,14 @@ async fn wait_terminal(state: &AppState, run: RunRow, wait: Duration) -> Result<
                 _ = reread.tick() => break,
                 frame = async { frames.as_mut().expect("guarded").next().await }, if frames.is_some() => {
                     match frame {
-                        Some(f) => {
+                        Some(Delivery::Message(f)) => {
                             let v: Value = serde_json::from_str(&f).unwrap_or(Value::Null);
                             if v["runId"] == run.id.as_str() && v["terminal"] == true {
                                 break;
                             }
                         }
+                        // Frames were missed: re-read the run now.
+                        Some(Delivery::Lagged) => break,
                         None => frames = None,
                     }
                 }

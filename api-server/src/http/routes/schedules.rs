@@ -8,7 +8,7 @@ use axum::routing::get;
 use axum::{Extension, Json, Router};
 use serde_json::{json, Value};
 
-use crate::http::auth::Auth;
+use crate::http::auth::{Auth, Credential};
 use crate::http::error::ApiError;
 use crate::http::json::{Fields, JsonBody};
 use crate::http::list::{paged_response, ListQuery};
@@ -100,6 +100,45 @@ async fn check_agent_and_input(
     Ok(agent.package_id)
 }
 
+/// Creating or editing a schedule starts runs later, so it needs `agents:run` as well as
+/// `schedules:write`.
+fn require_write(auth: &Auth) -> Result<(), ApiError> {
+    auth.require_scope("schedules:write")?;
+    auth.require_scope("agents:run")
+}
+
+fn admin_token_id(auth: &Auth) -> Option<String> {
+    match &auth.credential {
+        Credential::Admin { id } => Some(id.clone()),
+        Credential::ApiKey { .. } | Credential::Session { .. } => None,
+    }
+}
+
+/// An edit by an API key other than the schedule's own credential makes the schedule that key's: it then
+/// fires only while that key lives (an API key is lower than an admin token, and one key does not vouch
+/// for another). An admin token's edit keeps the creator, except that it claims an admin schedule made
+/// before creating tokens were recorded. The end-user actor, if any, stays.
+fn take_over(s: &mut ScheduleRow, auth: &Auth) {
+    match &auth.credential {
+        Credential::ApiKey { id, .. } => {
+            if s.actor_type == ACTOR_ADMIN || s.api_key_id.as_deref() != Some(id.as_str()) {
+                if s.actor_type == ACTOR_ADMIN {
+                    s.actor_type = ACTOR_API_KEY.into();
+                }
+                s.api_key_id = Some(id.clone());
+                s.admin_token_id = None;
+            }
+        }
+        Credential::Admin { id } => {
+            if s.actor_type == ACTOR_ADMIN && s.admin_token_id.is_none() {
+                s.admin_token_id = Some(id.clone());
+            }
+        }
+        // A session is not a credential a schedule can fire as: the schedule keeps its own.
+        Credential::Session { .. } => {}
+    }
+}
+
 fn not_found(id: &str) -> ApiError {
     ApiError::not_found(format!("Schedule {id} not found"))
 }
@@ -133,7 +172,7 @@ pub async fn create_schedule(
     Path((scope, name)): Path<(String, String)>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    auth.require_scope("schedules:write")?;
+    require_write(&auth)?;
     let app = auth.app()?.clone();
     let b = parse_body(&body, true)?;
     let cron_expression = b.cron_expression.unwrap_or_default();
@@ -171,6 +210,7 @@ pub async fn create_schedule(
         end_user_id: auth.end_user.as_ref().map(|e| e.id.clone()),
         api_key_id: auth.api_key_id().map(str::to_string),
         actor_type: actor_type.into(),
+        admin_token_id: admin_token_id(&auth),
         name: b.name.flatten(),
         enabled,
         cron_expression,
@@ -181,6 +221,7 @@ pub async fn create_schedule(
         next_run_at: next_run_at(&spec, enabled),
         created_at: at,
         updated_at: at,
+        disabled_reason: None,
     };
     let row = state.infra.db.insert_schedule(&row).await?;
     Ok((StatusCode::CREATED, Json(schedule_dto(&row))).into_response())
@@ -267,9 +308,10 @@ pub async fn update_schedule(
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    auth.require_scope("schedules:write")?;
+    require_write(&auth)?;
     let mut s = visible_schedule(&state, &auth, &id).await?;
     let b = parse_body(&body, false)?;
+    take_over(&mut s, &auth);
     if let Some(name) = b.name {
         s.name = name;
     }
@@ -301,6 +343,8 @@ pub async fn update_schedule(
     }
     if let Some(enabled) = b.enabled {
         s.enabled = enabled;
+        // Enabled again, or disabled by the caller: the platform's reason no longer applies.
+        s.disabled_reason = None;
     }
     s.next_run_at = next_run_at(&spec, s.enabled);
     s.updated_at = now();

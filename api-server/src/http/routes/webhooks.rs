@@ -11,9 +11,10 @@ use serde_json::{json, Value};
 
 use crate::http::auth::Auth;
 use crate::http::error::{ApiError, FieldError};
+use crate::http::idempotency::idempotency;
 use crate::http::json::{Fields, JsonBody};
 use crate::http::list::{paged_response, ListQuery};
-use crate::http::middleware::{idempotency, rate_limit, Limit};
+use crate::http::middleware::{rate_limit, Limit};
 use crate::infra::database::webhooks::{DeliveryRow, WebhookRow};
 use crate::infra::database::{now, DbError};
 use crate::state::AppState;
@@ -27,13 +28,13 @@ pub fn router(state: &AppState) -> Router<AppState> {
     let rl = |limit: u32, window_secs: u64| {
         from_fn_with_state((state.clone(), Limit { limit, window_secs }), rate_limit)
     };
-    let idem = || from_fn_with_state(state.clone(), idempotency);
+    let idem = |scope: &'static str| from_fn_with_state((state.clone(), scope), idempotency);
     Router::new()
         .route(
             "/api/webhooks",
             get(list_webhooks).route_layer(rl(300, 60)).merge(
                 post(create_webhook)
-                    .route_layer(idem())
+                    .route_layer(idem("webhooks:write"))
                     .route_layer(rl(10, 60)),
             ),
         )
@@ -220,12 +221,6 @@ pub async fn create_webhook(
     if let Some(p) = &package_id {
         check_package(&state, &auth, p).await?;
     }
-    if state.infra.db.count_webhooks(&app.id).await? >= MAX_PER_APPLICATION {
-        return Err(ApiError::bad_request(
-            "webhook_limit_reached",
-            format!("an application has at most {MAX_PER_APPLICATION} webhooks; delete one first"),
-        ));
-    }
     let secret = new_secret();
     let at = now();
     let row = WebhookRow {
@@ -243,7 +238,20 @@ pub async fn create_webhook(
         created_at: at,
         updated_at: at,
     };
-    let row = state.infra.db.insert_webhook(&row).await?;
+    // The count and the insert are one step, so concurrent creates cannot pass the cap together.
+    let row = state
+        .infra
+        .db
+        .insert_webhook_capped(&row, MAX_PER_APPLICATION)
+        .await?
+        .ok_or_else(|| {
+            ApiError::bad_request(
+                "webhook_limit_reached",
+                format!(
+                    "an application has at most {MAX_PER_APPLICATION} webhooks; delete one first"
+                ),
+            )
+        })?;
     let mut dto = webhook_dto(&row);
     dto["secret"] = json!(secret);
     Ok((StatusCode::CREATED, Json(dto)).into_response())

@@ -1,6 +1,7 @@
 //! The `Database` concern: one repository trait, implemented once in SQL (`sql.rs`) and instantiated for
 //! SQLite (Tier 0) and PostgreSQL (Tier 1+). Callers only ever see `Arc<dyn Database>`.
 
+pub mod idempotency;
 pub mod migrate_data;
 mod packages;
 pub mod people;
@@ -16,6 +17,7 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
+pub use idempotency::{IdempotencyRepo, IdempotencyScope, IdempotencyState};
 pub use packages::{
     ConnectionRow, NewPackageVersion, PackageFilter, PackageRepo, PackageRow, PackageVersionRow,
     PackageWithManifest,
@@ -161,25 +163,10 @@ pub struct BootstrapResult {
     pub org_created: bool,
 }
 
-/// What an idempotency key currently holds (§8).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum IdempotencyState {
-    /// The key was free and is now held by this request.
-    Acquired,
-    /// Another request with this key is still being processed.
-    InProgress { body_hash: String },
-    /// A 2xx answer is stored.
-    Completed {
-        body_hash: String,
-        status: u16,
-        body: String,
-    },
-}
-
 /// The whole repository: tenancy here, other areas in their own files as supertraits.
 #[async_trait]
 pub trait Database:
-    PackageRepo + RunRepo + ScheduleRepo + WebhookRepo + PeopleRepo + Send + Sync
+    IdempotencyRepo + PackageRepo + RunRepo + ScheduleRepo + WebhookRepo + PeopleRepo + Send + Sync
 {
     /// `sqlite` or `postgres`, as reported by `/health`.
     fn kind(&self) -> &'static str;
@@ -267,27 +254,4 @@ pub trait Database:
         patch: &EndUserPatch,
     ) -> DbResult<EndUserRow>;
     async fn delete_end_user(&self, application_id: &str, id: &str) -> DbResult<()>;
-
-    // Idempotency
-    async fn idempotency_begin(
-        &self,
-        org_id: &str,
-        application_id: &str,
-        key: &str,
-        body_hash: &str,
-    ) -> DbResult<IdempotencyState>;
-    async fn idempotency_complete(
-        &self,
-        org_id: &str,
-        application_id: &str,
-        key: &str,
-        status: u16,
-        body: &str,
-    ) -> DbResult<()>;
-    async fn idempotency_release(
-        &self,
-        org_id: &str,
-        application_id: &str,
-        key: &str,
-    ) -> DbResult<()>;
 }

@@ -21,9 +21,13 @@ pub struct ScheduleRow {
     /// `@scope/name`
     pub package_id: String,
     pub end_user_id: Option<String>,
+    /// The API key the schedule runs as (also for an end-user actor: the key that impersonated it).
     pub api_key_id: Option<String>,
     /// `end_user`, `api_key` or `admin`
     pub actor_type: String,
+    /// The admin token the schedule runs as (`admin` actor; NULL for schedules made before it was
+    /// recorded).
+    pub admin_token_id: Option<String>,
     pub name: Option<String>,
     pub enabled: bool,
     pub cron_expression: String,
@@ -34,6 +38,8 @@ pub struct ScheduleRow {
     pub next_run_at: Option<Timestamp>,
     pub created_at: Timestamp,
     pub updated_at: Timestamp,
+    /// Why the platform disabled the schedule (its credential or actor is gone); NULL otherwise.
+    pub disabled_reason: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -43,7 +49,10 @@ pub struct ScheduleFilter {
 }
 
 const SCHEDULE_COLS: &str = "id, org_id, application_id, package_id, end_user_id, api_key_id, actor_type, name, \
-    enabled, cron_expression, timezone, input, version_override, last_run_at, next_run_at, created_at, updated_at";
+    enabled, cron_expression, timezone, input, version_override, last_run_at, next_run_at, created_at, updated_at, \
+    admin_token_id, disabled_reason";
+
+const ADMIN_COLS: &str = "id, org_id, token_prefix, created_at, last_used_at, revoked_at";
 
 const KEY_COLS: &str =
     "id, org_id, application_id, name, key_prefix, scopes, expires_at, revoked_at, \
@@ -59,7 +68,8 @@ pub trait ScheduleRepo: Send + Sync {
         filter: &ScheduleFilter,
         page: &Page,
     ) -> DbResult<Paged<ScheduleRow>>;
-    /// Writes the editable columns (name, enabled, cron, timezone, input, version, next run, updated).
+    /// Writes the editable columns (name, enabled, cron, timezone, input, version, next run, updated), the
+    /// actor's credential (an edit can hand the schedule to its editor) and the disabled reason.
     async fn update_schedule(&self, row: &ScheduleRow) -> DbResult<ScheduleRow>;
     async fn delete_schedule(&self, application_id: &str, id: &str) -> DbResult<()>;
     /// Every enabled schedule, across organizations (the cron clock).
@@ -74,10 +84,12 @@ pub trait ScheduleRepo: Send + Sync {
     /// Moves a stale `next_run_at` forward (occurrences that were never due, e.g. from before boot).
     async fn set_schedule_next_run(&self, id: &str, next_run_at: Option<Timestamp>)
         -> DbResult<()>;
-    /// Disables a schedule whose actor or agent disappeared.
-    async fn disable_schedule(&self, id: &str, at: Timestamp) -> DbResult<()>;
+    /// Disables a schedule whose actor, credential or agent disappeared, recording why.
+    async fn disable_schedule(&self, id: &str, at: Timestamp, reason: &str) -> DbResult<()>;
     /// An API key by id, whatever its state (the actor of a schedule).
     async fn get_api_key_by_id(&self, id: &str) -> DbResult<Option<ApiKeyRow>>;
+    /// An admin token by id, whatever its state (the actor of a schedule).
+    async fn get_admin_token_by_id(&self, id: &str) -> DbResult<Option<AdminTokenRow>>;
 }
 
 macro_rules! impl_schedule_repo {
@@ -87,7 +99,7 @@ macro_rules! impl_schedule_repo {
             async fn insert_schedule(&self, r: &ScheduleRow) -> DbResult<ScheduleRow> {
                 let sql = format!(
                     "INSERT INTO schedules ({SCHEDULE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                     $10, $11, $12, $13, $14, $15, $16, $17) RETURNING {SCHEDULE_COLS}"
+                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING {SCHEDULE_COLS}"
                 );
                 Ok(sqlx::query_as::<_, ScheduleRow>(&sql)
                     .bind(&r.id)
@@ -107,6 +119,8 @@ macro_rules! impl_schedule_repo {
                     .bind(r.next_run_at)
                     .bind(r.created_at)
                     .bind(r.updated_at)
+                    .bind(&r.admin_token_id)
+                    .bind(&r.disabled_reason)
                     .fetch_one(&self.pool)
                     .await
                     .map_err(map_err)?)
@@ -150,8 +164,9 @@ macro_rules! impl_schedule_repo {
             async fn update_schedule(&self, r: &ScheduleRow) -> DbResult<ScheduleRow> {
                 let sql = format!(
                     "UPDATE schedules SET name = $1, enabled = $2, cron_expression = $3, timezone = $4, \
-                     input = $5, version_override = $6, next_run_at = $7, updated_at = $8 \
-                     WHERE application_id = $9 AND id = $10 RETURNING {SCHEDULE_COLS}"
+                     input = $5, version_override = $6, next_run_at = $7, updated_at = $8, \
+                     actor_type = $9, api_key_id = $10, admin_token_id = $11, disabled_reason = $12 \
+                     WHERE application_id = $13 AND id = $14 RETURNING {SCHEDULE_COLS}"
                 );
                 sqlx::query_as::<_, ScheduleRow>(&sql)
                     .bind(&r.name)
@@ -162,6 +177,10 @@ macro_rules! impl_schedule_repo {
                     .bind(&r.version_override)
                     .bind(r.next_run_at)
                     .bind(r.updated_at)
+                    .bind(&r.actor_type)
+                    .bind(&r.api_key_id)
+                    .bind(&r.admin_token_id)
+                    .bind(&r.disabled_reason)
                     .bind(&r.application_id)
                     .bind(&r.id)
                     .fetch_optional(&self.pool)
@@ -229,12 +248,14 @@ macro_rules! impl_schedule_repo {
                 Ok(())
             }
 
-            async fn disable_schedule(&self, id: &str, at: Timestamp) -> DbResult<()> {
+            async fn disable_schedule(&self, id: &str, at: Timestamp, reason: &str) -> DbResult<()> {
                 sqlx::query(
-                    "UPDATE schedules SET enabled = $1, next_run_at = NULL, updated_at = $2 WHERE id = $3",
+                    "UPDATE schedules SET enabled = $1, next_run_at = NULL, updated_at = $2, \
+                     disabled_reason = $3 WHERE id = $4",
                 )
                 .bind(false)
                 .bind(at)
+                .bind(reason)
                 .bind(id)
                 .execute(&self.pool)
                 .await
@@ -245,6 +266,15 @@ macro_rules! impl_schedule_repo {
             async fn get_api_key_by_id(&self, id: &str) -> DbResult<Option<ApiKeyRow>> {
                 let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE id = $1");
                 Ok(sqlx::query_as::<_, ApiKeyRow>(&sql)
+                    .bind(id)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(map_err)?)
+            }
+
+            async fn get_admin_token_by_id(&self, id: &str) -> DbResult<Option<AdminTokenRow>> {
+                let sql = format!("SELECT {ADMIN_COLS} FROM admin_tokens WHERE id = $1");
+                Ok(sqlx::query_as::<_, AdminTokenRow>(&sql)
                     .bind(id)
                     .fetch_optional(&self.pool)
                     .await

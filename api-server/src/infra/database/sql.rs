@@ -174,8 +174,8 @@ const KEY_COLS: &str = "id, org_id, application_id, name, key_prefix, scopes, ex
 const EU_COLS: &str =
     "id, org_id, application_id, name, email, external_id, metadata, created_at, updated_at";
 
-/// How long a request may hold an idempotency key in `processing` before the key is considered abandoned.
-const IDEMPOTENCY_STALE_SECS: i64 = 120;
+/// The `disabled_reason` of the schedules of a deleted end-user.
+pub const END_USER_DELETED: &str = "The schedule's end-user was deleted";
 
 macro_rules! impl_sql_database {
     ($db:ty, $kind:literal, $migrator:expr) => {
@@ -694,13 +694,14 @@ macro_rules! impl_sql_database {
                 let mut tx = self.pool.begin_write().await.map_err(map_err)?;
                 // Its schedules are disabled (§6); the foreign key then clears their end_user_id.
                 sqlx::query(
-                    "UPDATE schedules SET enabled = $1, next_run_at = NULL, updated_at = $2 \
-                     WHERE application_id = $3 AND end_user_id = $4",
+                    "UPDATE schedules SET enabled = $1, next_run_at = NULL, updated_at = $2, \
+                     disabled_reason = $5 WHERE application_id = $3 AND end_user_id = $4",
                 )
                 .bind(false)
                 .bind(now())
                 .bind(application_id)
                 .bind(id)
+                .bind(END_USER_DELETED)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err)?;
@@ -714,110 +715,6 @@ macro_rules! impl_sql_database {
                     return Err(DbError::NotFound);
                 }
                 tx.commit().await.map_err(map_err)?;
-                Ok(())
-            }
-
-            async fn idempotency_begin(
-                &self,
-                org_id: &str,
-                application_id: &str,
-                key: &str,
-                body_hash: &str,
-            ) -> DbResult<IdempotencyState> {
-                let at = now();
-                let stale = at - chrono::Duration::seconds(IDEMPOTENCY_STALE_SECS);
-                sqlx::query(
-                    "DELETE FROM idempotency_keys WHERE org_id = $1 AND application_id = $2 AND idem_key = $3 \
-                     AND (expires_at < $4 OR (state = 'processing' AND created_at < $5))",
-                )
-                .bind(org_id)
-                .bind(application_id)
-                .bind(key)
-                .bind(at)
-                .bind(stale)
-                .execute(&self.pool)
-                .await
-                .map_err(map_err)?;
-                let inserted = sqlx::query(
-                    "INSERT INTO idempotency_keys (org_id, application_id, idem_key, body_hash, state, \
-                     created_at, expires_at) VALUES ($1, $2, $3, $4, 'processing', $5, $6) ON CONFLICT DO NOTHING",
-                )
-                .bind(org_id)
-                .bind(application_id)
-                .bind(key)
-                .bind(body_hash)
-                .bind(at)
-                .bind(at + chrono::Duration::hours(24))
-                .execute(&self.pool)
-                .await
-                .map_err(map_err)?;
-                if inserted.rows_affected() == 1 {
-                    return Ok(IdempotencyState::Acquired);
-                }
-                let row: Option<(String, String, Option<i32>, Option<String>)> = sqlx::query_as(
-                    "SELECT body_hash, state, status_code, response_body FROM idempotency_keys \
-                     WHERE org_id = $1 AND application_id = $2 AND idem_key = $3",
-                )
-                .bind(org_id)
-                .bind(application_id)
-                .bind(key)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(map_err)?;
-                Ok(match row {
-                    // Released between our insert and read: treat as in progress; the client retries.
-                    None => IdempotencyState::InProgress {
-                        body_hash: body_hash.to_string(),
-                    },
-                    Some((hash, state, status, body)) if state == "done" => {
-                        IdempotencyState::Completed {
-                            body_hash: hash,
-                            status: status.unwrap_or(200) as u16,
-                            body: body.unwrap_or_default(),
-                        }
-                    }
-                    Some((hash, _, _, _)) => IdempotencyState::InProgress { body_hash: hash },
-                })
-            }
-
-            async fn idempotency_complete(
-                &self,
-                org_id: &str,
-                application_id: &str,
-                key: &str,
-                status: u16,
-                body: &str,
-            ) -> DbResult<()> {
-                sqlx::query(
-                    "UPDATE idempotency_keys SET state = 'done', status_code = $1, response_body = $2 \
-                     WHERE org_id = $3 AND application_id = $4 AND idem_key = $5",
-                )
-                .bind(status as i32)
-                .bind(body)
-                .bind(org_id)
-                .bind(application_id)
-                .bind(key)
-                .execute(&self.pool)
-                .await
-                .map_err(map_err)?;
-                Ok(())
-            }
-
-            async fn idempotency_release(
-                &self,
-                org_id: &str,
-                application_id: &str,
-                key: &str,
-            ) -> DbResult<()> {
-                sqlx::query(
-                    "DELETE FROM idempotency_keys WHERE org_id = $1 AND application_id = $2 AND idem_key = $3",
-                )
-                .bind(org_id)
-                .bind(application_id)
-                .bind(key)
-                .execute(&self.pool)
-                .await
-                .map_err(map_err)?;
                 Ok(())
             }
         }

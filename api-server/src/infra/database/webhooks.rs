@@ -6,6 +6,7 @@ use sqlx::types::Json;
 use sqlx::{Postgres, Sqlite};
 
 use super::sql::{map_err, SqlDatabase};
+use super::tx::BeginWrite;
 use super::*;
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -69,6 +70,13 @@ const DELIVERY_COLS: &str =
 #[async_trait]
 pub trait WebhookRepo: Send + Sync {
     async fn insert_webhook(&self, row: &WebhookRow) -> DbResult<WebhookRow>;
+    /// Inserts the webhook unless its application already has `max`; `None` then. Creates in one
+    /// application are serialised, so the cap holds under concurrent requests.
+    async fn insert_webhook_capped(
+        &self,
+        row: &WebhookRow,
+        max: i64,
+    ) -> DbResult<Option<WebhookRow>>;
     async fn count_webhooks(&self, application_id: &str) -> DbResult<i64>;
     async fn get_webhook(&self, application_id: &str, id: &str) -> DbResult<Option<WebhookRow>>;
     /// By id alone (the delivery worker).
@@ -112,6 +120,54 @@ macro_rules! impl_webhook_repo {
                     .fetch_one(&self.pool)
                     .await
                     .map_err(map_err)?)
+            }
+
+            async fn insert_webhook_capped(
+                &self,
+                r: &WebhookRow,
+                max: i64,
+            ) -> DbResult<Option<WebhookRow>> {
+                let mut tx = self.pool.begin_write().await.map_err(map_err)?;
+                // Takes the application's row lock (PostgreSQL) within the write lock that SQLite's
+                // `BEGIN IMMEDIATE` already holds, so a concurrent create waits here and then counts
+                // this one.
+                sqlx::query("UPDATE applications SET updated_at = updated_at WHERE id = $1")
+                    .bind(&r.application_id)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                let (n,): (i64,) =
+                    sqlx::query_as("SELECT COUNT(*) FROM webhooks WHERE application_id = $1")
+                        .bind(&r.application_id)
+                        .fetch_one(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
+                if n >= max {
+                    return Ok(None);
+                }
+                let sql = format!(
+                    "INSERT INTO webhooks ({WEBHOOK_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
+                     $10, $11, $12, $13) RETURNING {WEBHOOK_COLS}"
+                );
+                let row = sqlx::query_as::<_, WebhookRow>(&sql)
+                    .bind(&r.id)
+                    .bind(&r.org_id)
+                    .bind(&r.application_id)
+                    .bind(&r.url)
+                    .bind(&r.events)
+                    .bind(&r.package_id)
+                    .bind(&r.payload_mode)
+                    .bind(r.enabled)
+                    .bind(&r.secret_enc)
+                    .bind(&r.previous_secret_enc)
+                    .bind(r.previous_secret_expires_at)
+                    .bind(r.created_at)
+                    .bind(r.updated_at)
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(map_err)?;
+                tx.commit().await.map_err(map_err)?;
+                Ok(Some(row))
             }
 
             async fn count_webhooks(&self, application_id: &str) -> DbResult<i64> {

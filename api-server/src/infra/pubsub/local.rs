@@ -1,33 +1,27 @@
-//! In-process pub/sub on tokio `broadcast` channels (capacity 1024 each).
+//! In-process pub/sub: the [`Hub`] alone.
+
+use std::sync::Arc;
 
 use async_trait::async_trait;
-use futures::stream::{BoxStream, StreamExt};
-use tokio::sync::broadcast;
+use futures::stream::BoxStream;
 
-use super::{PubSub, Topic};
-
-const CAPACITY: usize = 1024;
+use super::hub::Hub;
+use super::{Channel, Delivery, PubSub};
 
 pub struct LocalPubSub {
-    events: broadcast::Sender<String>,
-    cancel: broadcast::Sender<String>,
+    hub: Arc<Hub>,
 }
 
 impl Default for LocalPubSub {
     fn default() -> Self {
-        Self {
-            events: broadcast::channel(CAPACITY).0,
-            cancel: broadcast::channel(CAPACITY).0,
-        }
+        Self { hub: Hub::new() }
     }
 }
 
 impl LocalPubSub {
-    fn sender(&self, topic: Topic) -> &broadcast::Sender<String> {
-        match topic {
-            Topic::RunEvents => &self.events,
-            Topic::RunCancel => &self.cancel,
-        }
+    /// Channels with at least one subscriber.
+    pub fn channel_count(&self) -> usize {
+        self.hub.channel_count()
     }
 }
 
@@ -37,49 +31,74 @@ impl PubSub for LocalPubSub {
         "local"
     }
 
-    async fn publish(&self, topic: Topic, payload: String) -> anyhow::Result<()> {
-        // No subscribers is not an error.
-        let _ = self.sender(topic).send(payload);
+    async fn publish(&self, channel: &Channel, payload: String) -> anyhow::Result<()> {
+        self.hub.deliver(channel.name(), &payload);
         Ok(())
     }
 
-    async fn subscribe(&self, topic: Topic) -> anyhow::Result<BoxStream<'static, String>> {
-        let rx = self.sender(topic).subscribe();
-        // A lagging subscriber is dropped: the stream ends at the first `Lagged`.
-        Ok(futures::stream::unfold(rx, |mut rx| async move {
-            match rx.recv().await {
-                Ok(msg) => Some((msg, rx)),
-                Err(_) => None,
-            }
-        })
-        .boxed())
+    async fn subscribe(&self, channel: &Channel) -> anyhow::Result<BoxStream<'static, Delivery>> {
+        Ok(self.hub.subscribe(channel.name()))
     }
 }
 
 #[cfg(test)]
 mod tests {
+    use super::super::CAPACITY;
     use super::*;
+    use futures::StreamExt;
 
-    #[tokio::test]
-    async fn fan_out_and_topic_isolation() {
-        let ps = LocalPubSub::default();
-        let mut a = ps.subscribe(Topic::RunEvents).await.unwrap();
-        let mut b = ps.subscribe(Topic::RunEvents).await.unwrap();
-        let mut c = ps.subscribe(Topic::RunCancel).await.unwrap();
-        ps.publish(Topic::RunEvents, "one".into()).await.unwrap();
-        ps.publish(Topic::RunCancel, "run_1".into()).await.unwrap();
-        assert_eq!(a.next().await.unwrap(), "one");
-        assert_eq!(b.next().await.unwrap(), "one");
-        assert_eq!(c.next().await.unwrap(), "run_1");
+    fn msg(s: &str) -> Delivery {
+        Delivery::Message(s.to_string())
     }
 
     #[tokio::test]
-    async fn lagging_subscriber_is_dropped() {
+    async fn fan_out_and_partition_isolation() {
         let ps = LocalPubSub::default();
-        let mut slow = ps.subscribe(Topic::RunEvents).await.unwrap();
-        for i in 0..(CAPACITY + 10) {
-            ps.publish(Topic::RunEvents, i.to_string()).await.unwrap();
+        let acme = Channel::run_events("org_acme");
+        let other = Channel::run_events("org_other");
+        let mut a = ps.subscribe(&acme).await.unwrap();
+        let mut b = ps.subscribe(&acme).await.unwrap();
+        let mut o = ps.subscribe(&other).await.unwrap();
+        let mut c = ps.subscribe(&Channel::run_cancel()).await.unwrap();
+        ps.publish(&acme, "one".into()).await.unwrap();
+        ps.publish(&other, "two".into()).await.unwrap();
+        ps.publish(&Channel::run_cancel(), "run_1".into())
+            .await
+            .unwrap();
+        assert_eq!(a.next().await.unwrap(), msg("one"));
+        assert_eq!(b.next().await.unwrap(), msg("one"));
+        assert_eq!(o.next().await.unwrap(), msg("two"));
+        assert_eq!(c.next().await.unwrap(), msg("run_1"));
+        assert_eq!(ps.channel_count(), 3);
+        drop((a, b, o, c));
+        assert_eq!(
+            ps.channel_count(),
+            0,
+            "channels without subscribers are removed"
+        );
+    }
+
+    /// 1,100 messages to a stalled subscriber: it is told it lagged, then goes on receiving (the newest
+    /// messages still held, then new ones); a subscriber of another organization lags not at all.
+    #[tokio::test]
+    async fn a_lagging_subscriber_recovers_and_other_partitions_are_unaffected() {
+        let ps = LocalPubSub::default();
+        let busy = Channel::run_events("org_busy");
+        let quiet = Channel::run_events("org_quiet");
+        let mut stalled = ps.subscribe(&busy).await.unwrap();
+        let mut calm = ps.subscribe(&quiet).await.unwrap();
+        for i in 0..1100 {
+            ps.publish(&busy, i.to_string()).await.unwrap();
         }
-        assert!(slow.next().await.is_none());
+        ps.publish(&quiet, "hello".into()).await.unwrap();
+        assert_eq!(stalled.next().await.unwrap(), Delivery::Lagged);
+        let first_kept = 1100 - CAPACITY;
+        assert_eq!(stalled.next().await.unwrap(), msg(&first_kept.to_string()));
+        for _ in first_kept + 1..1100 {
+            assert!(matches!(stalled.next().await, Some(Delivery::Message(_))));
+        }
+        ps.publish(&busy, "after".into()).await.unwrap();
+        assert_eq!(stalled.next().await.unwrap(), msg("after"));
+        assert_eq!(calm.next().await.unwrap(), msg("hello"));
     }
 }

@@ -1,14 +1,14 @@
-//! Redis pub/sub (Tier 2): the channels `appstrate:runs:events` and `appstrate:runs:cancel`, shared by every
-//! instance on the same Redis.
+//! Redis pub/sub (Tier 2): the channels `appstrate:runs:events:<org id>` and `appstrate:runs:cancel`,
+//! shared by every instance on the same Redis.
 //!
-//! One dedicated subscriber connection per process listens on both channels and fans messages out to local
-//! tokio `broadcast` channels (capacity 1024, as [`super::LocalPubSub`]), so a subscription costs no Redis
-//! connection and has exactly the local semantics: a lagging subscriber is dropped (its stream ends), and
-//! nothing else ever ends a stream. When the subscriber connection breaks (a Redis restart), a background
-//! task reconnects and resubscribes with exponential backoff (100 ms doubling up to 5 s); the local
-//! streams stay open across the outage and resume delivering afterwards. Messages published while Redis is
-//! down are lost, as with any Redis pub/sub: the long-poll re-reads the database every 2 s and SSE clients
-//! get the next update.
+//! One dedicated subscriber connection per process listens on `appstrate:runs:cancel` and the pattern
+//! `appstrate:runs:events:*` and fans messages out to the local per-channel hub (as
+//! [`super::LocalPubSub`]), so a subscription costs no Redis connection and has exactly the local
+//! semantics: a lagging subscriber is told so and goes on, and nothing ever ends a stream. When the
+//! subscriber connection breaks (a Redis restart), a background task reconnects and resubscribes with
+//! exponential backoff (100 ms doubling up to 5 s); the local streams stay open across the outage.
+//! Messages published while Redis is down are lost, as with any Redis pub/sub: after resubscribing every
+//! local subscriber gets [`Delivery::Lagged`] and re-reads the database.
 //!
 //! Publishing goes through the shared auto-reconnecting command connection; during an outage it fails with
 //! an error the callers log.
@@ -18,12 +18,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use futures::stream::{BoxStream, StreamExt};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::watch;
 
-use super::{PubSub, Topic};
+use super::hub::Hub;
+use super::{Channel, Delivery, PubSub, CANCEL, EVENTS_PREFIX};
 use crate::infra::redis_client::{OutageLog, Redis, CONNECT_TIMEOUT, RESPONSE_TIMEOUT};
 
-const CAPACITY: usize = 1024;
 /// How often the subscriber connection is probed with `PING` while idle, so a half-open connection
 /// (no RST from a vanished server) is noticed.
 const PROBE_EVERY: Duration = Duration::from_secs(10);
@@ -31,8 +31,7 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 pub struct RedisPubSub {
     redis: Redis,
-    events: broadcast::Sender<String>,
-    cancel: broadcast::Sender<String>,
+    hub: Arc<Hub>,
     /// How many times the subscriber connection has been (re)established; for tests and diagnostics.
     connected: watch::Receiver<u64>,
     stop: watch::Sender<bool>,
@@ -42,8 +41,7 @@ impl RedisPubSub {
     /// Subscribes to both channels, then keeps the subscription alive in the background. Fails when the
     /// first subscription cannot be established, so a misconfigured Redis stops boot.
     pub async fn connect(redis: Redis) -> anyhow::Result<RedisPubSub> {
-        let events = broadcast::channel(CAPACITY).0;
-        let cancel = broadcast::channel(CAPACITY).0;
+        let hub = Hub::new();
         let (connected_tx, connected) = watch::channel(0u64);
         let (stop, stop_rx) = watch::channel(false);
         let first = subscriber(&redis).await?;
@@ -51,25 +49,16 @@ impl RedisPubSub {
         tokio::spawn(run(
             redis.clone(),
             first,
-            events.clone(),
-            cancel.clone(),
+            hub.clone(),
             connected_tx,
             stop_rx,
         ));
         Ok(RedisPubSub {
             redis,
-            events,
-            cancel,
+            hub,
             connected,
             stop,
         })
-    }
-
-    fn sender(&self, topic: Topic) -> &broadcast::Sender<String> {
-        match topic {
-            Topic::RunEvents => &self.events,
-            Topic::RunCancel => &self.cancel,
-        }
     }
 
     /// Waits until the subscriber connection has been established more than `n` times in total (the first
@@ -90,17 +79,17 @@ impl Drop for RedisPubSub {
     }
 }
 
-/// A subscriber connection listening on both channels.
+/// A subscriber connection listening on the cancel channel and every organization's events channel.
 async fn subscriber(redis: &Redis) -> anyhow::Result<redis::aio::PubSub> {
     let mut ps = tokio::time::timeout(CONNECT_TIMEOUT, redis.client().get_async_pubsub())
         .await
         .map_err(|_| anyhow::anyhow!("connecting the subscriber timed out"))??;
-    tokio::time::timeout(
-        RESPONSE_TIMEOUT,
-        ps.subscribe(&[Topic::RunEvents.channel(), Topic::RunCancel.channel()]),
-    )
-    .await
-    .map_err(|_| anyhow::anyhow!("SUBSCRIBE timed out"))??;
+    tokio::time::timeout(RESPONSE_TIMEOUT, ps.subscribe(CANCEL))
+        .await
+        .map_err(|_| anyhow::anyhow!("SUBSCRIBE timed out"))??;
+    tokio::time::timeout(RESPONSE_TIMEOUT, ps.psubscribe(format!("{EVENTS_PREFIX}*")))
+        .await
+        .map_err(|_| anyhow::anyhow!("PSUBSCRIBE timed out"))??;
     Ok(ps)
 }
 
@@ -108,8 +97,7 @@ async fn subscriber(redis: &Redis) -> anyhow::Result<redis::aio::PubSub> {
 async fn run(
     redis: Redis,
     first: redis::aio::PubSub,
-    events: broadcast::Sender<String>,
-    cancel: broadcast::Sender<String>,
+    hub: Arc<Hub>,
     connected: watch::Sender<u64>,
     mut stop: watch::Receiver<bool>,
 ) {
@@ -128,6 +116,8 @@ async fn run(
                     Ok(ps) => {
                         outage.ok("pub/sub subscriber");
                         connected.send_modify(|c| *c += 1);
+                        // Whatever was published during the outage is lost: subscribers re-read.
+                        hub.gap();
                         ps
                     }
                     Err(e) => {
@@ -147,18 +137,13 @@ async fn run(
                 msg = stream.next() => match msg {
                     Some(msg) => {
                         let Ok(payload) = msg.get_payload::<String>() else { continue };
-                        let tx = if msg.get_channel_name() == Topic::RunCancel.channel() {
-                            &cancel
-                        } else {
-                            &events
-                        };
                         // No local subscriber is not an error.
-                        let _ = tx.send(payload);
+                        hub.deliver(msg.get_channel_name(), &payload);
                     }
                     None => break,
                 },
                 _ = probe.tick() => {
-                    let pong = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<String>()).await;
+                    let pong = tokio::time::timeout(RESPONSE_TIMEOUT, sink.ping::<redis::Value>()).await;
                     if !matches!(pong, Ok(Ok(_))) {
                         break;
                     }
@@ -179,25 +164,17 @@ impl PubSub for RedisPubSub {
         "redis"
     }
 
-    async fn publish(&self, topic: Topic, payload: String) -> anyhow::Result<()> {
+    async fn publish(&self, channel: &Channel, payload: String) -> anyhow::Result<()> {
         let mut conn = self.redis.conn();
         let _: i64 = redis::cmd("PUBLISH")
-            .arg(topic.channel())
+            .arg(channel.name())
             .arg(payload)
             .query_async(&mut conn)
             .await?;
         Ok(())
     }
 
-    async fn subscribe(&self, topic: Topic) -> anyhow::Result<BoxStream<'static, String>> {
-        let rx = self.sender(topic).subscribe();
-        // As LocalPubSub: the stream ends only when this subscriber lags (or the adapter is dropped).
-        Ok(futures::stream::unfold(rx, |mut rx| async move {
-            match rx.recv().await {
-                Ok(msg) => Some((msg, rx)),
-                Err(_) => None,
-            }
-        })
-        .boxed())
+    async fn subscribe(&self, channel: &Channel) -> anyhow::Result<BoxStream<'static, Delivery>> {
+        Ok(self.hub.subscribe(channel.name()))
     }
 }
