@@ -198,6 +198,8 @@ pub struct Config {
     pub system_packages_dir: PathBuf,
     pub app_version: String,
     pub git_sha: Option<String>,
+    /// Accounts, sessions, sign-in providers and email (`AUTH_*`, `SMTP_*`).
+    pub people: crate::people::config::PeopleConfig,
 }
 
 /// One problem with one variable. Printed as `config error: <VAR>: <reason>`.
@@ -708,6 +710,7 @@ impl Config {
             PathBuf::from(r.string("SYSTEM_PACKAGES_DIR", "./system-packages"));
         let app_version = r.string("APP_VERSION", env!("CARGO_PKG_VERSION"));
         let git_sha = r.get("GIT_SHA").map(|s| s.to_string());
+        let people = crate::people::config::PeopleConfig::from_map(env, &mut r.errors);
 
         if !r.errors.is_empty() {
             return Err(r.errors);
@@ -768,6 +771,7 @@ impl Config {
             system_packages_dir,
             app_version,
             git_sha,
+            people,
         })
     }
 

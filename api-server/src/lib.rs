@@ -11,6 +11,7 @@ pub mod http;
 pub mod infra;
 pub mod metrics;
 pub mod packages;
+pub mod people;
 pub mod retention;
 pub mod runs;
 pub mod schedules;

@@ -123,6 +123,20 @@ pub async fn spawn_app_on(backend: Backend, extra: &[(&str, &str)]) -> Option<Te
     }
 }
 
+/// A server on `backend` without any organization (a fresh installation, claimed by its first sign-up),
+/// or `None` when PostgreSQL is asked for and not available. Use with `test_support::require!`.
+pub async fn spawn_fresh_on(backend: Backend, extra: &[(&str, &str)]) -> Option<TestApp> {
+    match backend {
+        Backend::Sqlite => Some(start_with(extra).await),
+        Backend::Postgres => {
+            let url = crate::services::postgres_database().await?;
+            let mut env: Vec<(&str, &str)> = vec![("DATABASE_URL", url.as_str())];
+            env.extend_from_slice(extra);
+            Some(start_with(&env).await)
+        }
+    }
+}
+
 /// A server with the default test environment plus `extra`, without bootstrapping an organization
 /// (e.g. several replicas booting together on one database).
 pub async fn start_with(extra: &[(&str, &str)]) -> TestApp {
@@ -182,7 +196,11 @@ async fn start(mut env: HashMap<String, String>, dir: Option<tempfile::TempDir>)
     let listener = bind(&host, port).await.expect("bind the test address");
     let port = listener.local_addr().unwrap().port();
     let address = format!("http://{host}:{port}");
-    env.insert("APP_URL".into(), address.clone());
+    // A test may name its own public URL (e.g. https, to see `Secure` cookies); by default it is the
+    // listen address.
+    if env.get("APP_URL").is_none_or(|u| u.is_empty()) {
+        env.insert("APP_URL".into(), address.clone());
+    }
     env.insert("PORT".into(), port.to_string());
     let config = Config::from_map(&env).unwrap_or_else(|errors| {
         panic!(
@@ -282,6 +300,7 @@ impl TestApp {
         let dir = tempfile::tempdir().expect("temporary directory");
         let mut env = self.env.clone();
         env.remove("PORT");
+        env.remove("APP_URL");
         env.insert(
             "DATA_DIR".into(),
             dir.path().join("data").to_string_lossy().into_owned(),

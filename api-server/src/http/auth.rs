@@ -8,24 +8,14 @@ use axum::middleware::Next;
 use axum::response::Response;
 
 use super::error::ApiError;
+use super::session::{check_origin, session_cookie, signed_out};
 use crate::crypto::sha256_hex;
 use crate::infra::database::{now, ApplicationRow, EndUserRow};
+use crate::people::Role;
 use crate::state::AppState;
 
-pub const SCOPES: [&str; 12] = [
-    "agents:read",
-    "agents:run",
-    "runs:read",
-    "runs:cancel",
-    "packages:read",
-    "packages:write",
-    "schedules:read",
-    "schedules:write",
-    "webhooks:read",
-    "webhooks:write",
-    "end-users:read",
-    "end-users:write",
-];
+/// The twelve API scopes (SPEC §7.3), defined by the people domain next to the role table.
+pub const SCOPES: [&str; 12] = crate::people::API_SCOPES;
 
 const APP_SCOPED: [&str; 8] = [
     "/api/agents",
@@ -56,6 +46,12 @@ pub enum Credential {
     Admin {
         id: String,
     },
+    /// A signed-in user (browser session cookie) acting in an organization with their role.
+    Session {
+        user_id: String,
+        session_id: String,
+        role: Role,
+    },
 }
 
 /// The resolved caller of a request.
@@ -79,13 +75,22 @@ impl Auth {
         match &self.credential {
             Credential::ApiKey { id, .. } => format!("apikey:{id}"),
             Credential::Admin { id } => format!("admin:{id}"),
+            Credential::Session { user_id, .. } => format!("user:{user_id}"),
         }
     }
 
     pub fn api_key_id(&self) -> Option<&str> {
         match &self.credential {
             Credential::ApiKey { id, .. } => Some(id),
-            Credential::Admin { .. } => None,
+            Credential::Admin { .. } | Credential::Session { .. } => None,
+        }
+    }
+
+    /// The signed-in user, for session credentials.
+    pub fn user_id(&self) -> Option<&str> {
+        match &self.credential {
+            Credential::Session { user_id, .. } => Some(user_id),
+            _ => None,
         }
     }
 
@@ -93,9 +98,25 @@ impl Auth {
         match &self.credential {
             Credential::Admin { .. } => Ok(()),
             Credential::ApiKey { scopes, .. } if scopes.iter().any(|s| s == scope) => Ok(()),
-            Credential::ApiKey { .. } => Err(ApiError::forbidden(format!(
-                "Insufficient permissions: {scope} required"
+            Credential::Session { role, .. } if role.allows(scope) => Ok(()),
+            Credential::ApiKey { .. } | Credential::Session { .. } => Err(ApiError::forbidden(
+                format!("Insufficient permissions: {scope} required"),
+            )),
+        }
+    }
+
+    /// An organization-level permission (`applications:write`, `api-keys:write`…): admin tokens hold
+    /// them all, a signed-in user through their role (docs/people.md), API keys none.
+    pub fn require_permission(&self, permission: &str) -> Result<(), ApiError> {
+        match &self.credential {
+            Credential::Admin { .. } => Ok(()),
+            Credential::Session { role, .. } if role.allows(permission) => Ok(()),
+            Credential::Session { role, .. } => Err(ApiError::forbidden(format!(
+                "Insufficient permissions: {permission} required (your role is {role})"
             ))),
+            Credential::ApiKey { .. } => Err(ApiError::forbidden(
+                "This route requires an admin token or a signed-in administrator; API keys are not allowed",
+            )),
         }
     }
 
@@ -182,6 +203,17 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Authenticated, Ap
         if key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= at) {
             return Err(invalid_key());
         }
+        let mut scopes = key.scopes.0;
+        // A key created by a user holds at most that user's role's permissions, and none once the user
+        // has left the organization.
+        if let Some(creator) = &key.created_by {
+            let role = db
+                .member_role(&key.org_id, creator)
+                .await?
+                .and_then(|r| r.parse::<Role>().ok())
+                .ok_or_else(invalid_key)?;
+            scopes.retain(|s| role.allows(s));
+        }
         if state.should_touch(&key.id) {
             let db = db.clone();
             let id = key.id.clone();
@@ -196,7 +228,7 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Authenticated, Ap
             Credential::ApiKey {
                 id: key.id,
                 application_id: key.application_id,
-                scopes: key.scopes.0,
+                scopes,
             },
             Some(pinned),
         ));
@@ -228,6 +260,39 @@ async fn resolve_application(
     credential: &Credential,
     pinned: Option<ApplicationRow>,
 ) -> Result<ApplicationRow, ApiError> {
+    let requested = requested_application(req)?;
+    let app_id = match (credential, requested) {
+        (Credential::ApiKey { application_id, .. }, None) => application_id.clone(),
+        (Credential::ApiKey { application_id, .. }, Some(h)) => {
+            if &h != application_id {
+                return Err(ApiError::forbidden(
+                    "Application header does not match the API key's application",
+                ));
+            }
+            h
+        }
+        (_, None) => {
+            return Err(ApiError::invalid_request(
+                "Application context required. Provide X-App-Id header or use an API key.",
+            )
+            .with_param("X-App-Id"))
+        }
+        (_, Some(h)) => h,
+    };
+    // An API key's pinned application came with the key.
+    if let Some(app) = pinned.filter(|a| a.id == app_id) {
+        return Ok(app);
+    }
+    state
+        .infra
+        .db
+        .get_application(org_id, &app_id)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("Application {app_id} not found")))
+}
+
+/// The application named by `X-App-Id`, its alias `X-Application-Id` or, on realtime routes, `?appId=`.
+fn requested_application(req: &RequestInfo) -> Result<Option<String>, ApiError> {
     let headers = &req.headers;
     let primary = header_str(headers, "x-app-id")?;
     let alias = header_str(headers, "x-application-id")?;
@@ -244,35 +309,60 @@ async fn resolve_application(
             .with_param("X-App-Id"));
         }
     }
-    let requested = primary.or(alias).map(str::to_string).or(query);
-    let app_id = match (credential, requested) {
-        (Credential::ApiKey { application_id, .. }, None) => application_id.clone(),
-        (Credential::ApiKey { application_id, .. }, Some(h)) => {
-            if &h != application_id {
-                return Err(ApiError::forbidden(
-                    "Application header does not match the API key's application",
-                ));
-            }
-            h
-        }
-        (Credential::Admin { .. }, None) => {
-            return Err(ApiError::invalid_request(
-                "Application context required. Provide X-App-Id header or use an API key.",
+    Ok(primary.or(alias).map(str::to_string).or(query))
+}
+
+fn is_app_scoped(path: &str) -> bool {
+    APP_SCOPED
+        .iter()
+        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
+}
+
+/// A signed-in user's organization and application context (docs/people.md): app-scoped routes name
+/// the application (`X-App-Id`), other routes the organization (`X-Org-Id`); missing → 400, an
+/// organization or application the user is not a member of → 403.
+async fn session_context(
+    state: &AppState,
+    req: &RequestInfo,
+    user_id: &str,
+) -> Result<(String, Role, Option<ApplicationRow>), ApiError> {
+    let db = &state.infra.db;
+    let org_header = header_str(&req.headers, "x-org-id")?.map(str::to_string);
+    let no_access =
+        || ApiError::forbidden("You are not a member of the organization of this application");
+    if is_app_scoped(&req.path) {
+        let app_id = requested_application(req)?.ok_or_else(|| {
+            ApiError::invalid_request(
+                "Application context required. Provide the X-App-Id header with the session cookie.",
             )
-            .with_param("X-App-Id"))
+            .with_param("X-App-Id")
+        })?;
+        let (app, role) = db
+            .application_with_role(&app_id, user_id)
+            .await?
+            .ok_or_else(no_access)?;
+        let role = role
+            .and_then(|r| r.parse::<Role>().ok())
+            .ok_or_else(no_access)?;
+        if org_header.as_ref().is_some_and(|o| *o != app.org_id) {
+            return Err(ApiError::forbidden(
+                "X-Org-Id does not match the organization of the application",
+            ));
         }
-        (Credential::Admin { .. }, Some(h)) => h,
-    };
-    // An API key's pinned application came with the key.
-    if let Some(app) = pinned.filter(|a| a.id == app_id) {
-        return Ok(app);
+        return Ok((app.org_id.clone(), role, Some(app)));
     }
-    state
-        .infra
-        .db
-        .get_application(org_id, &app_id)
+    let org_id = org_header.ok_or_else(|| {
+        ApiError::invalid_request(
+            "Organization context required. Provide the X-Org-Id header with the session cookie.",
+        )
+        .with_param("X-Org-Id")
+    })?;
+    let role = db
+        .member_role(&org_id, user_id)
         .await?
-        .ok_or_else(|| ApiError::not_found(format!("Application {app_id} not found")))
+        .and_then(|r| r.parse::<Role>().ok())
+        .ok_or_else(|| ApiError::forbidden("You are not a member of this organization"))?;
+    Ok((org_id, role, None))
 }
 
 fn impersonation_allowed(path: &str) -> bool {
@@ -303,17 +393,32 @@ pub async fn require_auth(
         path: req.uri().path().to_string(),
         query: req.uri().query().unwrap_or("").to_string(),
     };
-    let token = bearer(&info).ok_or_else(missing_credentials)?;
-    let (org_id, credential, pinned) = authenticate(&state, &token).await?;
     let path = info.path.clone();
-
-    let application = if APP_SCOPED
-        .iter()
-        .any(|p| path == *p || path.starts_with(&format!("{p}/")))
-    {
-        Some(resolve_application(&state, &info, &org_id, &credential, pinned).await?)
-    } else {
-        None
+    let (org_id, credential, application) = match bearer(&info) {
+        Some(token) => {
+            let (org_id, credential, pinned) = authenticate(&state, &token).await?;
+            let application = if is_app_scoped(&path) {
+                Some(resolve_application(&state, &info, &org_id, &credential, pinned).await?)
+            } else {
+                None
+            };
+            (org_id, credential, application)
+        }
+        None => {
+            let cookie = session_cookie(&info.headers).ok_or_else(missing_credentials)?;
+            let session = crate::people::accounts::resolve_session(&state, &cookie)
+                .await?
+                .ok_or_else(signed_out)?;
+            check_origin(&state, req.method(), &info.headers)?;
+            let (org_id, role, application) =
+                session_context(&state, &info, &session.user_id).await?;
+            let credential = Credential::Session {
+                user_id: session.user_id,
+                session_id: session.id,
+                role,
+            };
+            (org_id, credential, application)
+        }
     };
 
     let end_user = match header_str(&info.headers, "appstrate-user")? {
@@ -325,7 +430,7 @@ pub async fn require_auth(
                     "Appstrate-User must be an end-user id (eu_…)",
                 ));
             }
-            if matches!(credential, Credential::Admin { .. }) || !impersonation_allowed(&path) {
+            if !matches!(credential, Credential::ApiKey { .. }) || !impersonation_allowed(&path) {
                 return Err(ApiError::bad_request(
                     "header_not_allowed",
                     "Appstrate-User is only accepted with an API key on agent, run, schedule, connection and realtime routes",

@@ -130,6 +130,39 @@ impl From<DbError> for ApiError {
     }
 }
 
+impl From<crate::people::PeopleError> for ApiError {
+    fn from(e: crate::people::PeopleError) -> Self {
+        use crate::people::PeopleError as P;
+        let detail = e.to_string();
+        match e {
+            P::InvalidCredentials => {
+                ApiError::unauthorized(&detail).with_code("invalid_credentials")
+            }
+            P::EmailTaken => ApiError::conflict("email_taken", detail).with_param("email"),
+            P::SignUpDisabled => ApiError::forbidden(detail).with_code("sign_up_disabled"),
+            P::EmailDomainNotAllowed(_) => ApiError::forbidden(detail)
+                .with_code("email_domain_not_allowed")
+                .with_param("email"),
+            P::Invalid {
+                field,
+                code,
+                message,
+            } => ApiError::validation(vec![FieldError::new(field, code, message)]),
+            P::NotFound(_) => ApiError::not_found(detail),
+            P::Forbidden(_) => ApiError::forbidden(detail),
+            P::LastOwner => ApiError::conflict("last_owner", detail),
+            P::InvitationExpired => ApiError::new(StatusCode::GONE, "invitation_expired", detail),
+            P::InvitationUsed => ApiError::conflict("invitation_used", detail),
+            P::InvitationWrongAccount => {
+                ApiError::forbidden(detail).with_code("invitation_wrong_account")
+            }
+            P::EmailUnavailable => ApiError::unavailable("email_unavailable", detail),
+            P::Db(db) => db.into(),
+            P::Internal(m) => ApiError::internal(m),
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let mut res = self.status.into_response();

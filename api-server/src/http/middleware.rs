@@ -15,6 +15,7 @@ use tracing::Instrument;
 use super::auth::Auth;
 use super::error::{render_problem, ApiError};
 use super::json::payload_too_large;
+use crate::infra::ratelimit::RateDecision;
 use crate::metrics::{RequestLabels, RouteLabels, RouteOnly};
 use crate::state::AppState;
 
@@ -280,24 +281,14 @@ pub async fn rate_limit(
             .rate_limited
             .get_or_create(&RouteOnly { route: template })
             .inc();
-        let mut err = ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            "Too many requests. Please try again shortly.",
-        )
-        .with_header(RETRY_AFTER, &decision.reset_secs.to_string())
-        .with_header(
-            "ratelimit".parse().expect("static header"),
-            &decision.header(),
-        )
-        .with_header(
-            "ratelimit-policy".parse().expect("static header"),
-            &decision.policy(),
-        );
-        err.retry_after = Some(decision.reset_secs);
+        let err = too_many_requests(&decision);
         return err.into_response();
     }
     let mut res = next.run(req).await;
+    // A handler that applied a limit of its own (e.g. per email on sign-in) reports that one.
+    if res.headers().contains_key("ratelimit") {
+        return res;
+    }
     if let Ok(v) = HeaderValue::from_str(&decision.header()) {
         res.headers_mut().insert("ratelimit", v);
     }
@@ -305,4 +296,58 @@ pub async fn rate_limit(
         res.headers_mut().insert("ratelimit-policy", v);
     }
     res
+}
+
+/// The 429 answer of a refused hit, with `Retry-After`, `RateLimit` and `RateLimit-Policy` (§10.1).
+pub fn too_many_requests(decision: &RateDecision) -> ApiError {
+    let mut err = ApiError::new(
+        StatusCode::TOO_MANY_REQUESTS,
+        "rate_limited",
+        "Too many requests. Please try again shortly.",
+    )
+    .with_header(RETRY_AFTER, &decision.reset_secs.to_string())
+    .with_header(
+        "ratelimit".parse().expect("static header"),
+        &decision.header(),
+    )
+    .with_header(
+        "ratelimit-policy".parse().expect("static header"),
+        &decision.policy(),
+    );
+    err.retry_after = Some(decision.reset_secs);
+    err
+}
+
+/// One hit on a limit keyed by something other than the caller (e.g. the email a sign-in names):
+/// `Err(429)` when over the limit; a limiter error lets the request through, as [`rate_limit`] does.
+pub async fn hit_limit(
+    state: &AppState,
+    route: &str,
+    key: &str,
+    limit: Limit,
+) -> Result<(), ApiError> {
+    let window = Duration::from_secs(limit.window_secs);
+    match state
+        .infra
+        .rate_limiter
+        .hit(&format!("{route}:{key}"), limit.limit, window)
+        .await
+    {
+        Ok(d) if !d.allowed => {
+            state
+                .metrics
+                .rate_limited
+                .get_or_create(&RouteOnly {
+                    route: route.to_string(),
+                })
+                .inc();
+            Err(too_many_requests(&d))
+        }
+        Ok(_) => Ok(()),
+        Err(e) => {
+            tracing::warn!(error = %e, "rate limiter unavailable; request let through");
+            state.metrics.rate_limiter_errors.inc();
+            Ok(())
+        }
+    }
 }

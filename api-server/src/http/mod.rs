@@ -8,6 +8,7 @@ pub mod list;
 pub mod middleware;
 pub mod openapi;
 pub mod routes;
+pub mod session;
 
 use std::any::Any;
 
@@ -139,6 +140,9 @@ pub fn router(state: AppState) -> Router {
 
     let routes = Router::new()
         .merge(public)
+        .merge(routes::people::router(&state))
+        .merge(routes::orgs::router(&state))
+        .merge(routes::sso::router())
         .merge(api)
         .merge(routes::sink::router());
     with_request_handling(routes, state)

@@ -13,6 +13,7 @@ use tokio::net::TcpStream;
 #[derive(Debug)]
 pub struct Answer {
     pub status: StatusCode,
+    pub headers: hyper::HeaderMap,
     pub body: Bytes,
 }
 
@@ -51,6 +52,11 @@ pub async fn request(
     };
     let res = sender.send_request(req.body(Full::new(payload))?).await?;
     let status = res.status();
+    let headers = res.headers().clone();
     let body = res.into_body().collect().await?.to_bytes();
-    Ok(Answer { status, body })
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
 }

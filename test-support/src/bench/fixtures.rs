@@ -5,7 +5,8 @@ use std::path::Path;
 
 use appstrate::crypto::{new_token, sha256_hex};
 use appstrate::http::auth::SCOPES;
-use appstrate::infra::database::{connect_sqlite, Database, NewApiKey};
+use appstrate::infra::database::people::InvitationRow;
+use appstrate::infra::database::{connect_sqlite, now, Database, NewApiKey, PeopleRepo};
 
 use super::server::Credentials;
 
@@ -35,4 +36,33 @@ pub async fn mint_api_keys(
     }
     db.pool().close().await;
     Ok(secrets)
+}
+
+/// Makes `user_id` a member of the bootstrap organization with `role` (through an invitation row, as
+/// accepting one would).
+pub async fn add_member(
+    db_path: &Path,
+    creds: &Credentials,
+    user_id: &str,
+    role: &str,
+) -> anyhow::Result<()> {
+    let db = connect_sqlite(db_path).await?;
+    let at = now();
+    let inv = InvitationRow {
+        id: format!("invit_{}", uuid::Uuid::new_v4()),
+        org_id: creds.org_id.clone(),
+        email: format!("{user_id}@bench.invalid"),
+        role: role.to_string(),
+        invited_by: None,
+        created_at: at,
+        expires_at: at + chrono::Duration::hours(1),
+        accepted_at: None,
+        accepted_by: None,
+        revoked_at: None,
+    };
+    db.insert_invitation(&inv, &sha256_hex(&new_token("inv_")))
+        .await?;
+    db.accept_invitation(&inv, user_id).await?;
+    db.pool().close().await;
+    Ok(())
 }

@@ -130,8 +130,13 @@ impl Conn {
             }
         };
         let status = res.status();
+        let headers = res.headers().clone();
         let body = res.into_body().collect().await?.to_bytes();
-        Ok(Answer { status, body })
+        Ok(Answer {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// `POST path` with a JSON body.

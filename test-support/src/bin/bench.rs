@@ -768,6 +768,131 @@ async fn agents_bench(
     for r in &reports {
         add_load_figures(summary, "GET /api/agents", r, true);
     }
+    sessions_bench(opts, server, creds, &reports, summary).await
+}
+
+/// Sign-in p50 (argon2id dominates) and `GET /api/agents` with a session cookie, compared with the API
+/// key figures of the same run.
+async fn sessions_bench(
+    opts: &Opts,
+    server: &Server,
+    creds: &server::Credentials,
+    key_reports: &[LoadReport],
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let addr = server.addr();
+    println!("\n== sessions: sign-in and GET /api/agents with a session cookie ==");
+    let email = format!("bench-{}@example.com", uuid::Uuid::new_v4());
+    let password = "bench password 1234";
+    let body = serde_json::json!({"email": email, "password": password});
+    let up = client::request(
+        addr,
+        Method::POST,
+        "/api/auth/sign-up/email",
+        None,
+        Some(&body),
+    )
+    .await?;
+    if !up.status.is_success() {
+        bail!(
+            "sign-up: {} {}",
+            up.status,
+            String::from_utf8_lossy(&up.body)
+        );
+    }
+    let user_id = up.json()?["user"]["id"].as_str().unwrap_or("").to_string();
+    fixtures::add_member(&server.db_path(), creds, &user_id, "member").await?;
+    // The sign-in route allows 10 attempts per email in 5 minutes.
+    let mut times = Vec::new();
+    let mut cookie = String::new();
+    for _ in 0..9 {
+        let started = Instant::now();
+        let a = client::request(
+            addr,
+            Method::POST,
+            "/api/auth/sign-in/email",
+            None,
+            Some(&body),
+        )
+        .await?;
+        times.push(started.elapsed());
+        if !a.status.is_success() {
+            bail!("sign-in: {} {}", a.status, String::from_utf8_lossy(&a.body));
+        }
+        cookie = a
+            .headers
+            .get_all(hyper::header::SET_COOKIE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .find(|v| v.starts_with("appstrate_session="))
+            .and_then(|v| v.split(';').next())
+            .unwrap_or("")
+            .to_string();
+    }
+    let params = appstrate::people::password::Argon2Params::default().describe();
+    if let Some((min, median, max)) = min_median_max(&times) {
+        println!(
+            "sign-in ({params}, server defaults): min {:.1} ms, p50 {:.1} ms, max {:.1} ms over {} sign-ins",
+            ms(min),
+            ms(median),
+            ms(max),
+            times.len()
+        );
+        summary.add(
+            format!("POST /api/auth/sign-in/email p50 ({params})"),
+            ms(median),
+            "ms",
+            Target::None,
+        );
+    }
+    let cookie = HeaderValue::from_str(&cookie)?;
+    let app = HeaderValue::from_str(&creds.application_id)?;
+    let mut reports = Vec::new();
+    for &c in &opts.concurrency {
+        println!("running GET /api/agents with a session cookie at c={c} …");
+        flush();
+        reports.push(
+            load::run(LoadSpec {
+                addr,
+                request: RequestTemplate::get("/api/agents")
+                    .header(hyper::header::COOKIE, cookie.clone())
+                    .header(
+                        hyper::header::HeaderName::from_static("x-app-id"),
+                        app.clone(),
+                    ),
+                rotation: None,
+                concurrency: c,
+                warmup: opts.warmup,
+                duration: opts.duration,
+                max_requests: None,
+                server_pid: Some(server.pid()),
+            })
+            .await,
+        );
+    }
+    print!(
+        "{}",
+        load_table("GET /api/agents (session cookie + X-App-Id)", &reports)
+    );
+    for r in &reports {
+        add_load_figures(summary, "GET /api/agents (session)", r, false);
+        if let Some(key) = key_reports.iter().find(|k| k.concurrency == r.concurrency) {
+            let ratio = r.rps() / key.rps().max(1.0) * 100.0;
+            summary.add(
+                format!(
+                    "GET /api/agents c={} session req/s as % of API key",
+                    r.concurrency
+                ),
+                ratio.round(),
+                "%",
+                if r.concurrency == TARGET_CONCURRENCY {
+                    Target::AtLeast(90.0)
+                } else {
+                    Target::None
+                },
+            );
+        }
+    }
     Ok(())
 }
 

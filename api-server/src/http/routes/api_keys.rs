@@ -1,4 +1,4 @@
-//! `/api/api-keys*`: admin-only, in the application context.
+//! `/api/api-keys*`: admin tokens and signed-in owners and admins, in the application context.
 
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
@@ -58,7 +58,7 @@ pub async fn list(
     Extension(auth): Extension<Auth>,
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
-    auth.require_admin()?;
+    auth.require_permission("api-keys:write")?;
     let query = ListQuery::parse(q.as_deref())?;
     let app = auth.app()?;
     let page = state
@@ -81,7 +81,7 @@ pub async fn list(
     security(("adminToken" = [])),
     responses((status = 200, description = "The twelve scopes", body = crate::http::openapi::ScopeList)))]
 pub async fn available_scopes(Extension(auth): Extension<Auth>) -> Result<Response, ApiError> {
-    auth.require_admin()?;
+    auth.require_permission("api-keys:write")?;
     Ok(Json(json!({ "scopes": SCOPES })).into_response())
 }
 
@@ -95,7 +95,7 @@ pub async fn create(
     Extension(auth): Extension<Auth>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    auth.require_admin()?;
+    auth.require_permission("api-keys:write")?;
     let mut f = Fields::new(&body, "");
     let name = f.string("name", true, 1, 100);
     let scopes = f.string_array("scopes");
@@ -140,20 +140,22 @@ pub async fn create(
     scopes.dedup();
     let app = auth.app()?;
     let secret = new_token("ask_");
-    let row = state
-        .infra
-        .db
-        .insert_api_key(&NewApiKey {
-            id: uuid::Uuid::new_v4().to_string(),
-            org_id: auth.org_id.clone(),
-            application_id: app.id.clone(),
-            name: name.unwrap_or_default(),
-            key_hash: sha256_hex(&secret),
-            key_prefix: secret[..8].to_string(),
-            scopes,
-            expires_at,
-        })
-        .await?;
+    let key = NewApiKey {
+        id: uuid::Uuid::new_v4().to_string(),
+        org_id: auth.org_id.clone(),
+        application_id: app.id.clone(),
+        name: name.unwrap_or_default(),
+        key_hash: sha256_hex(&secret),
+        key_prefix: secret[..8].to_string(),
+        scopes,
+        expires_at,
+    };
+    let db = &state.infra.db;
+    let row = match auth.user_id() {
+        // A user's key is capped by the user's role (docs/people.md).
+        Some(user_id) => db.insert_user_api_key(&key, user_id).await?,
+        None => db.insert_api_key(&key).await?,
+    };
     let mut dto = ApiKeyDto::from(row);
     dto.key = Some(secret);
     Ok((StatusCode::CREATED, Json(dto)).into_response())
@@ -168,7 +170,7 @@ pub async fn revoke(
     Extension(auth): Extension<Auth>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    auth.require_admin()?;
+    auth.require_permission("api-keys:write")?;
     let app = auth.app()?;
     state
         .infra

@@ -43,7 +43,7 @@ impl From<ApplicationRow> for ApplicationDto {
 fn pinned_app(auth: &Auth) -> Option<&str> {
     match &auth.credential {
         Credential::ApiKey { application_id, .. } => Some(application_id),
-        Credential::Admin { .. } => None,
+        Credential::Admin { .. } | Credential::Session { .. } => None,
     }
 }
 
@@ -89,7 +89,7 @@ pub async fn create(
     Extension(auth): Extension<Auth>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    auth.require_admin()?;
+    auth.require_permission("applications:write")?;
     let name = parse_name(&body, true)?.unwrap_or_default();
     let app = state
         .infra
@@ -136,7 +136,7 @@ pub async fn update(
     Path(id): Path<String>,
     JsonBody(body): JsonBody,
 ) -> Result<Response, ApiError> {
-    auth.require_admin()?;
+    auth.require_permission("applications:write")?;
     let name = parse_name(&body, false)?;
     let app = match name {
         Some(n) => {
@@ -160,7 +160,7 @@ pub async fn delete(
     Extension(auth): Extension<Auth>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    auth.require_admin()?;
+    auth.require_permission("applications:write")?;
     let app = load(&state, &auth, &id).await?;
     if app.is_default {
         return Err(ApiError::bad_request(

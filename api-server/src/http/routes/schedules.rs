@@ -110,7 +110,7 @@ fn require_write(auth: &Auth) -> Result<(), ApiError> {
 fn admin_token_id(auth: &Auth) -> Option<String> {
     match &auth.credential {
         Credential::Admin { id } => Some(id.clone()),
-        Credential::ApiKey { .. } => None,
+        Credential::ApiKey { .. } | Credential::Session { .. } => None,
     }
 }
 
@@ -134,6 +134,8 @@ fn take_over(s: &mut ScheduleRow, auth: &Auth) {
                 s.admin_token_id = Some(id.clone());
             }
         }
+        // A session is not a credential a schedule can fire as: the schedule keeps its own.
+        Credential::Session { .. } => {}
     }
 }
 
@@ -190,6 +192,13 @@ pub async fn create_schedule(
     .await?;
     let enabled = b.enabled.unwrap_or(true);
     let at = now();
+    if auth.user_id().is_some() {
+        // A schedule fires later as its creator's credential; a browser session is not one that lasts.
+        return Err(ApiError::forbidden(
+            "Schedules run as an API key or an admin token; create an API key for this application and create the schedule with it",
+        )
+        .with_code("session_not_allowed"));
+    }
     let actor_type = match (&auth.end_user, auth.is_admin()) {
         (Some(_), _) => ACTOR_END_USER,
         (None, true) => ACTOR_ADMIN,

@@ -5,6 +5,7 @@ pub mod history;
 pub mod idempotency;
 pub mod migrate_data;
 mod packages;
+pub mod people;
 pub mod runs;
 pub mod schedules;
 pub mod schema;
@@ -23,6 +24,7 @@ pub use packages::{
     ConnectionRow, NewPackageVersion, PackageFilter, PackageRepo, PackageRow, PackageVersionRow,
     PackageWithManifest,
 };
+pub use people::PeopleRepo;
 pub use runs::RunRepo;
 pub use schedules::ScheduleRepo;
 pub use sql::{
@@ -110,6 +112,10 @@ pub struct ApiKeyRow {
     pub revoked_at: Option<Timestamp>,
     pub last_used_at: Option<Timestamp>,
     pub created_at: Timestamp,
+    /// The user who created the key (its permissions are capped by that user's role); read on the
+    /// authentication path only.
+    #[sqlx(default)]
+    pub created_by: Option<String>,
 }
 
 #[derive(Debug, Clone, sqlx::FromRow)]
@@ -162,7 +168,15 @@ pub struct BootstrapResult {
 /// The whole repository: tenancy here, other areas in their own files as supertraits.
 #[async_trait]
 pub trait Database:
-    IdempotencyRepo + PackageRepo + RunRepo + ScheduleRepo + WebhookRepo + HistoryRepo + Send + Sync
+    IdempotencyRepo
+    + PackageRepo
+    + RunRepo
+    + ScheduleRepo
+    + WebhookRepo
+    + HistoryRepo
+    + PeopleRepo
+    + Send
+    + Sync
 {
     /// `sqlite` or `postgres`, as reported by `/health`.
     fn kind(&self) -> &'static str;

@@ -144,7 +144,7 @@ pub(super) fn map_err(e: sqlx::Error) -> DbError {
     DbError::Sqlx(e)
 }
 
-fn slugify(name: &str) -> String {
+pub(super) fn slugify(name: &str) -> String {
     let mut slug = String::new();
     for c in name.to_lowercase().chars() {
         if c.is_ascii_alphanumeric() {
@@ -535,7 +535,7 @@ macro_rules! impl_sql_database {
             ) -> DbResult<Option<(ApiKeyRow, ApplicationRow)>> {
                 let sql = format!(
                     "SELECT k.id, k.org_id, k.application_id, k.name, k.key_prefix, k.scopes, k.expires_at, \
-                     k.revoked_at, k.last_used_at, k.created_at, a.name AS app_name, a.is_default AS app_is_default, \
+                     k.revoked_at, k.last_used_at, k.created_at, k.created_by, a.name AS app_name, a.is_default AS app_is_default, \
                      a.created_at AS app_created_at, a.updated_at AS app_updated_at \
                      FROM api_keys k JOIN applications a ON a.id = k.application_id WHERE k.key_hash = $1"
                 );
