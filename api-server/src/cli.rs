@@ -366,7 +366,7 @@ pub async fn bootstrap_json(
         name: "bootstrap".into(),
         key_hash: sha256_hex(&key),
         key_prefix: key[..8].to_string(),
-        scopes: crate::http::auth::SCOPES
+        scopes: crate::domain::SCOPES
             .iter()
             .map(|s| s.to_string())
             .collect(),

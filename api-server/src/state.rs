@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use crate::config::Config;
@@ -21,7 +21,6 @@ pub struct AppStateInner {
     /// Last `lastUsedAt` write per credential id, so it is written at most once a minute.
     touched: Mutex<HashMap<String, Instant>>,
     storage_check: Mutex<Option<(Instant, bool)>>,
-    pub openapi: OnceLock<crate::http::routes::meta::OpenApiDoc>,
 }
 
 pub type AppState = Arc<AppStateInner>;
@@ -55,7 +54,6 @@ impl AppStateInner {
             shutting_down: AtomicBool::new(false),
             touched: Mutex::new(HashMap::new()),
             storage_check: Mutex::new(None),
-            openapi: OnceLock::new(),
         })
     }
 

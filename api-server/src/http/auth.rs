@@ -10,12 +10,11 @@ use axum::response::Response;
 use super::error::ApiError;
 use super::session::{check_origin, session_cookie, signed_out};
 use crate::crypto::sha256_hex;
-use crate::infra::database::{now, ApplicationRow, EndUserRow};
+use crate::infra::database::{now, ApplicationRow};
 use crate::people::Role;
 use crate::state::AppState;
 
-/// The twelve API scopes (SPEC §7.3), defined by the people domain next to the role table.
-pub const SCOPES: [&str; 12] = crate::people::API_SCOPES;
+pub use crate::domain::{Credential, Principal as Auth, SCOPES};
 
 const APP_SCOPED: [&str; 8] = [
     "/api/agents",
@@ -35,108 +34,6 @@ const IDEMPOTENT_ROUTES: [&str; 4] = [
     "/api/end-users",
     "/api/webhooks",
 ];
-
-#[derive(Debug, Clone)]
-pub enum Credential {
-    ApiKey {
-        id: String,
-        application_id: String,
-        scopes: Vec<String>,
-    },
-    Admin {
-        id: String,
-    },
-    /// A signed-in user (browser session cookie) acting in an organization with their role.
-    Session {
-        user_id: String,
-        session_id: String,
-        role: Role,
-    },
-}
-
-/// The resolved caller of a request.
-#[derive(Debug, Clone)]
-pub struct Auth {
-    pub org_id: String,
-    pub credential: Credential,
-    /// The application context on app-scoped routes.
-    pub application: Option<ApplicationRow>,
-    /// The impersonated end-user (`Appstrate-User`), API keys only.
-    pub end_user: Option<EndUserRow>,
-}
-
-impl Auth {
-    pub fn is_admin(&self) -> bool {
-        matches!(self.credential, Credential::Admin { .. })
-    }
-
-    /// `apikey:<id>` or `admin:<id>`: the rate-limit identity.
-    pub fn identity(&self) -> String {
-        match &self.credential {
-            Credential::ApiKey { id, .. } => format!("apikey:{id}"),
-            Credential::Admin { id } => format!("admin:{id}"),
-            Credential::Session { user_id, .. } => format!("user:{user_id}"),
-        }
-    }
-
-    pub fn api_key_id(&self) -> Option<&str> {
-        match &self.credential {
-            Credential::ApiKey { id, .. } => Some(id),
-            Credential::Admin { .. } | Credential::Session { .. } => None,
-        }
-    }
-
-    /// The signed-in user, for session credentials.
-    pub fn user_id(&self) -> Option<&str> {
-        match &self.credential {
-            Credential::Session { user_id, .. } => Some(user_id),
-            _ => None,
-        }
-    }
-
-    pub fn require_scope(&self, scope: &str) -> Result<(), ApiError> {
-        match &self.credential {
-            Credential::Admin { .. } => Ok(()),
-            Credential::ApiKey { scopes, .. } if scopes.iter().any(|s| s == scope) => Ok(()),
-            Credential::Session { role, .. } if role.allows(scope) => Ok(()),
-            Credential::ApiKey { .. } | Credential::Session { .. } => Err(ApiError::forbidden(
-                format!("Insufficient permissions: {scope} required"),
-            )),
-        }
-    }
-
-    /// An organization-level permission (`applications:write`, `api-keys:write`…): admin tokens hold
-    /// them all, a signed-in user through their role (docs/people.md), API keys none.
-    pub fn require_permission(&self, permission: &str) -> Result<(), ApiError> {
-        match &self.credential {
-            Credential::Admin { .. } => Ok(()),
-            Credential::Session { role, .. } if role.allows(permission) => Ok(()),
-            Credential::Session { role, .. } => Err(ApiError::forbidden(format!(
-                "Insufficient permissions: {permission} required (your role is {role})"
-            ))),
-            Credential::ApiKey { .. } => Err(ApiError::forbidden(
-                "This route requires an admin token or a signed-in administrator; API keys are not allowed",
-            )),
-        }
-    }
-
-    pub fn require_admin(&self) -> Result<(), ApiError> {
-        if self.is_admin() {
-            Ok(())
-        } else {
-            Err(ApiError::forbidden(
-                "This route requires an admin token; API keys are not allowed",
-            ))
-        }
-    }
-
-    /// The application context; app-scoped routes always have one.
-    pub fn app(&self) -> Result<&ApplicationRow, ApiError> {
-        self.application
-            .as_ref()
-            .ok_or_else(|| ApiError::internal("application context missing on an app-scoped route"))
-    }
-}
 
 fn invalid_key() -> ApiError {
     ApiError::unauthorized("Invalid or expired API key")
@@ -203,17 +100,11 @@ async fn authenticate(state: &AppState, token: &str) -> Result<Authenticated, Ap
         if key.revoked_at.is_some() || key.expires_at.is_some_and(|e| e <= at) {
             return Err(invalid_key());
         }
-        let mut scopes = key.scopes.0;
         // A key created by a user holds at most that user's role's permissions, and none once the user
         // has left the organization.
-        if let Some(creator) = &key.created_by {
-            let role = db
-                .member_role(&key.org_id, creator)
-                .await?
-                .and_then(|r| r.parse::<Role>().ok())
-                .ok_or_else(invalid_key)?;
-            scopes.retain(|s| role.allows(s));
-        }
+        let scopes = crate::people::orgs::effective_key_scopes(db.as_ref(), &key)
+            .await?
+            .ok_or_else(invalid_key)?;
         if state.should_touch(&key.id) {
             let db = db.clone();
             let id = key.id.clone();

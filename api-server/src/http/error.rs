@@ -1,29 +1,15 @@
 //! RFC 9457 problem details (§8). Handlers return [`ApiError`]; the outer middleware renders it with the
 //! request id, so every error body carries `requestId` and `instance`.
 
+use axum::http::header::RETRY_AFTER;
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
 use serde_json::{json, Value};
 
+use crate::domain::{DomainError, ErrorKind};
 use crate::infra::database::DbError;
 
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
-pub struct FieldError {
-    pub field: String,
-    pub code: &'static str,
-    pub message: String,
-}
-
-impl FieldError {
-    pub fn new(field: impl Into<String>, code: &'static str, message: impl Into<String>) -> Self {
-        Self {
-            field: field.into(),
-            code,
-            message: message.into(),
-        }
-    }
-}
+pub use crate::domain::FieldError;
 
 /// An error answer. Rendered as `application/problem+json` by [`render_problem`].
 #[derive(Debug, Clone)]
@@ -120,46 +106,44 @@ impl ApiError {
 
 impl From<DbError> for ApiError {
     fn from(e: DbError) -> Self {
-        match e {
-            DbError::NotFound => ApiError::not_found("Resource not found"),
-            DbError::UnknownCursor => ApiError::invalid_request("Unknown startingAfter cursor")
-                .with_param("startingAfter"),
-            DbError::Conflict(c) => ApiError::conflict("conflict", format!("Conflict on {c}")),
-            other => ApiError::internal(other),
-        }
+        DomainError::from(e).into()
     }
 }
 
 impl From<crate::people::PeopleError> for ApiError {
     fn from(e: crate::people::PeopleError) -> Self {
-        use crate::people::PeopleError as P;
-        let detail = e.to_string();
-        match e {
-            P::InvalidCredentials => {
-                ApiError::unauthorized(&detail).with_code("invalid_credentials")
-            }
-            P::EmailTaken => ApiError::conflict("email_taken", detail).with_param("email"),
-            P::SignUpDisabled => ApiError::forbidden(detail).with_code("sign_up_disabled"),
-            P::EmailDomainNotAllowed(_) => ApiError::forbidden(detail)
-                .with_code("email_domain_not_allowed")
-                .with_param("email"),
-            P::Invalid {
-                field,
-                code,
-                message,
-            } => ApiError::validation(vec![FieldError::new(field, code, message)]),
-            P::NotFound(_) => ApiError::not_found(detail),
-            P::Forbidden(_) => ApiError::forbidden(detail),
-            P::LastOwner => ApiError::conflict("last_owner", detail),
-            P::InvitationExpired => ApiError::new(StatusCode::GONE, "invitation_expired", detail),
-            P::InvitationUsed => ApiError::conflict("invitation_used", detail),
-            P::InvitationWrongAccount => {
-                ApiError::forbidden(detail).with_code("invitation_wrong_account")
-            }
-            P::EmailUnavailable => ApiError::unavailable("email_unavailable", detail),
-            P::Db(db) => db.into(),
-            P::Internal(m) => ApiError::internal(m),
+        DomainError::from(e).into()
+    }
+}
+
+/// The one status each domain error kind is answered with.
+pub fn status_of(kind: ErrorKind) -> StatusCode {
+    match kind {
+        ErrorKind::Invalid => StatusCode::BAD_REQUEST,
+        ErrorKind::Unauthenticated => StatusCode::UNAUTHORIZED,
+        ErrorKind::Forbidden => StatusCode::FORBIDDEN,
+        ErrorKind::NotFound => StatusCode::NOT_FOUND,
+        ErrorKind::Conflict => StatusCode::CONFLICT,
+        ErrorKind::Gone => StatusCode::GONE,
+        ErrorKind::PreconditionFailed => StatusCode::PRECONDITION_FAILED,
+        ErrorKind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+        ErrorKind::Unprocessable => StatusCode::UNPROCESSABLE_ENTITY,
+        ErrorKind::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+        ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+        ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+    }
+}
+
+impl From<DomainError> for ApiError {
+    fn from(e: DomainError) -> Self {
+        let mut out = ApiError::new(status_of(e.kind), &e.code, e.detail);
+        out.param = e.param;
+        out.errors = e.errors;
+        if let Some(secs) = e.retry_after {
+            out = out.with_header(RETRY_AFTER, &secs.to_string());
+            out.retry_after = Some(secs);
         }
+        out
     }
 }
 

@@ -13,7 +13,7 @@ use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use super::manifest::{validate_manifest, Manifest, PackageType};
-use crate::http::error::FieldError;
+use crate::domain::FieldError;
 
 /// Largest accepted archive (compressed), in bytes. Larger → 413.
 pub const MAX_COMPRESSED_BYTES: usize = 10 * 1024 * 1024;

@@ -3,15 +3,12 @@
 //! A JSON body `{manifest, files?}` becomes an ordinary `.afps` archive ([`afps::build_zip`]) that goes
 //! through the same [`afps::parse`] as an uploaded one, so both paths share every rule and cap.
 
-use http::StatusCode;
+use crate::domain::{DomainError, ErrorKind, FieldError, Fields, Principal};
 use serde_json::Value;
 
 use super::afps::{self, AfpsError, AfpsPackage};
 use super::store::{import_parsed, ImportOutcome};
 use super::{afps_error, invalid_package, PackageId};
-use crate::http::auth::Auth;
-use crate::http::error::{ApiError, FieldError};
-use crate::http::json::Fields;
 use crate::infra::database::{DbError, PackageRow};
 use crate::state::AppState;
 
@@ -23,7 +20,7 @@ pub struct Archive {
 }
 
 /// Validates an uploaded archive.
-pub fn archive_from_zip(bytes: Vec<u8>) -> Result<Archive, ApiError> {
+pub fn archive_from_zip(bytes: Vec<u8>) -> Result<Archive, DomainError> {
     let package = afps::parse(&bytes).map_err(afps_error)?;
     Ok(Archive { bytes, package })
 }
@@ -50,7 +47,7 @@ fn bad_file_path(path: &str) -> Option<(&'static str, &'static str)> {
 /// The body's shape (unknown fields, wrong JSON types) is 400 `validation_failed`; the package's content
 /// (manifest rules, per-type files, unsafe paths, caps) is 400 `invalid_package` as for an import, with
 /// archive-level problems reported on `files`, and 413 past the archive cap.
-pub fn archive_from_json(body: &Value) -> Result<Archive, ApiError> {
+pub fn archive_from_json(body: &Value) -> Result<Archive, DomainError> {
     let mut f = Fields::new(body, "");
     let manifest = match f.raw("manifest") {
         None => {
@@ -105,7 +102,7 @@ pub fn archive_from_json(body: &Value) -> Result<Archive, ApiError> {
         )]));
     }
     files.sort_by(|a, b| a.0.cmp(b.0));
-    let manifest_bytes = serde_json::to_vec_pretty(manifest).map_err(ApiError::internal)?;
+    let manifest_bytes = serde_json::to_vec_pretty(manifest).map_err(DomainError::internal)?;
     let mut entries: Vec<(&str, &[u8])> = vec![("manifest.json", &manifest_bytes)];
     entries.extend(files.iter().map(|(p, c)| (*p, c.as_bytes())));
     let bytes = afps::build_zip(&entries);
@@ -126,9 +123,9 @@ pub fn archive_from_json(body: &Value) -> Result<Archive, ApiError> {
     }
 }
 
-fn system_package(id: &PackageId) -> ApiError {
-    ApiError::new(
-        StatusCode::FORBIDDEN,
+fn system_package(id: &PackageId) -> DomainError {
+    DomainError::new(
+        ErrorKind::Forbidden,
         "system_package",
         format!("{id} is a system package and is read-only"),
     )
@@ -138,9 +135,9 @@ fn system_package(id: &PackageId) -> ApiError {
 /// `system_package` when the application sees a system package under that id, 404 when it sees none.
 pub async fn mutable_package(
     state: &AppState,
-    auth: &Auth,
+    auth: &Principal,
     id: &PackageId,
-) -> Result<PackageRow, ApiError> {
+) -> Result<PackageRow, DomainError> {
     let app = auth.app()?;
     match state
         .infra
@@ -161,10 +158,10 @@ pub async fn mutable_package(
 /// `version_exists`.
 pub async fn publish_version(
     state: &AppState,
-    auth: &Auth,
+    auth: &Principal,
     target: &PackageRow,
     archive: &Archive,
-) -> Result<ImportOutcome, ApiError> {
+) -> Result<ImportOutcome, DomainError> {
     let m = &archive.package.manifest;
     let id = m.id.to_string();
     if id != target.package_id {
@@ -204,7 +201,7 @@ pub async fn publish_version(
             .collect();
         if let Some(highest) = super::pick_version(&versions, None) {
             if !super::semver_gt(&m.version, highest) {
-                return Err(ApiError::conflict(
+                return Err(DomainError::conflict(
                     "version_not_forward",
                     format!(
                         "{id}@{version} is not greater than the current highest version {highest}; \
@@ -222,7 +219,11 @@ pub async fn publish_version(
 /// `package_in_use` while the application has `pending` or `running` runs of it. When no other
 /// application of the organization has it installed, the package, its versions, its connections and its
 /// stored artifacts go too.
-pub async fn delete_package(state: &AppState, auth: &Auth, id: &PackageId) -> Result<(), ApiError> {
+pub async fn delete_package(
+    state: &AppState,
+    auth: &Principal,
+    id: &PackageId,
+) -> Result<(), DomainError> {
     let app = auth.app()?;
     let pkg = mutable_package(state, auth, id).await?;
     let db = &state.infra.db;
@@ -233,7 +234,7 @@ pub async fn delete_package(state: &AppState, auth: &Auth, id: &PackageId) -> Re
         .find(|(p, _)| *p == pkg.package_id)
         .map_or(0, |(_, n)| n);
     if open > 0 {
-        return Err(ApiError::conflict(
+        return Err(DomainError::conflict(
             "package_in_use",
             format!(
                 "{id} has {open} pending or running run(s) in this application; cancel them or wait \
@@ -244,7 +245,7 @@ pub async fn delete_package(state: &AppState, auth: &Auth, id: &PackageId) -> Re
     let keys = match db.remove_package(&app.id, &pkg).await {
         Ok(keys) => keys,
         Err(DbError::NotFound) => {
-            return Err(ApiError::not_found(format!("Package {id} not found")))
+            return Err(DomainError::not_found(format!("Package {id} not found")))
         }
         Err(e) => return Err(e.into()),
     };
@@ -261,7 +262,7 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    fn fields(e: ApiError) -> Vec<(String, &'static str)> {
+    fn fields(e: DomainError) -> Vec<(String, &'static str)> {
         e.errors
             .unwrap_or_default()
             .into_iter()

@@ -8,8 +8,7 @@ use sqlx::types::Json;
 
 use super::manifest::compile_schema;
 use super::{visible_package, PackageId};
-use crate::http::auth::Auth;
-use crate::http::error::{ApiError, FieldError};
+use crate::domain::{DomainError, FieldError, Principal};
 use crate::infra::database::{now, ConnectionRow, DbError};
 use crate::state::AppState;
 
@@ -42,17 +41,17 @@ impl From<ConnectionRow> for ConnectionView {
     }
 }
 
-fn package_not_found(id: &str) -> ApiError {
-    ApiError::not_found(format!("Package {id} not found"))
+fn package_not_found(id: &str) -> DomainError {
+    DomainError::not_found(format!("Package {id} not found"))
 }
 
 /// The `auths.<authKey>` object of the latest version of a visible package; 404 otherwise.
 async fn auth_definition(
     state: &AppState,
-    auth: &Auth,
+    auth: &Principal,
     id: &PackageId,
     auth_key: &str,
-) -> Result<Value, ApiError> {
+) -> Result<Value, DomainError> {
     let id_s = id.to_string();
     let pkg = visible_package(state, auth, id)
         .await?
@@ -70,7 +69,7 @@ async fn auth_definition(
         .and_then(|a| a.get(auth_key))
         .filter(|a| a.is_object())
         .cloned()
-        .ok_or_else(|| ApiError::not_found(format!("{id_s} has no auth {auth_key:?}")))
+        .ok_or_else(|| DomainError::not_found(format!("{id_s} has no auth {auth_key:?}")))
 }
 
 /// JSON Schema errors as field errors under `prefix`. Messages never contain instance values.
@@ -127,9 +126,9 @@ pub(crate) fn schema_field_errors(
 }
 
 /// Validates a `{credentials:{…}}` body against the auth definition.
-fn validate_credentials(auth_def: &Value, body: &Value) -> Result<Map<String, Value>, ApiError> {
+fn validate_credentials(auth_def: &Value, body: &Value) -> Result<Map<String, Value>, DomainError> {
     let obj = body.as_object().ok_or_else(|| {
-        ApiError::validation(vec![FieldError::new(
+        DomainError::validation(vec![FieldError::new(
             "body",
             "invalid_type",
             "must be an object",
@@ -163,7 +162,7 @@ fn validate_credentials(auth_def: &Value, body: &Value) -> Result<Map<String, Va
     if let Some(creds) = &creds {
         let instance = Value::Object(creds.clone());
         if let Some(schema) = auth_def.pointer("/credentials/schema") {
-            let validator = compile_schema(schema).map_err(ApiError::internal)?;
+            let validator = compile_schema(schema).map_err(DomainError::internal)?;
             errors.extend(schema_field_errors(&validator, &instance, "credentials"));
         }
         if auth_def.get("type").and_then(Value::as_str) == Some("oauth2") {
@@ -194,18 +193,18 @@ fn validate_credentials(auth_def: &Value, body: &Value) -> Result<Map<String, Va
     if errors.is_empty() {
         Ok(creds.unwrap_or_default())
     } else {
-        Err(ApiError::validation(errors))
+        Err(DomainError::validation(errors))
     }
 }
 
 /// `PUT …/connections/{authKey}`: stores (or replaces) the actor's connection.
 pub async fn put_connection(
     state: &AppState,
-    auth: &Auth,
+    auth: &Principal,
     id: &PackageId,
     auth_key: &str,
     body: &Value,
-) -> Result<ConnectionView, ApiError> {
+) -> Result<ConnectionView, DomainError> {
     let app = auth.app()?;
     let auth_def = auth_definition(state, auth, id, auth_key).await?;
     let creds = validate_credentials(&auth_def, body)?;
@@ -228,17 +227,17 @@ pub async fn put_connection(
     Ok(saved.into())
 }
 
-fn connection_not_found(id: &PackageId, auth_key: &str) -> ApiError {
-    ApiError::not_found(format!("No connection for {id} auth {auth_key:?}"))
+fn connection_not_found(id: &PackageId, auth_key: &str) -> DomainError {
+    DomainError::not_found(format!("No connection for {id} auth {auth_key:?}"))
 }
 
 /// `GET …/connections/{authKey}`: the actor's own connection (the end-user's when impersonating).
 pub async fn connection_for_actor(
     state: &AppState,
-    auth: &Auth,
+    auth: &Principal,
     id: &PackageId,
     auth_key: &str,
-) -> Result<ConnectionView, ApiError> {
+) -> Result<ConnectionView, DomainError> {
     let app = auth.app()?;
     auth_definition(state, auth, id, auth_key).await?;
     let eu = auth.end_user.as_ref().map(|e| e.id.as_str());
@@ -254,10 +253,10 @@ pub async fn connection_for_actor(
 /// `DELETE …/connections/{authKey}`.
 pub async fn delete_connection(
     state: &AppState,
-    auth: &Auth,
+    auth: &Principal,
     id: &PackageId,
     auth_key: &str,
-) -> Result<(), ApiError> {
+) -> Result<(), DomainError> {
     let app = auth.app()?;
     let eu = auth.end_user.as_ref().map(|e| e.id.as_str());
     state
@@ -275,10 +274,10 @@ pub async fn delete_connection(
 /// exists, else the application's.
 pub(crate) async fn run_connection(
     state: &AppState,
-    auth: &Auth,
+    auth: &Principal,
     package_id: &str,
     auth_key: &str,
-) -> Result<Option<ConnectionRow>, ApiError> {
+) -> Result<Option<ConnectionRow>, DomainError> {
     let app = auth.app()?;
     let db = &state.infra.db;
     if let Some(eu) = &auth.end_user {
@@ -304,7 +303,7 @@ mod tests {
             "properties": {"api_key": {"type": "string"}}, "required": ["api_key"]}}})
     }
 
-    fn errs(r: Result<Map<String, Value>, ApiError>) -> Vec<(String, &'static str)> {
+    fn errs(r: Result<Map<String, Value>, DomainError>) -> Vec<(String, &'static str)> {
         r.unwrap_err()
             .errors
             .unwrap()

@@ -5,7 +5,7 @@ use std::fmt;
 
 use serde_json::{Map, Value};
 
-use crate::http::error::FieldError;
+use crate::domain::FieldError;
 
 /// `agent`, `skill` or `integration`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]

@@ -14,7 +14,7 @@
 //! | [`archive_from_json`] / [`publish_version`] / [`delete_package`] | create from JSON, publish, delete |
 //! | [`agent_summaries`] | `GET /api/agents` items, given the running-run counts per agent id |
 //!
-//! Nothing here depends on axum; errors are [`ApiError`]s carrying the documented codes.
+//! Nothing here depends on axum; errors are [`DomainError`]s carrying the documented codes.
 
 pub mod afps;
 pub mod authoring;
@@ -23,7 +23,7 @@ pub mod manifest;
 pub mod run;
 pub mod store;
 
-use http::StatusCode;
+use crate::domain::{DomainError, ErrorKind, FieldError};
 use serde_json::Value;
 
 pub use afps::{integrity, parse, AfpsError, AfpsPackage};
@@ -41,25 +41,23 @@ pub use store::{
     sync_system_packages, visible_package, AgentSummary, ImportOutcome, SyncReport,
 };
 
-use crate::http::error::{ApiError, FieldError};
-
 /// 400 `invalid_package` carrying every problem.
-pub fn invalid_package(errors: Vec<FieldError>) -> ApiError {
+pub fn invalid_package(errors: Vec<FieldError>) -> DomainError {
     let detail = errors
         .iter()
         .map(|e| format!("{}: {}", e.field, e.message))
         .collect::<Vec<_>>()
         .join("; ");
-    let mut e = ApiError::bad_request("invalid_package", format!("Invalid package: {detail}"));
+    let mut e = DomainError::bad_request("invalid_package", format!("Invalid package: {detail}"));
     e.errors = Some(errors);
     e
 }
 
 /// The answer for an archive refused by [`afps::parse`].
-pub fn afps_error(e: AfpsError) -> ApiError {
+pub fn afps_error(e: AfpsError) -> DomainError {
     match e {
-        AfpsError::TooLarge => ApiError::new(
-            StatusCode::PAYLOAD_TOO_LARGE,
+        AfpsError::TooLarge => DomainError::new(
+            ErrorKind::TooLarge,
             "payload_too_large",
             format!(
                 "Package archives are limited to {} MiB",

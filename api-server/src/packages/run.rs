@@ -2,8 +2,8 @@
 
 use std::io::Cursor;
 
+use crate::domain::{DomainError, ErrorKind, FieldError, Principal};
 use bytes::Bytes;
-use http::StatusCode;
 use serde_json::{Map, Value};
 use sidecar::config::{HeaderConfig, IntegrationConfig, Secret};
 
@@ -11,8 +11,6 @@ use super::afps::build_zip;
 use super::connections::{run_connection, schema_field_errors};
 use super::manifest::{auth_required, compile_schema};
 use super::{pick_version, PackageId};
-use crate::http::auth::Auth;
-use crate::http::error::{ApiError, FieldError};
 use crate::infra::database::PackageVersionRow;
 use crate::state::AppState;
 
@@ -38,16 +36,12 @@ pub struct ResolvedAgent {
     pub application_id: String,
 }
 
-fn not_found(code: &str, detail: String) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, code, detail)
+fn not_found(code: &str, detail: String) -> DomainError {
+    DomainError::new(ErrorKind::NotFound, code, detail)
 }
 
-fn dependency_unresolved(detail: String) -> ApiError {
-    ApiError::new(
-        StatusCode::UNPROCESSABLE_ENTITY,
-        "dependency_unresolved",
-        detail,
-    )
+fn dependency_unresolved(detail: String) -> DomainError {
+    DomainError::new(ErrorKind::Unprocessable, "dependency_unresolved", detail)
 }
 
 /// Resolves a version of a visible package of `kind`: an exact match first, else the highest version
@@ -64,7 +58,7 @@ async fn resolve_version(
         crate::infra::database::PackageRow,
         Option<PackageVersionRow>,
     )>,
-    ApiError,
+    DomainError,
 > {
     let db = &state.infra.db;
     let Some(pkg) = db.find_visible_package(application_id, id).await? else {
@@ -95,10 +89,10 @@ async fn resolve_version(
 /// Errors: 404 `agent_not_found`, 404 `version_not_found`.
 pub async fn resolve_agent(
     state: &AppState,
-    auth: &Auth,
+    auth: &Principal,
     scope_name: &str,
     version_req: Option<&str>,
-) -> Result<ResolvedAgent, ApiError> {
+) -> Result<ResolvedAgent, DomainError> {
     let app = auth.app()?;
     let missing = || not_found("agent_not_found", format!("Agent {scope_name} not found"));
     let id = PackageId::parse(scope_name).ok_or_else(missing)?;
@@ -128,14 +122,16 @@ pub async fn resolve_agent(
     })
 }
 
-async fn load_archive(state: &AppState, key: &str) -> Result<Bytes, ApiError> {
+async fn load_archive(state: &AppState, key: &str) -> Result<Bytes, DomainError> {
     state
         .infra
         .storage
         .get(key)
         .await
-        .map_err(ApiError::internal)?
-        .ok_or_else(|| ApiError::internal(format!("package archive {key} is missing from storage")))
+        .map_err(DomainError::internal)?
+        .ok_or_else(|| {
+            DomainError::internal(format!("package archive {key} is missing from storage"))
+        })
 }
 
 /// Copies the files of a stored archive into `out`, each name prefixed with `prefix`.
@@ -143,24 +139,24 @@ fn copy_entries(
     out: &mut zip::ZipWriter<Cursor<Vec<u8>>>,
     archive: &[u8],
     prefix: &str,
-) -> Result<(), ApiError> {
-    let mut zip = zip::ZipArchive::new(Cursor::new(archive)).map_err(ApiError::internal)?;
+) -> Result<(), DomainError> {
+    let mut zip = zip::ZipArchive::new(Cursor::new(archive)).map_err(DomainError::internal)?;
     for i in 0..zip.len() {
-        let entry = zip.by_index_raw(i).map_err(ApiError::internal)?;
+        let entry = zip.by_index_raw(i).map_err(DomainError::internal)?;
         // The stored name the import validated (`name()` may be a CP437 decoding of it).
-        let name = String::from_utf8(entry.name_raw().to_vec()).map_err(ApiError::internal)?;
+        let name = String::from_utf8(entry.name_raw().to_vec()).map_err(DomainError::internal)?;
         if entry.is_dir() || name.starts_with("__MACOSX/") {
             continue;
         }
         out.raw_copy_file_rename(entry, format!("{prefix}{name}"))
-            .map_err(ApiError::internal)?;
+            .map_err(DomainError::internal)?;
     }
     Ok(())
 }
 
 /// §16.3: the run bundle ZIP — the agent's files at the root and each resolved skill dependency under
 /// `skills/@scope/name/`. Errors: 422 `dependency_unresolved` for a skill that cannot be resolved.
-pub async fn run_bundle(state: &AppState, resolved: &ResolvedAgent) -> Result<Bytes, ApiError> {
+pub async fn run_bundle(state: &AppState, resolved: &ResolvedAgent) -> Result<Bytes, DomainError> {
     let agent = load_archive(state, &resolved.storage_key).await?;
     let mut out = zip::ZipWriter::new(Cursor::new(Vec::new()));
     copy_entries(&mut out, &agent, "")?;
@@ -185,7 +181,7 @@ pub async fn run_bundle(state: &AppState, resolved: &ResolvedAgent) -> Result<By
             copy_entries(&mut out, &archive, &format!("skills/{id}/"))?;
         }
     }
-    let cursor = out.finish().map_err(ApiError::internal)?;
+    let cursor = out.finish().map_err(DomainError::internal)?;
     Ok(Bytes::from(cursor.into_inner()))
 }
 
@@ -235,9 +231,9 @@ impl RunIntegration {
 /// (naming the integration and auth key).
 pub async fn run_integrations(
     state: &AppState,
-    auth: &Auth,
+    auth: &Principal,
     manifest: &Value,
-) -> Result<Vec<RunIntegration>, ApiError> {
+) -> Result<Vec<RunIntegration>, DomainError> {
     let app = auth.app()?;
     let mut out = Vec::new();
     let Some(deps) = manifest
@@ -269,8 +265,8 @@ pub async fn run_integrations(
                 continue;
             }
             let Some(delivery) = def.pointer("/delivery/http") else {
-                return Err(ApiError::new(
-                    StatusCode::UNPROCESSABLE_ENTITY,
+                return Err(DomainError::new(
+                    ErrorKind::Unprocessable,
                     "unsupported_delivery",
                     format!(
                         "Integration {id} auth {auth_key} does not deliver credentials over HTTP \
@@ -279,8 +275,8 @@ pub async fn run_integrations(
                 ));
             };
             let Some(connection) = connection else {
-                return Err(ApiError::new(
-                    StatusCode::PRECONDITION_FAILED,
+                return Err(DomainError::new(
+                    ErrorKind::PreconditionFailed,
                     "missing_integration_connection",
                     format!(
                         "Integration {id} auth {auth_key} has no connection; create one with \
@@ -291,21 +287,21 @@ pub async fn run_integrations(
             let creds = state
                 .keyring
                 .decrypt_json(&connection.credentials_encrypted)
-                .map_err(|e| ApiError::internal(format!("connection {}: {e}", connection.id)))?;
+                .map_err(|e| DomainError::internal(format!("connection {}: {e}", connection.id)))?;
             let empty = Map::new();
             let creds = creds.as_object().unwrap_or(&empty);
             let (name, value) =
                 sidecar::delivery::render_header(delivery, creds).map_err(|e| match e {
-                    sidecar::delivery::DeliveryError::MissingCredential(field) => ApiError::new(
-                        StatusCode::PRECONDITION_FAILED,
+                    sidecar::delivery::DeliveryError::MissingCredential(field) => DomainError::new(
+                        ErrorKind::PreconditionFailed,
                         "missing_integration_connection",
                         format!(
                             "The connection for integration {id} auth {auth_key} lacks the credential \
                              field {field}"
                         ),
                     ),
-                    other => ApiError::new(
-                        StatusCode::UNPROCESSABLE_ENTITY,
+                    other => DomainError::new(
+                        ErrorKind::Unprocessable,
                         "unsupported_delivery",
                         format!("Integration {id} auth {auth_key}: {other}"),
                     ),
@@ -347,12 +343,12 @@ pub async fn run_integrations(
 
 /// §11.1 step 6: applies the top-level `default`s of `manifest.input.schema` to `input` (null counts as
 /// `{}`), then validates it. Errors: 400 `validation_failed` with fields `input.<field>`.
-pub fn validate_input(manifest: &Value, input: &Value) -> Result<Value, ApiError> {
+pub fn validate_input(manifest: &Value, input: &Value) -> Result<Value, DomainError> {
     let mut input = match input {
         Value::Null => Value::Object(Map::new()),
         Value::Object(_) => input.clone(),
         _ => {
-            return Err(ApiError::validation(vec![FieldError::new(
+            return Err(DomainError::validation(vec![FieldError::new(
                 "input",
                 "invalid_type",
                 "must be an object",
@@ -375,7 +371,7 @@ pub fn validate_input(manifest: &Value, input: &Value) -> Result<Value, ApiError
         }
     }
     let validator = compile_schema(schema).map_err(|e| {
-        ApiError::bad_request(
+        DomainError::bad_request(
             "invalid_package",
             format!("manifest.input.schema does not compile: {e}"),
         )
@@ -384,7 +380,7 @@ pub fn validate_input(manifest: &Value, input: &Value) -> Result<Value, ApiError
     if errors.is_empty() {
         Ok(input)
     } else {
-        Err(ApiError::validation(errors))
+        Err(DomainError::validation(errors))
     }
 }
 
@@ -401,7 +397,7 @@ mod tests {
             "required": ["topic"], "additionalProperties": false}}})
     }
 
-    fn fields(e: ApiError) -> Vec<(String, &'static str)> {
+    fn fields(e: DomainError) -> Vec<(String, &'static str)> {
         assert_eq!(e.code, "validation_failed");
         e.errors
             .unwrap()

@@ -3,15 +3,13 @@
 use std::collections::HashMap;
 use std::path::Path;
 
+use crate::domain::{DomainError, ErrorKind, Principal};
 use bytes::Bytes;
-use http::StatusCode;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::afps::{self, AfpsPackage};
 use super::{afps_error, semver_gt, storage_key, PackageId};
-use crate::http::auth::Auth;
-use crate::http::error::ApiError;
 use crate::infra::database::{
     NewPackageVersion, PackageRow, PackageVersionRow, PackageWithManifest,
 };
@@ -63,22 +61,22 @@ async fn store_version(
     bytes: &[u8],
     org_id: Option<&str>,
     existing: Option<&PackageRow>,
-) -> Result<(PackageRow, PackageVersionRow), ApiError> {
+) -> Result<(PackageRow, PackageVersionRow), DomainError> {
     let new = new_version(pkg, org_id, becomes_latest(existing, &pkg.manifest.version));
     infra
         .storage
         .put(&new.storage_key, Bytes::copy_from_slice(bytes))
         .await
-        .map_err(ApiError::internal)?;
+        .map_err(DomainError::internal)?;
     Ok(infra.db.insert_package_version(&new).await?)
 }
 
 /// `POST /api/packages/import`: validates, stores and installs an archive into the caller's application.
 pub async fn import_package(
     state: &AppState,
-    auth: &Auth,
+    auth: &Principal,
     bytes: &[u8],
-) -> Result<ImportOutcome, ApiError> {
+) -> Result<ImportOutcome, DomainError> {
     auth.app()?;
     let pkg = afps::parse(bytes).map_err(afps_error)?;
     import_parsed(state, auth, &pkg, bytes).await
@@ -89,23 +87,23 @@ pub async fn import_package(
 /// installs it into the caller's application.
 pub async fn import_parsed(
     state: &AppState,
-    auth: &Auth,
+    auth: &Principal,
     pkg: &AfpsPackage,
     bytes: &[u8],
-) -> Result<ImportOutcome, ApiError> {
+) -> Result<ImportOutcome, DomainError> {
     let app = auth.app()?;
     let id = pkg.manifest.id.to_string();
     let version = pkg.manifest.version.to_string();
     let db = &state.infra.db;
     if db.find_system_package(&id).await?.is_some() {
-        return Err(ApiError::new(
-            StatusCode::FORBIDDEN,
+        return Err(DomainError::new(
+            ErrorKind::Forbidden,
             "system_package",
             format!("{id} is a system package and is read-only"),
         ));
     }
     let conflict = || {
-        ApiError::conflict(
+        DomainError::conflict(
             "version_exists",
             format!("{id}@{version} already exists with different content; publish a new version"),
         )
@@ -170,15 +168,19 @@ pub async fn import_parsed(
 /// The answer for a package the caller's application cannot see, whoever owns it: an import or publish
 /// aimed at a package of another application of the organization gets exactly what one aimed at another
 /// organization's package gets, so nothing about it is revealed.
-pub(super) fn package_not_found(id: &str) -> ApiError {
-    ApiError::not_found(format!("Package {id} not found"))
+pub(super) fn package_not_found(id: &str) -> DomainError {
+    DomainError::not_found(format!("Package {id} not found"))
 }
 
 /// Refuses to touch the organization package `p` unless it is installed in the caller's application, or
 /// the caller is an admin token (which acts for every application of the organization). Package ids are
 /// unique per organization, so without this an API key of one application could add a version (the new
 /// latest) to a package only another application uses, and change what that application runs.
-async fn ensure_installed(state: &AppState, auth: &Auth, p: &PackageRow) -> Result<(), ApiError> {
+async fn ensure_installed(
+    state: &AppState,
+    auth: &Principal,
+    p: &PackageRow,
+) -> Result<(), DomainError> {
     if auth.is_admin() {
         return Ok(());
     }
@@ -333,9 +335,9 @@ async fn restore_missing_artifact(infra: &Infra, key: &str, bytes: &[u8]) -> Res
 /// The package `@scope/name` as the caller's application sees it (installed, else system).
 pub async fn visible_package(
     state: &AppState,
-    auth: &Auth,
+    auth: &Principal,
     id: &PackageId,
-) -> Result<Option<PackageRow>, ApiError> {
+) -> Result<Option<PackageRow>, DomainError> {
     let app = auth.app()?;
     Ok(state
         .infra
@@ -400,8 +402,8 @@ pub fn agent_summaries(
 /// Running (`pending` + `running`) runs per agent id in the caller's application, for `running_runs`.
 pub async fn running_runs_by_agent(
     state: &AppState,
-    auth: &Auth,
-) -> Result<HashMap<String, i64>, ApiError> {
+    auth: &Principal,
+) -> Result<HashMap<String, i64>, DomainError> {
     let app = auth.app()?;
     Ok(state
         .infra

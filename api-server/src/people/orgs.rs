@@ -367,3 +367,24 @@ pub async fn remove_member(
         .await
         .map_err(|e| not_found(e, "Member"))
 }
+
+/// The scopes an API key holds now: its own when a token holder created it; when a signed-in user created
+/// it, those its creator's current role allows (scopes ∩ role); `None` once the creator has left the
+/// organization. The authentication middleware and scheduled runs both decide through this.
+pub async fn effective_key_scopes(
+    db: &dyn crate::infra::database::Database,
+    key: &crate::infra::database::ApiKeyRow,
+) -> Result<Option<Vec<String>>, crate::infra::database::DbError> {
+    let mut scopes = key.scopes.0.clone();
+    if let Some(creator) = &key.created_by {
+        let Some(role) = db
+            .member_role(&key.org_id, creator)
+            .await?
+            .and_then(|r| r.parse::<super::Role>().ok())
+        else {
+            return Ok(None);
+        };
+        scopes.retain(|s| role.allows(s));
+    }
+    Ok(Some(scopes))
+}

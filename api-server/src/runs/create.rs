@@ -2,16 +2,13 @@
 
 use std::time::Duration;
 
-use axum::http::header::RETRY_AFTER;
-use axum::http::StatusCode;
 use base64::Engine;
 use rand::RngCore;
 use serde_json::{json, Value};
 use sqlx::types::Json;
 
 use super::runtime::{launch, LaunchContext};
-use crate::http::auth::Auth;
-use crate::http::error::ApiError;
+use crate::domain::{DomainError, ErrorKind, FieldError, Principal};
 use crate::infra::database::now;
 use crate::infra::database::runs::{InsertRunError, NewLog, RunRow};
 use crate::packages;
@@ -55,16 +52,16 @@ fn new_sink_secret() -> String {
     base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(buf)
 }
 
-fn too_large(what: &str, limit: u64) -> ApiError {
-    ApiError::new(
-        StatusCode::PAYLOAD_TOO_LARGE,
+fn too_large(what: &str, limit: u64) -> DomainError {
+    DomainError::new(
+        ErrorKind::TooLarge,
         "payload_too_large",
         format!("{what} exceeds {limit} bytes (INLINE_RUN_LIMITS)"),
     )
 }
 
 /// Validates an inline agent: a strict manifest of type `agent` and a non-empty prompt within the limits.
-fn inline_manifest(state: &AppState, manifest: &Value, prompt: &str) -> Result<(), ApiError> {
+fn inline_manifest(state: &AppState, manifest: &Value, prompt: &str) -> Result<(), DomainError> {
     let limits = &state.config.inline_run_limits;
     if manifest.to_string().len() as u64 > limits.manifest_bytes {
         return Err(too_large("manifest", limits.manifest_bytes));
@@ -86,24 +83,28 @@ fn inline_manifest(state: &AppState, manifest: &Value, prompt: &str) -> Result<(
         )
     })?;
     if parsed.raw.get("type").and_then(Value::as_str) != Some("agent") {
-        return Err(packages::invalid_package(vec![
-            crate::http::error::FieldError::new(
-                "manifest.type",
-                "invalid_value",
-                "inline runs need an agent manifest",
-            ),
-        ]));
+        return Err(packages::invalid_package(vec![FieldError::new(
+            "manifest.type",
+            "invalid_value",
+            "inline runs need an agent manifest",
+        )]));
     }
     if prompt.trim().is_empty() {
-        return Err(ApiError::validation(vec![
-            crate::http::error::FieldError::new("prompt", "required", "must not be empty"),
-        ]));
+        return Err(DomainError::validation(vec![FieldError::new(
+            "prompt",
+            "required",
+            "must not be empty",
+        )]));
     }
     Ok(())
 }
 
 /// Steps 5–12: resolve, validate, gate, insert `pending`, start in the background.
-pub async fn create_run(state: &AppState, auth: &Auth, req: CreateRun) -> Result<RunRow, ApiError> {
+pub async fn create_run(
+    state: &AppState,
+    auth: &Principal,
+    req: CreateRun,
+) -> Result<RunRow, DomainError> {
     let app = auth.app()?.clone();
     let config = &state.config;
 
@@ -143,7 +144,7 @@ pub async fn create_run(state: &AppState, auth: &Auth, req: CreateRun) -> Result
 
     // 7. The model.
     let llm = config.llm.as_ref().ok_or_else(|| {
-        ApiError::bad_request(
+        DomainError::bad_request(
             "model_not_configured",
             "No model is configured: set LLM_BASE_URL, LLM_API_KEY and LLM_MODEL",
         )
@@ -166,14 +167,12 @@ pub async fn create_run(state: &AppState, auth: &Auth, req: CreateRun) -> Result
         .await;
     match rate {
         Ok(d) if !d.allowed => {
-            let mut e = ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
+            return Err(DomainError::new(
+                ErrorKind::RateLimited,
                 "org_run_rate_limited",
                 "The organization started too many runs in the last minute",
             )
-            .with_header(RETRY_AFTER, &d.reset_secs.to_string());
-            e.retry_after = Some(d.reset_secs);
-            return Err(e);
+            .with_retry_after(d.reset_secs));
         }
         Ok(_) => {}
         Err(e) => {
@@ -182,8 +181,8 @@ pub async fn create_run(state: &AppState, auth: &Auth, req: CreateRun) -> Result
         }
     }
     let concurrency = || {
-        ApiError::new(
-            StatusCode::TOO_MANY_REQUESTS,
+        DomainError::new(
+            ErrorKind::RateLimited,
             "org_run_concurrency_exceeded",
             format!(
                 "The organization already has {} runs pending or running",
@@ -197,7 +196,7 @@ pub async fn create_run(state: &AppState, auth: &Auth, req: CreateRun) -> Result
 
     // 10. Runtime availability.
     state.runs.adapter.available().map_err(|reason| {
-        ApiError::unavailable(
+        DomainError::unavailable(
             "runtime_unavailable",
             format!("Runs cannot start: {reason}"),
         )

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::sink::{classify, EventKind, RunEvent};
 use super::verdict;
-use crate::http::error::ApiError;
+use crate::domain::{DomainError, ErrorKind};
 use crate::infra::database::now;
 use crate::infra::database::runs::{EventEffects, NewLog, RunRow};
 use crate::state::AppState;
@@ -39,14 +39,13 @@ impl Accepted {
 }
 
 /// 503 `sink_unavailable`: the sink memory (Redis at Tier 2) cannot be reached; the runner retries.
-pub fn unavailable(e: anyhow::Error) -> ApiError {
+pub fn unavailable(e: anyhow::Error) -> DomainError {
     tracing::warn!(error = %e, "the event sink memory is unavailable");
-    let mut err = ApiError::unavailable(
+    DomainError::unavailable(
         "sink_unavailable",
         "The event sink is temporarily unavailable; retry the request",
-    );
-    err.retry_after = Some(1);
-    err.with_header(axum::http::header::RETRY_AFTER, "1")
+    )
+    .with_retry_after(1)
 }
 
 /// The decrypted secret of one run.
@@ -62,7 +61,7 @@ pub struct SinkState {
 
 impl SinkState {
     /// The sink of `run`, created with its decrypted secret on first use.
-    pub fn get(&self, state: &AppState, run: &RunRow) -> Result<Arc<RunSink>, ApiError> {
+    pub fn get(&self, state: &AppState, run: &RunRow) -> Result<Arc<RunSink>, DomainError> {
         let mut runs = self.runs.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(s) = runs.get(&run.id) {
             return Ok(s.clone());
@@ -72,7 +71,7 @@ impl SinkState {
             .decrypt(&run.sink_secret_encrypted)
             .ok()
             .and_then(|b| String::from_utf8(b).ok())
-            .ok_or_else(|| ApiError::internal("run sink secret cannot be decrypted"))?;
+            .ok_or_else(|| DomainError::internal("run sink secret cannot be decrypted"))?;
         let sink = Arc::new(RunSink { secret });
         if runs.len() >= 10_000 {
             runs.clear();
@@ -87,7 +86,7 @@ fn replay_window(state: &AppState) -> Duration {
 }
 
 /// Whether `webhook_id` of `run_id` was already accepted within the replay window.
-pub async fn seen(state: &AppState, run_id: &str, webhook_id: &str) -> Result<bool, ApiError> {
+pub async fn seen(state: &AppState, run_id: &str, webhook_id: &str) -> Result<bool, DomainError> {
     state
         .infra
         .sink_memory
@@ -97,7 +96,7 @@ pub async fn seen(state: &AppState, run_id: &str, webhook_id: &str) -> Result<bo
 }
 
 /// Remembers `webhook_id` of `run_id` for the replay window.
-pub async fn remember(state: &AppState, run_id: &str, webhook_id: &str) -> Result<(), ApiError> {
+pub async fn remember(state: &AppState, run_id: &str, webhook_id: &str) -> Result<(), DomainError> {
     state
         .infra
         .sink_memory
@@ -113,7 +112,7 @@ async fn apply(
     run: &RunRow,
     event: &RunEvent,
     allow_gap: bool,
-) -> Result<Option<Accepted>, ApiError> {
+) -> Result<Option<Accepted>, DomainError> {
     let mut effects = EventEffects::default();
     let mut metric = None;
     let kind = classify(event);
@@ -169,7 +168,7 @@ pub async fn accept(
     run: &RunRow,
     webhook_id: &str,
     event: RunEvent,
-) -> Result<Accepted, ApiError> {
+) -> Result<Accepted, DomainError> {
     let memory = &state.infra.sink_memory;
     let lock = memory.lock(&run.id).await.map_err(unavailable)?;
     let outcome = accept_locked(state, run, webhook_id, event).await;
@@ -182,7 +181,7 @@ async fn accept_locked(
     run: &RunRow,
     webhook_id: &str,
     event: RunEvent,
-) -> Result<Accepted, ApiError> {
+) -> Result<Accepted, DomainError> {
     let memory = &state.infra.sink_memory;
     if seen(state, &run.id, webhook_id).await? {
         return Ok(Accepted::Replay);
@@ -193,18 +192,18 @@ async fn accept_locked(
         .db
         .get_run(&run.id)
         .await?
-        .ok_or_else(|| ApiError::not_found("Run not found"))?;
+        .ok_or_else(|| DomainError::not_found("Run not found"))?;
     let outcome = if event.sequence <= current.last_event_sequence {
         Accepted::Replay
     } else if event.sequence > current.last_event_sequence + 1 {
-        let body = serde_json::to_string(&event).map_err(ApiError::internal)?;
+        let body = serde_json::to_string(&event).map_err(DomainError::internal)?;
         if !memory
             .buffer(&run.id, event.sequence, &body, MAX_BUFFERED)
             .await
             .map_err(unavailable)?
         {
-            return Err(ApiError::new(
-                axum::http::StatusCode::TOO_MANY_REQUESTS,
+            return Err(DomainError::new(
+                ErrorKind::RateLimited,
                 "event_buffer_full",
                 "Too many out-of-order events are buffered for this run",
             ));

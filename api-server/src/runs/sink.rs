@@ -7,7 +7,7 @@ use serde_json::{json, Value};
 use sha2::Sha256;
 
 use super::verdict::Outcome;
-use crate::http::error::FieldError;
+use crate::domain::FieldError;
 use crate::infra::database::runs::NewLog;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -9,8 +9,7 @@ use async_trait::async_trait;
 use serde_json::{json, Value};
 use sqlx::types::Json;
 
-use crate::http::auth::{Auth, Credential};
-use crate::http::error::ApiError;
+use crate::domain::{Credential, DomainError, Principal};
 use crate::infra::database::runs::{InsertRunError, RunRow};
 use crate::infra::database::schedules::{ScheduleRow, ACTOR_ADMIN, ACTOR_END_USER};
 use crate::infra::database::{now, Timestamp};
@@ -42,14 +41,14 @@ pub fn schedule_dto(s: &ScheduleRow) -> Value {
 }
 
 /// Parses the expression and zone, mapping failures to 400 `invalid_cron` / `invalid_timezone`.
-pub fn cron_spec(cron_expression: &str, timezone: &str) -> Result<CronSpec, ApiError> {
+pub fn cron_spec(cron_expression: &str, timezone: &str) -> Result<CronSpec, DomainError> {
     CronSpec::new(cron_expression, timezone).map_err(|e| match e {
         CronSpecError::Cron(m) => {
-            ApiError::bad_request("invalid_cron", format!("cron_expression: {m}"))
+            DomainError::bad_request("invalid_cron", format!("cron_expression: {m}"))
                 .with_param("cron_expression")
         }
         CronSpecError::Timezone(m) => {
-            ApiError::bad_request("invalid_timezone", format!("timezone: {m}"))
+            DomainError::bad_request("invalid_timezone", format!("timezone: {m}"))
                 .with_param("timezone")
         }
     })
@@ -75,7 +74,7 @@ enum ActorGone {
 
 /// Rebuilds the actor fixed at creation: its application, its credential (re-checked at every fire: it
 /// must exist, be unrevoked and unexpired, and an API key must still hold `agents:run`) and its end-user.
-async fn actor(state: &AppState, s: &ScheduleRow) -> anyhow::Result<Result<Auth, ActorGone>> {
+async fn actor(state: &AppState, s: &ScheduleRow) -> anyhow::Result<Result<Principal, ActorGone>> {
     let db = &state.infra.db;
     let Some(app) = db.get_application(&s.org_id, &s.application_id).await? else {
         return Ok(Err(ActorGone::Actor(
@@ -101,7 +100,7 @@ async fn actor(state: &AppState, s: &ScheduleRow) -> anyhow::Result<Result<Auth,
         Ok(c) => c,
         Err(reason) => return Ok(Err(ActorGone::Credential(reason))),
     };
-    Ok(Ok(Auth {
+    Ok(Ok(Principal {
         org_id: s.org_id.clone(),
         credential,
         application: Some(app),
@@ -145,14 +144,26 @@ async fn credential(
         Some(k) if k.application_id != s.application_id => {
             Err("The schedule's API key belongs to another application".into())
         }
-        Some(k) if !k.scopes.0.iter().any(|sc| sc == "agents:run") => {
-            Err("The schedule's API key lacks the agents:run scope".into())
-        }
-        Some(k) => Ok(Credential::ApiKey {
-            id: k.id,
-            application_id: k.application_id,
-            scopes: k.scopes.0,
-        }),
+        Some(k) => match crate::people::orgs::effective_key_scopes(db.as_ref(), &k).await? {
+            None => Err(
+                "The schedule's API key was created by a user who has left the organization".into(),
+            ),
+            Some(scopes) if !scopes.iter().any(|sc| sc == "agents:run") => Err(if k
+                .created_by
+                .is_some()
+            {
+                "The schedule's API key lacks the agents:run scope (its creator's role no longer \
+                     allows running agents)"
+            } else {
+                "The schedule's API key lacks the agents:run scope"
+            }
+            .into()),
+            Some(scopes) => Ok(Credential::ApiKey {
+                id: k.id,
+                application_id: k.application_id,
+                scopes,
+            }),
+        },
     })
 }
 
@@ -171,11 +182,11 @@ pub enum FireOutcome {
 }
 
 /// The creation-pipeline errors after which the schedule is disabled: its agent is gone.
-fn disables(e: &ApiError) -> bool {
+fn disables(e: &DomainError) -> bool {
     e.code == "agent_not_found"
 }
 
-fn is_duplicate(e: &ApiError) -> bool {
+fn is_duplicate(e: &DomainError) -> bool {
     e.code == "conflict"
 }
 
@@ -265,7 +276,7 @@ async fn try_fire(
 }
 
 /// The run error of a failed preflight: the problem detail, with the field errors of a validation failure.
-fn error_text(e: &ApiError) -> String {
+fn error_text(e: &DomainError) -> String {
     match &e.errors {
         Some(errors) if !errors.is_empty() => {
             let fields: Vec<String> = errors

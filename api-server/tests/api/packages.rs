@@ -923,7 +923,7 @@ async fn run_integrations_render_the_fixture_delivery() {
     let e = packages::run_integrations(state, &auth, &manifest)
         .await
         .unwrap_err();
-    assert_eq!(e.status.as_u16(), 412);
+    assert_eq!(appstrate::http::error::status_of(e.kind).as_u16(), 412);
     assert_eq!(e.code, "missing_integration_connection");
     assert!(e.detail.contains("@appstrate/stripe") && e.detail.contains("primary"));
 
@@ -999,7 +999,10 @@ async fn run_integrations_render_the_fixture_delivery() {
     .await
     .unwrap_err();
     assert_eq!(
-        (e.status.as_u16(), e.code.as_str()),
+        (
+            appstrate::http::error::status_of(e.kind).as_u16(),
+            e.code.as_str()
+        ),
         (422, "dependency_unresolved")
     );
     let e = packages::run_integrations(
@@ -1018,7 +1021,10 @@ async fn run_integrations_render_the_fixture_delivery() {
     .await
     .unwrap_err();
     assert_eq!(
-        (e.status.as_u16(), e.code.as_str()),
+        (
+            appstrate::http::error::status_of(e.kind).as_u16(),
+            e.code.as_str()
+        ),
         (422, "unsupported_delivery")
     );
     assert!(packages::run_integrations(state, &auth, &json!({}))
@@ -1091,7 +1097,10 @@ async fn resolve_agent_and_run_bundle(backend: Backend) {
         .await
         .unwrap_err();
     assert_eq!(
-        (e.status.as_u16(), e.code.as_str()),
+        (
+            appstrate::http::error::status_of(e.kind).as_u16(),
+            e.code.as_str()
+        ),
         (404, "version_not_found")
     );
     for missing in ["@acme/nope", "@acme/notes", "garbage"] {
@@ -1099,7 +1108,10 @@ async fn resolve_agent_and_run_bundle(backend: Backend) {
             .await
             .unwrap_err();
         assert_eq!(
-            (e.status.as_u16(), e.code.as_str()),
+            (
+                appstrate::http::error::status_of(e.kind).as_u16(),
+                e.code.as_str()
+            ),
             (404, "agent_not_found")
         );
     }

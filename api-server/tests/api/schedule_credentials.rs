@@ -304,3 +304,78 @@ async fn an_edit_by_an_api_key_makes_an_admin_schedule_the_keys() {
         (before.actor_type, before.api_key_id)
     );
 }
+
+/// A key made by a signed-in administrator fires their schedules only while their role allows running agents:
+/// demoted to viewer, the next occurrence is skipped and the schedule disabled with the reason.
+#[tokio::test]
+async fn a_demoted_creator_stops_the_schedules_of_their_keys() {
+    let app = test_support::require!(
+        test_support::app::spawn_fresh_on(test_support::Backend::Sqlite, &[]).await
+    );
+    let (ada, org, app_id) = crate::people::owner(&app, "ada@example.com").await;
+    // An admin may mint keys; the key holds at most its creator's role.
+    let bob = crate::people::invite_and_join(&app, &ada, &org, "bob@example.com", "admin").await;
+    let (s, key) = bob
+        .send(
+            Method::POST,
+            "/api/api-keys",
+            &[("X-App-Id", &app_id)],
+            Some(json!({"name": "bob's scheduler",
+                        "scopes": ["agents:run", "schedules:write", "packages:write"]})),
+        )
+        .await;
+    assert_eq!(s, 201, "{key}");
+    let key = key["key"].as_str().unwrap().to_string();
+    let (s, b) = answer(
+        app.client
+            .post(app.url("/api/packages"))
+            .bearer_auth(&key)
+            .json(&json!({
+                "manifest": {"schema_version": "0.1", "name": "@bob/nightly", "version": "1.0.0",
+                             "type": "agent", "display_name": "Nightly"},
+                "files": {"prompt.md": "Hello"},
+            })),
+    )
+    .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, created) = answer(
+        app.client
+            .post(app.url("/api/agents/@bob/nightly/schedules"))
+            .bearer_auth(&key)
+            .json(&json!({"cron_expression": "0 3 * * *"})),
+    )
+    .await;
+    assert_eq!(s, 201, "{created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let bob_id = bob.get("/api/profile", &[]).await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _) = ada
+        .send(
+            Method::PUT,
+            &format!("/api/orgs/{org}/members/{bob_id}"),
+            &[],
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+
+    let db = &app.state().infra.db;
+    let sched = db.get_schedule(&app_id, &id).await.unwrap().unwrap();
+    let reason = "The schedule's API key lacks the agents:run scope (its creator's role no longer \
+                  allows running agents)";
+    match fire(app.state(), &sched, sched.next_run_at.unwrap()).await {
+        FireOutcome::Skipped(r) => assert_eq!(r, reason),
+        other => panic!("expected the occurrence to be skipped, got {other:?}"),
+    }
+    let after = db.get_schedule(&app_id, &id).await.unwrap().unwrap();
+    assert!(!after.enabled);
+    assert_eq!(after.disabled_reason.as_deref(), Some(reason));
+    let (s, dto) = bob
+        .get(&format!("/api/schedules/{id}"), &[("X-App-Id", &app_id)])
+        .await;
+    assert_eq!(s, 200, "a viewer still reads the schedule: {dto}");
+    assert_eq!(dto["disabled_reason"], reason);
+}

@@ -1,5 +1,7 @@
 //! `/health`, `/metrics`, `/api/openapi.json`, the interactive reference `/api/docs` and `/llms.txt`.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Instant;
 
 use axum::extract::{Path, State};
@@ -119,17 +121,24 @@ pub struct OpenApiDoc {
     llms: String,
 }
 
-fn document(state: &AppState) -> &OpenApiDoc {
-    state.openapi.get_or_init(|| {
-        let json = crate::http::openapi_json(&state.config.app_url);
-        let etag = format!(
-            "\"{}\"",
-            &hex::encode(Sha256::digest(json.as_bytes()))[..32]
-        );
-        let value: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
-        let llms = crate::http::openapi::llms_txt(&value, &state.config.app_url);
-        OpenApiDoc { json, etag, llms }
-    })
+/// Built once per public URL (a process serves one; tests may build several servers).
+fn document(state: &AppState) -> Arc<OpenApiDoc> {
+    static DOCS: OnceLock<Mutex<HashMap<String, Arc<OpenApiDoc>>>> = OnceLock::new();
+    let docs = DOCS.get_or_init(Default::default);
+    let mut docs = docs.lock().unwrap_or_else(|e| e.into_inner());
+    let key = state.config.app_url.clone();
+    docs.entry(key)
+        .or_insert_with(|| {
+            let json = crate::http::openapi_json(&state.config.app_url);
+            let etag = format!(
+                "\"{}\"",
+                &hex::encode(Sha256::digest(json.as_bytes()))[..32]
+            );
+            let value: serde_json::Value = serde_json::from_str(&json).unwrap_or_default();
+            let llms = crate::http::openapi::llms_txt(&value, &state.config.app_url);
+            Arc::new(OpenApiDoc { json, etag, llms })
+        })
+        .clone()
 }
 
 /// `GET /api/openapi.json`: OpenAPI 3.1 with an `ETag`; 304 on `If-None-Match`.

@@ -104,7 +104,7 @@ async fn check_agent_and_input(
 /// `schedules:write`.
 fn require_write(auth: &Auth) -> Result<(), ApiError> {
     auth.require_scope("schedules:write")?;
-    auth.require_scope("agents:run")
+    Ok(auth.require_scope("agents:run")?)
 }
 
 fn admin_token_id(auth: &Auth) -> Option<String> {

@@ -72,7 +72,11 @@ async fn verified(
     else {
         return fail(ApiError::not_found("Run not found").with_code("run_not_found")).await;
     };
-    let sink = state.runs.sink.get(state, &run).map_err(Err)?;
+    let sink = state
+        .runs
+        .sink
+        .get(state, &run)
+        .map_err(|e| Err(e.into()))?;
     let webhook_id = header(headers, "webhook-id").unwrap_or("").to_string();
     let check = verify(
         &sink.secret,
@@ -85,7 +89,11 @@ async fn verified(
     );
     if run.sink_closed_at.is_some() {
         // A replayed webhook-id is still answered after finalize; anything else is gone.
-        if check.is_ok() && seen(state, &run.id, &webhook_id).await.map_err(Err)? {
+        if check.is_ok()
+            && seen(state, &run.id, &webhook_id)
+                .await
+                .map_err(|e| Err(e.into()))?
+        {
             return Err(Ok(Json(
                 json!({"ok": true, "outcome": "replay", "sequence": run.last_event_sequence}),
             )

@@ -264,7 +264,7 @@ macro_rules! impl_schedule_repo {
             }
 
             async fn get_api_key_by_id(&self, id: &str) -> DbResult<Option<ApiKeyRow>> {
-                let sql = format!("SELECT {KEY_COLS} FROM api_keys WHERE id = $1");
+                let sql = format!("SELECT {KEY_COLS}, created_by FROM api_keys WHERE id = $1");
                 Ok(sqlx::query_as::<_, ApiKeyRow>(&sql)
                     .bind(id)
                     .fetch_optional(&self.pool)
