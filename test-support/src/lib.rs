@@ -6,6 +6,7 @@ pub mod docker;
 pub mod fake_llm;
 pub mod fake_oidc;
 pub mod fake_sink;
+pub mod fake_smtp;
 pub mod fake_upstream;
 pub mod otlp_receiver;
 pub mod people;

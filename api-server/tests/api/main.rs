@@ -40,6 +40,7 @@ mod overload;
 mod package_visibility;
 mod packages;
 mod people;
+mod people_mail;
 mod ratelimit;
 mod runs;
 mod schedule_credentials;
