@@ -32,6 +32,18 @@ if ! command -v minisign >/dev/null 2>&1; then
   fi
 fi
 
+# The dashboard tests drive Debian's Chromium headless over WebDriver (ChromeDriver).
+if [ ! -x /usr/bin/chromium ] || [ ! -x /usr/bin/chromedriver ]; then
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    log "apt-get install chromium chromium-driver"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver
+  else
+    echo "chromium and chromedriver are missing: install them (apt install chromium chromium-driver)" >&2
+    exit 1
+  fi
+fi
+
 # PostgreSQL, redis-server, an S3 server (moto) and a Docker engine, on loopback; stopped on exit.
 log "services"
 # shellcheck source=scripts/services.sh

@@ -2,6 +2,7 @@
 
 pub mod app;
 pub mod bench;
+pub mod browser;
 pub mod docker;
 pub mod fake_llm;
 pub mod fake_oidc;

@@ -1,11 +1,10 @@
 //! Cross-cutting request handling: request ids, problem rendering, access log and metrics (outermost),
 //! the route-template recorder and per-route rate limits.
 
-use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use axum::extract::{ConnectInfo, MatchedPath, Request, State};
+use axum::extract::{MatchedPath, Request, State};
 use axum::http::header::{ALLOW, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
@@ -160,12 +159,13 @@ fn finish_problem(res: &mut Response, request_id: &str, method: &Method, path: &
             if status.as_u16() < 400 || path == "/health" {
                 return;
             }
-            let is_problem = res
+            // A problem document already, or a page of the dashboard that says what went wrong itself.
+            let own_body = res
                 .headers()
                 .get(CONTENT_TYPE)
                 .and_then(|v| v.to_str().ok())
-                .is_some_and(|ct| ct.contains("problem+json"));
-            if is_problem {
+                .is_some_and(|ct| ct.contains("problem+json") || ct.starts_with("text/html"));
+            if own_body {
                 return;
             }
             match status {
@@ -209,33 +209,7 @@ fn finish_problem(res: &mut Response, request_id: &str, method: &Method, path: &
     *res = new;
 }
 
-/// The client address: the socket, or the `X-Forwarded-For` entry chosen by `TRUST_PROXY`.
-pub fn client_ip(state: &AppState, req: &Request) -> String {
-    let socket = req
-        .extensions()
-        .get::<ConnectInfo<SocketAddr>>()
-        .map(|c| c.0.ip().to_string())
-        .unwrap_or_else(|| "unknown".into());
-    let hops = state.config.trust_proxy_hops as usize;
-    if hops == 0 {
-        return socket;
-    }
-    let chain: Vec<String> = req
-        .headers()
-        .get_all("x-forwarded-for")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
-        .collect();
-    // With N trusted hops, the client is the N-th entry from the right.
-    if chain.len() >= hops {
-        chain[chain.len() - hops].clone()
-    } else {
-        chain.first().cloned().unwrap_or(socket)
-    }
-}
+pub use crate::net::client_ip;
 
 /// A per-route fixed-window limit (§10.2).
 #[derive(Debug, Clone, Copy)]

@@ -144,7 +144,8 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::orgs::router(&state))
         .merge(routes::sso::router())
         .merge(api)
-        .merge(routes::sink::router());
+        .merge(routes::sink::router())
+        .merge(crate::web::router());
     with_request_handling(routes, state)
 }
 

@@ -1,6 +1,7 @@
 //! Runs: creation (§11.1), the single terminal writer `finalize_run` (§11.2–11.3), the workload
 //! supervisor, the event sink logic (§12) and liveness (§11.4). No axum types here.
 
+pub mod access;
 pub mod create;
 pub mod events;
 pub mod runtime;

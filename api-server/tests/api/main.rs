@@ -27,6 +27,7 @@ mod compose;
 mod conformance;
 mod conventions;
 mod crash;
+mod dashboard;
 mod database;
 mod docker;
 mod history;

@@ -22,8 +22,8 @@ use crate::http::middleware::{rate_limit, Limit};
 use crate::infra::database::runs::{RunFilter, RunRow};
 use crate::infra::pubsub::{Channel, Delivery};
 use crate::runs::create::{create_run, AgentSource, CreateRun};
-use crate::runs::verdict::Outcome;
-use crate::runs::{run_dto, run_list_dto, stop_run};
+
+use crate::runs::{run_dto, run_list_dto};
 use crate::state::AppState;
 
 /// The authenticated run routes.
@@ -189,6 +189,7 @@ fn run_filter(auth: &Auth, query: &ListQuery) -> Result<RunFilter, ApiError> {
         kind,
         schedule_id: query.param("scheduleId"),
         end_user_id: auth.end_user.as_ref().map(|e| e.id.clone()),
+        ..Default::default()
     })
 }
 
@@ -274,21 +275,9 @@ pub async fn list_agent_runs(
     list_with(&state, &auth, &path, query, filter).await
 }
 
-/// The run `id` as the caller may see it: same application, and the caller's own when impersonating.
+/// The run `id` as the caller may see it (see [`crate::runs::access::visible_run`]).
 pub async fn visible_run(state: &AppState, auth: &Auth, id: &str) -> Result<RunRow, ApiError> {
-    let app = auth.app()?;
-    let run = state
-        .infra
-        .db
-        .get_run(id)
-        .await?
-        .filter(|r| r.application_id == app.id)
-        .filter(|r| match &auth.end_user {
-            Some(eu) => r.end_user_id.as_deref() == Some(eu.id.as_str()),
-            None => true,
-        })
-        .ok_or_else(|| ApiError::not_found(format!("Run {id} not found")))?;
-    Ok(run)
+    Ok(crate::runs::access::visible_run(state, auth, id).await?)
 }
 
 /// `?wait=`: absent, `0` or `false` → no wait; `true` or empty → 55 s; an integer clamped to 55.
@@ -469,37 +458,7 @@ pub async fn cancel_run(
     Extension(auth): Extension<Auth>,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    auth.require_scope("runs:cancel")?;
-    let run = visible_run(&state, &auth, &id).await?;
-    let not_cancellable = || {
-        ApiError::conflict(
-            "not_cancellable",
-            format!("Run {id} is already {}", run.status),
-        )
-    };
-    if run.is_terminal() {
-        return Err(not_cancellable());
-    }
-    stop_run(
-        &state,
-        &id,
-        Outcome::synthetic("cancelled", "Cancelled by user"),
-    )
-    .await
-    .map_err(ApiError::internal)?;
-    let fresh = state
-        .infra
-        .db
-        .get_run(&id)
-        .await?
-        .ok_or_else(|| ApiError::not_found("Run not found"))?;
-    if fresh.status != "cancelled" {
-        // It finished on its own first.
-        return Err(ApiError::conflict(
-            "not_cancellable",
-            format!("Run {id} is already {}", fresh.status),
-        ));
-    }
+    let fresh = crate::runs::access::cancel_run(&state, &auth, &id).await?;
     Ok(Json(run_dto(&fresh)).into_response())
 }
 

@@ -113,6 +113,10 @@ pub struct RunFilter {
     pub kind: Option<String>,
     pub schedule_id: Option<String>,
     pub end_user_id: Option<String>,
+    /// Runs created at or after this instant.
+    pub created_from: Option<Timestamp>,
+    /// Runs created before this instant.
+    pub created_before: Option<Timestamp>,
 }
 
 /// Why a run could not be inserted.
@@ -272,7 +276,14 @@ macro_rules! impl_run_repo {
                         filters.push((col, v.clone()));
                     }
                 }
-                self.list_page("runs", RUN_COLS, &filters, page).await
+                self.list_page_between(
+                    "runs",
+                    RUN_COLS,
+                    &filters,
+                    (filter.created_from, filter.created_before),
+                    page,
+                )
+                .await
             }
 
             async fn count_open_runs(&self, org_id: &str) -> DbResult<i64> {

@@ -196,6 +196,22 @@ macro_rules! impl_sql_database {
             where
                 T: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
             {
+                self.list_page_between(table, cols, filters, (None, None), page)
+                    .await
+            }
+
+            /// [`list_page`] restricted to rows created in `[from, before)` (either end open).
+            pub(super) async fn list_page_between<T>(
+                &self,
+                table: &str,
+                cols: &str,
+                filters: &[(&str, String)],
+                created: (Option<Timestamp>, Option<Timestamp>),
+                page: &Page,
+            ) -> DbResult<Paged<T>>
+            where
+                T: for<'r> sqlx::FromRow<'r, <$db as sqlx::Database>::Row> + Send + Unpin,
+            {
                 let mut cursor = None;
                 if let Some(after) = &page.starting_after {
                     let mut qb = QueryBuilder::<$db>::new(format!(
@@ -216,6 +232,12 @@ macro_rules! impl_sql_database {
                     QueryBuilder::<$db>::new(format!("SELECT {cols} FROM {table} WHERE 1 = 1"));
                 for (col, val) in filters {
                     qb.push(format!(" AND {col} = ")).push_bind(val.clone());
+                }
+                if let Some(from) = created.0 {
+                    qb.push(" AND created_at >= ").push_bind(from);
+                }
+                if let Some(before) = created.1 {
+                    qb.push(" AND created_at < ").push_bind(before);
                 }
                 if let Some((at, id)) = cursor {
                     // The redundant `created_at <=` lets the planner seek the (…, created_at, id) index

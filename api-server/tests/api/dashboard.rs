@@ -1,0 +1,180 @@
+//! The web dashboard in a real browser (headless Chromium over WebDriver): a person signs up on a fresh
+//! instance, claims it, imports the example agent by upload, runs it through the form generated from its
+//! input schema (a validation error first), watches the log lines arrive live and reads the output, all
+//! against the scripted fake LLM. Every page is checked for console errors and failed requests, and
+//! screenshots go to `target/screenshots`.
+
+use std::path::PathBuf;
+
+use serde_json::json;
+use test_support::browser::WebBrowser;
+use test_support::fake_llm::{FakeLlm, Turn};
+
+fn example_agent() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/agents/hello.afps")
+}
+
+#[tokio::test]
+async fn a_new_user_claims_the_instance_imports_and_runs_an_agent_live() {
+    let fake = FakeLlm::start(vec![
+        Turn::tool_call(
+            "log",
+            json!({"level": "info", "message": "Choosing the language"}),
+        )
+        .with_delay(1500),
+        Turn::tool_call(
+            "log",
+            json!({"level": "info", "message": "Greeting chosen"}),
+        )
+        .with_delay(1500),
+        Turn::tool_call(
+            "output",
+            json!({"data": {"greeting": "Hello, Ada!", "language": "en"}}),
+        )
+        .with_delay(300),
+    ])
+    .await;
+    let llm = fake.url();
+    let app = test_support::app::start_with(&[
+        ("LLM_BASE_URL", llm.as_str()),
+        ("LLM_API_KEY", "sk-dashboard-test"),
+        ("LLM_MODEL", "fake-model"),
+        ("EGRESS_ALLOW_INTERNAL_HOSTS", "127.0.0.1"),
+    ])
+    .await;
+    let web = test_support::require!(WebBrowser::start().await);
+    let base = app.address.trim_end_matches('/').to_string();
+
+    // A fresh instance sends a visitor to sign in; the sign-up page claims it.
+    web.goto(&format!("{base}/")).await;
+    assert_eq!(web.path().await, "/sign-in");
+    web.screenshot("sign-in").await;
+    web.assert_clean("/sign-in").await;
+    web.click("a[href^='/sign-up']").await;
+    web.fill("#name", "Ada").await;
+    web.fill("#email", "ada@example.com").await;
+    web.fill("#password", "short").await;
+    web.click("#submit").await;
+    assert!(
+        web.text("#password-error")
+            .await
+            .contains("8 to 128 characters"),
+        "a short password is refused next to its field"
+    );
+    // The refused form answered 400 on purpose: that one console line is expected.
+    let expected = web.console().await;
+    assert!(
+        expected.iter().all(|(_, m)| m.contains("400")),
+        "{expected:?}"
+    );
+    web.fill("#password", "correct horse battery staple").await;
+    web.click("#submit").await;
+    web.find("#no-agents").await;
+    assert_eq!(web.path().await, "/agents");
+    let org = web.text("#ctx-org option[selected]").await;
+    assert!(org.contains("Ada's organization (owner)"), "{org}");
+    web.screenshot("agents-empty").await;
+    web.assert_clean("/agents").await;
+
+    // Import by upload: the agent's page opens.
+    web.find("#file")
+        .await
+        .send_keys(&example_agent().canonicalize().unwrap().to_string_lossy())
+        .await
+        .unwrap();
+    web.click("#import").await;
+    web.find("#run-form").await;
+    assert_eq!(web.path().await, "/agents/@examples/hello");
+    assert_eq!(
+        web.eval("return document.getElementById('in-language').value")
+            .await,
+        "en",
+        "the schema's default is preselected"
+    );
+    web.screenshot("agent").await;
+    web.assert_clean("/agents/@examples/hello").await;
+
+    // The generated form: a required field left empty is reported next to it by the server.
+    web.click("#run").await;
+    let message = web.text("#in-name-error").await;
+    assert!(
+        !message.is_empty(),
+        "a validation message next to the name field"
+    );
+    assert_eq!(
+        web.eval("return document.getElementById('in-name').getAttribute('aria-invalid')")
+            .await,
+        "true"
+    );
+    assert!(fake.requests().is_empty(), "no run was started");
+    let expected = web.console().await;
+    assert!(
+        expected.iter().all(|(_, m)| m.contains("400")),
+        "{expected:?}"
+    );
+
+    // Valid input: the run page follows the run live.
+    web.fill("#in-name", "Ada").await;
+    web.click("#run").await;
+    web.find("#run-status").await;
+    let run_path = web.path().await;
+    assert!(run_path.starts_with("/runs/"), "{run_path}");
+    // A marker on the window: it survives only if the page is never reloaded.
+    web.eval("window.__sameDocument = true; return true").await;
+    web.wait_until(30, "the second log line", || async {
+        web.text("#logs").await.contains("Greeting chosen")
+    })
+    .await;
+    web.wait_until(30, "the output", || async {
+        web.has("#run-output").await && web.text("#run-output").await.contains("Hello, Ada!")
+    })
+    .await;
+    assert_eq!(
+        web.eval("return window.__sameDocument === true").await,
+        true,
+        "the log lines and the result arrived without a reload"
+    );
+    let logs = web.text("#logs").await;
+    let (first, second) = (
+        logs.find("Choosing the language").expect("first line"),
+        logs.find("Greeting chosen").expect("second line"),
+    );
+    assert!(first < second, "log lines in order: {logs}");
+    assert_eq!(web.text("#run-status").await, "success");
+    assert!(
+        !web.find("#cancel").await.is_displayed().await.unwrap(),
+        "a finished run offers no cancel"
+    );
+    let output = web.text("#run-output").await;
+    assert!(
+        output.contains("\"language\": \"en\""),
+        "pretty-printed JSON: {output}"
+    );
+    web.screenshot("run").await;
+    web.assert_clean(&run_path).await;
+
+    // The runs list shows it; pages carry the security headers.
+    web.goto(&format!("{base}/runs?status=success")).await;
+    assert!(web.text("#runs").await.contains("@examples/hello"));
+    web.screenshot("runs").await;
+    web.assert_clean("/runs").await;
+    let res = app
+        .client
+        .get(format!("{base}/sign-in"))
+        .send()
+        .await
+        .unwrap();
+    let csp = res.headers()["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains("script-src 'self'") && csp.contains("frame-ancestors 'none'"),
+        "{csp}"
+    );
+    assert!(!csp.contains("unsafe-inline"), "{csp}");
+
+    // Signing out ends the session: the dashboard asks to sign in again.
+    web.click("header form[action='/sign-out'] button").await;
+    web.find("#email").await;
+    web.goto(&format!("{base}/agents")).await;
+    assert!(web.path().await.starts_with("/sign-in"));
+    web.close().await;
+}
