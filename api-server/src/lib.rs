@@ -7,8 +7,10 @@
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod documents;
 pub mod http;
 pub mod infra;
+pub mod memory;
 pub mod metrics;
 pub mod packages;
 pub mod people;

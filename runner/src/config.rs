@@ -40,8 +40,7 @@ pub struct Config {
     pub integrations: Vec<Integration>,
     pub max_turns: u32,
     pub heartbeat_interval: Duration,
-    /// Parsed for completeness of the contract; the runner has no file tools, so nothing reads it yet.
-    #[allow(dead_code)]
+    /// Where input files are placed and `publish_document` paths are resolved.
     pub workspace_dir: String,
 }
 

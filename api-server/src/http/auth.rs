@@ -17,7 +17,7 @@ use crate::state::AppState;
 /// The twelve API scopes (SPEC §7.3), defined by the people domain next to the role table.
 pub const SCOPES: [&str; 12] = crate::people::API_SCOPES;
 
-const APP_SCOPED: [&str; 8] = [
+const APP_SCOPED: [&str; 10] = [
     "/api/agents",
     "/api/runs",
     "/api/schedules",
@@ -26,6 +26,8 @@ const APP_SCOPED: [&str; 8] = [
     "/api/api-keys",
     "/api/packages",
     "/api/realtime",
+    "/api/documents",
+    "/api/uploads",
 ];
 
 /// Routes that honour `Idempotency-Key` (§8); the header on any other mutating route is refused.
@@ -371,6 +373,8 @@ fn impersonation_allowed(path: &str) -> bool {
         "/api/runs",
         "/api/schedules",
         "/api/realtime",
+        "/api/documents",
+        "/api/uploads",
     ]
     .iter()
     .any(|p| path == *p || path.starts_with(&format!("{p}/")))

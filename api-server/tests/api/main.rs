@@ -34,6 +34,7 @@ mod idempotency;
 mod installer;
 mod lag;
 mod layering;
+mod memory;
 mod migrate_data;
 mod openapi;
 mod overload;

@@ -389,7 +389,13 @@ pub async fn get_run(
         },
         _ => run,
     };
-    Ok(Json(run_dto(&run)).into_response())
+    let mut dto = run_dto(&run);
+    let docs = state.infra.db.run_documents(&run.id).await?;
+    dto["documents"] = docs
+        .iter()
+        .map(crate::documents::document_summary)
+        .collect();
+    Ok(Json(dto).into_response())
 }
 
 const LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];
