@@ -237,7 +237,8 @@ pub async fn attach(state: &AppState, ids: &[String], run_id: &str) -> FilesResu
     Ok(true)
 }
 
-/// The files of a run's input, for its runner (`GET /api/runs/{id}/context`).
+/// The files of a run's input, for its runner (`GET /api/runs/{id}/context`); `path` is relative to
+/// the run's base URL (`/api/runs/{id}`).
 pub async fn run_files(state: &AppState, run: &RunRow) -> FilesResult<Vec<Value>> {
     Ok(state
         .infra
@@ -247,7 +248,7 @@ pub async fn run_files(state: &AppState, run: &RunRow) -> FilesResult<Vec<Value>
         .iter()
         .map(|u| {
             json!({"id": u.id, "name": u.name, "mediaType": u.media_type, "size": u.size,
-                "path": format!("/api/runs/{}/files/{}", run.id, u.id)})
+                "path": format!("/files/{}", u.id)})
         })
         .collect())
 }

@@ -1,0 +1,493 @@
+//! Documents out of runs and uploads into runs: the real runner publishing through the platform's signed
+//! URLs at Tier 0 (filesystem) and with the S3 test server; tampered, expired and replayed URLs; retention;
+//! a 50 MiB upload streamed with bounded memory, used as a run input and visible in the workspace; an
+//! oversized upload refused while streaming; secret rotation.
+
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use reqwest::Method;
+use serde_json::{json, Value};
+use test_support::app::TestApp;
+use test_support::fake_llm::{FakeLlm, Turn};
+use test_support::people::Browser;
+use test_support::services;
+
+use super::memory::create_agent;
+use super::runs::{inline, llm_app, start, wait_terminal};
+
+const SECRET: &str = "test-upload-signing-secret";
+
+fn publish(name: &str, content: &str) -> Turn {
+    Turn::tool_call(
+        "publish_document",
+        json!({"name": name, "mediaType": "text/markdown", "content": content}),
+    )
+}
+
+async fn get_json(app: &TestApp, path: &str) -> Value {
+    let r = app.key(Method::GET, path).send().await.unwrap();
+    assert_eq!(r.status(), 200, "GET {path}");
+    r.json().await.unwrap()
+}
+
+/// A run publishes a document; it is listed on the run and in `/api/documents`, and its signed URL
+/// serves it without an API key; a tampered, re-purposed or expired URL is refused with 403.
+async fn published_and_downloaded(extra: &[(&str, &str)]) {
+    let llm = FakeLlm::start(vec![
+        publish("report.md", "# Report\nAll good."),
+        Turn::text("Done."),
+    ])
+    .await;
+    let app = llm_app(&llm, extra).await;
+    let run = start(
+        &app,
+        "/api/runs/inline",
+        inline(json!({}), "Write a report"),
+    )
+    .await;
+    let run = wait_terminal(&app, run["id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "success", "{run}");
+    let run_id = run["id"].as_str().unwrap();
+    assert_eq!(run["documents"][0]["name"], "report.md", "{run}");
+    assert_eq!(run["documents"][0]["size"], 18);
+
+    let docs = get_json(&app, &format!("/api/runs/{run_id}/documents")).await;
+    let doc = &docs["data"][0];
+    assert_eq!(doc["mediaType"], "text/markdown");
+    let url = doc["downloadUrl"].as_str().unwrap().to_string();
+    assert!(url.starts_with(&app.address), "{url}");
+
+    // No API key needed.
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/markdown");
+    assert!(r.headers()["content-disposition"]
+        .to_str()
+        .unwrap()
+        .contains("report.md"));
+    assert_eq!(r.text().await.unwrap(), "# Report\nAll good.");
+
+    // Tampered signature, another object, another method, an expired URL.
+    let sig_at = url.find("signature=").unwrap() + "signature=".len();
+    let mut tampered = url.clone();
+    let flipped = if &url[sig_at..sig_at + 1] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    tampered.replace_range(sig_at..sig_at + 1, flipped);
+    let id = doc["id"].as_str().unwrap();
+    let other = url.replace(id, "doc_00000000-0000-0000-0000-000000000000");
+    for bad in [&tampered, &other] {
+        let r = app.client.get(bad).send().await.unwrap();
+        assert_eq!(r.status(), 403, "{bad}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["code"], "invalid_signature", "{body}");
+    }
+    let r = app.client.put(&url).body("x").send().await.unwrap();
+    assert_eq!(r.status(), 403, "a GET URL used for a PUT");
+    let past = chrono::Utc::now().timestamp() - 1;
+    let q = appstrate::documents::signing::query(SECRET.as_bytes(), "GET", id, past, None);
+    let r = app
+        .client
+        .get(app.url(&format!("/api/documents/_content?{q}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "signature_expired");
+    assert!(body["detail"].as_str().unwrap().contains("expired"));
+
+    // Listing with filters, the API-key download redirect, and deletion.
+    let list = get_json(&app, &format!("/api/documents?runId={run_id}")).await;
+    assert_eq!(list["data"].as_array().unwrap().len(), 1);
+    let none = get_json(&app, "/api/documents?mediaType=application/pdf").await;
+    assert!(none["data"].as_array().unwrap().is_empty());
+    let r = test_support::people::no_redirect_client()
+        .get(app.url(&format!("/api/documents/{id}/content")))
+        .bearer_auth(&app.api_key)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    let location = r.headers()["location"].to_str().unwrap().to_string();
+    assert_eq!(
+        app.client.get(&location).send().await.unwrap().status(),
+        200
+    );
+    let r = app
+        .key(Method::DELETE, &format!("/api/documents/{id}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(app.client.get(&url).send().await.unwrap().status(), 404);
+}
+
+#[tokio::test]
+async fn documents_tier0_filesystem() {
+    published_and_downloaded(&[]).await;
+}
+
+#[tokio::test]
+async fn documents_s3() {
+    let target = test_support::require!(services::s3_bucket());
+    let env = target.env();
+    let pairs: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    published_and_downloaded(&pairs).await;
+}
+
+/// Retention: a document past `DOCUMENT_RETENTION_DAYS` goes, and a run deleted by run retention takes
+/// its documents' bytes with it.
+#[tokio::test]
+async fn retention_deletes_old_documents_and_those_of_deleted_runs() {
+    let llm = FakeLlm::start(vec![publish("a.md", "alpha"), Turn::text("ok")]).await;
+    let app = llm_app(&llm, &[]).await;
+    let run = start(&app, "/api/runs/inline", inline(json!({}), "x")).await;
+    let run = wait_terminal(&app, run["id"].as_str().unwrap()).await;
+    let state = app.state();
+    let db = &state.infra.db;
+    let storage = &state.infra.storage;
+    let doc_id = run["documents"][0]["id"].as_str().unwrap().to_string();
+    let doc = db.get_document(&doc_id).await.unwrap().unwrap();
+    assert!(storage.get(&doc.storage_key).await.unwrap().is_some());
+
+    // An old run (finished long ago) with a document: run retention removes both.
+    let mut old = db
+        .get_run(run["id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    old.id = format!("run_{}", uuid::Uuid::new_v4());
+    old.created_at = chrono::Utc::now() - chrono::Duration::days(400);
+    db.insert_run(&old, 50).await.unwrap();
+    let mut old_doc = doc.clone();
+    old_doc.id = format!("doc_{}", uuid::Uuid::new_v4());
+    old_doc.run_id = old.id.clone();
+    old_doc.storage_key = format!("runs/{}/documents/{}", old.id, old_doc.id);
+    db.insert_document_capped(&old_doc, 10)
+        .await
+        .unwrap()
+        .unwrap();
+    storage
+        .put(&old_doc.storage_key, Bytes::from_static(b"old"))
+        .await
+        .unwrap();
+    let leftovers = appstrate::retention::Leftovers {
+        data_dir: &state.config.data_dir,
+        storage: Some(storage.as_ref()),
+    };
+    let report = appstrate::retention::sweep(
+        db.as_ref(),
+        &state.config.retention,
+        leftovers,
+        None,
+        Duration::ZERO,
+        || false,
+    )
+    .await
+    .unwrap();
+    assert_eq!(report.deleted.runs, 1);
+    assert!(db.get_document(&old_doc.id).await.unwrap().is_none());
+    assert!(storage.get(&old_doc.storage_key).await.unwrap().is_none());
+    // The recent run's document is untouched.
+    assert!(storage.get(&doc.storage_key).await.unwrap().is_some());
+
+    // A document older than DOCUMENT_RETENTION_DAYS (30) goes with the document sweep.
+    let mut aged = doc.clone();
+    aged.id = format!("doc_{}", uuid::Uuid::new_v4());
+    aged.created_at = chrono::Utc::now() - chrono::Duration::days(31);
+    aged.storage_key = format!("runs/{}/documents/{}", doc.run_id, aged.id);
+    db.insert_document_capped(&aged, 10).await.unwrap().unwrap();
+    storage
+        .put(&aged.storage_key, Bytes::from_static(b"aged"))
+        .await
+        .unwrap();
+    let swept = appstrate::documents::sweep(state, 100).await.unwrap();
+    assert_eq!(swept.documents, 1);
+    assert!(storage.get(&aged.storage_key).await.unwrap().is_none());
+    assert!(db.get_document(&doc.id).await.unwrap().is_some());
+}
+
+async fn create_upload(app: &TestApp, name: &str, size: u64) -> Value {
+    let r = app
+        .key(Method::POST, "/api/uploads")
+        .json(&json!({"name": name, "mediaType": "text/csv", "size": size}))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    body
+}
+
+/// `len` bytes in 1 MiB chunks, produced as they are sent; `sent` counts what the client produced.
+fn generated(len: u64, sent: Arc<AtomicU64>) -> reqwest::Body {
+    let chunk = Bytes::from(vec![b'x'; 1 << 20]);
+    let stream = futures::stream::unfold(0u64, move |done| {
+        let chunk = chunk.clone();
+        let sent = sent.clone();
+        async move {
+            if done >= len {
+                return None;
+            }
+            let n = (len - done).min(chunk.len() as u64);
+            sent.fetch_add(n, Ordering::SeqCst);
+            Some((Ok::<_, std::io::Error>(chunk.slice(..n as usize)), done + n))
+        }
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+fn rss_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// A 50 MiB upload is streamed to storage (the process's peak RSS grows far less than the file), used as a
+/// run input, and appears in the run's workspace (the agent publishes it back from there).
+#[tokio::test]
+async fn a_50_mib_upload_streams_with_bounded_memory_and_reaches_the_workspace() {
+    const SIZE: u64 = 50 * 1024 * 1024;
+    let llm = FakeLlm::start(vec![
+        Turn::tool_call(
+            "publish_document",
+            json!({"name": "copy.csv", "mediaType": "text/csv", "path": "data.csv"}),
+        ),
+        Turn::text("ok"),
+    ])
+    .await;
+    let app = llm_app(&llm, &[("DOCUMENT_MAX_BYTES", "104857600")]).await;
+    let upload = create_upload(&app, "data.csv", SIZE).await;
+    let url = upload["uploadUrl"].as_str().unwrap().to_string();
+    assert_eq!(upload["status"], "pending");
+
+    let base = rss_kib();
+    let peak = Arc::new(AtomicU64::new(base));
+    let stop = Arc::new(AtomicBool::new(false));
+    let sampler = {
+        let (peak, stop) = (peak.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(), Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        })
+    };
+    let sent = Arc::new(AtomicU64::new(0));
+    let r = app
+        .client
+        .put(&url)
+        .header("content-length", SIZE.to_string())
+        .body(generated(SIZE, sent))
+        .send()
+        .await
+        .unwrap();
+    stop.store(true, Ordering::Relaxed);
+    sampler.join().unwrap();
+    assert_eq!(r.status(), 200);
+    let stored: Value = r.json().await.unwrap();
+    assert_eq!(stored["status"], "ready");
+    assert_eq!(stored["size"], SIZE);
+    let delta_mib = (peak.load(Ordering::Relaxed).saturating_sub(base)) / 1024;
+    println!("50 MiB upload: peak RSS delta {delta_mib} MiB (client and server in this process)");
+    assert!(
+        delta_mib < 40,
+        "peak RSS grew by {delta_mib} MiB for a 50 MiB upload: the body is being buffered"
+    );
+
+    // A replayed URL is refused.
+    let r = app.client.put(&url).body("again").send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "url_already_used");
+
+    let agent = create_agent(
+        &app,
+        "reader",
+        json!({"input": {"schema": {"type": "object", "properties": {"file": {"type": "string", "format": "upload"}}}}}),
+    )
+    .await;
+    let id = upload["id"].as_str().unwrap();
+    let run = start(
+        &app,
+        &format!("/api/agents/{agent}/run"),
+        json!({"input": {"file": id}}),
+    )
+    .await;
+    let run = wait_terminal(&app, run["id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "success", "{run}");
+    let first = llm.requests()[0].body_text();
+    assert!(
+        first.contains("data.csv (52428800 bytes, text/csv)"),
+        "{}",
+        &first[..first.len().min(2000)]
+    );
+    // Published back from the workspace: the same 50 MiB.
+    assert_eq!(run["documents"][0]["name"], "copy.csv", "{run}");
+    assert_eq!(run["documents"][0]["size"], SIZE);
+    let docs = get_json(
+        &app,
+        &format!("/api/runs/{}/documents", run["id"].as_str().unwrap()),
+    )
+    .await;
+    let mut r = app
+        .client
+        .get(docs["data"][0]["downloadUrl"].as_str().unwrap())
+        .send()
+        .await
+        .unwrap();
+    let mut n = 0u64;
+    while let Some(c) = r.chunk().await.unwrap() {
+        assert!(c.iter().all(|b| *b == b'x'));
+        n += c.len() as u64;
+    }
+    assert_eq!(n, SIZE);
+
+    // An upload serves one run.
+    let r = app
+        .key(Method::POST, &format!("/api/agents/{agent}/run"))
+        .json(&json!({"input": {"file": id}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["errors"][0]["field"], "input.file", "{body}");
+    assert!(body["errors"][0]["message"]
+        .as_str()
+        .unwrap()
+        .contains("already used"));
+}
+
+/// More bytes than declared are refused while streaming: the server stops reading long before the client
+/// has sent everything, and the upload can be sent again.
+#[tokio::test]
+async fn an_oversized_upload_is_refused_while_streaming() {
+    let llm = FakeLlm::start(Vec::<Turn>::new()).await;
+    let app = llm_app(&llm, &[]).await;
+    let upload = create_upload(&app, "small.csv", 1024 * 1024).await;
+    let url = upload["uploadUrl"].as_str().unwrap();
+    let sent = Arc::new(AtomicU64::new(0));
+    // No Content-Length (chunked): the limit is enforced on the bytes themselves.
+    let res = app
+        .client
+        .put(url)
+        .body(generated(512 * 1024 * 1024, sent.clone()))
+        .send()
+        .await;
+    match res {
+        Ok(r) => {
+            assert_eq!(r.status(), 413);
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(body["code"], "payload_too_large");
+        }
+        // The server may close the connection while the client is still sending.
+        Err(e) => assert!(!e.is_timeout(), "{e}"),
+    }
+    let produced = sent.load(Ordering::SeqCst);
+    assert!(
+        produced < 64 * 1024 * 1024,
+        "the client produced {produced} bytes before the refusal"
+    );
+    // Declared too large up front: refused before reading.
+    let r = app
+        .client
+        .put(url)
+        .header("content-length", (2 * 1024 * 1024).to_string())
+        .body(vec![0u8; 2 * 1024 * 1024])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 413);
+    // The upload is still waiting for its bytes.
+    let r = app
+        .client
+        .put(url)
+        .body(vec![b'y'; 1000])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+/// Uploads expire: the URL is refused afterwards and the upload is deleted by the sweep.
+#[tokio::test]
+async fn unused_uploads_expire_and_are_deleted() {
+    let llm = FakeLlm::start(Vec::<Turn>::new()).await;
+    let app = llm_app(&llm, &[("UPLOAD_EXPIRY_SECONDS", "1")]).await;
+    let upload = create_upload(&app, "late.csv", 10).await;
+    let id = upload["id"].as_str().unwrap();
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = app
+        .client
+        .put(upload["uploadUrl"].as_str().unwrap())
+        .body("0123456789")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "signature_expired");
+    let swept = appstrate::documents::sweep(app.state(), 100).await.unwrap();
+    assert_eq!(swept.uploads, 1);
+    assert!(app.state().infra.db.get_upload(id).await.unwrap().is_none());
+}
+
+/// Rotating `UPLOAD_SIGNING_SECRET` invalidates outstanding URLs and leaves sessions alone; rotating the
+/// session secret leaves signed URLs alone.
+#[tokio::test]
+async fn rotating_the_upload_secret_invalidates_urls_not_sessions() {
+    let llm = FakeLlm::start(vec![publish("r.md", "rotate"), Turn::text("ok")]).await;
+    let mut app = llm_app(&llm, &[]).await;
+    let run = start(&app, "/api/runs/inline", inline(json!({}), "x")).await;
+    let run = wait_terminal(&app, run["id"].as_str().unwrap()).await;
+    let docs = get_json(
+        &app,
+        &format!("/api/runs/{}/documents", run["id"].as_str().unwrap()),
+    )
+    .await;
+    let url = docs["data"][0]["downloadUrl"].as_str().unwrap().to_string();
+    let mut browser = Browser::new(&app, "rotate@example.com");
+    browser.sign_up().await;
+    assert_eq!(browser.get("/api/auth/get-session", &[]).await.0, 200);
+
+    // The session secret rotates: the URL still works (the session does not, by design of sessions).
+    app.restart_with(&[("BETTER_AUTH_SECRET", "another-better-auth-secret")], &[])
+        .await;
+    assert_eq!(app.client.get(&url).send().await.unwrap().status(), 200);
+    // Back to the first session secret, then the upload secret rotates.
+    app.restart_with(
+        &[
+            ("BETTER_AUTH_SECRET", "test-better-auth-secret"),
+            ("UPLOAD_SIGNING_SECRET", "a-rotated-upload-signing-secret"),
+        ],
+        &[],
+    )
+    .await;
+    let r = app.client.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["code"], "invalid_signature");
+    assert!(body["detail"].as_str().unwrap().contains("rotated"));
+    let (status, session) = browser.get("/api/auth/get-session", &[]).await;
+    assert_eq!(status, 200, "the session survives: {session}");
+    // A freshly signed URL works with the new secret.
+    let docs = get_json(
+        &app,
+        &format!("/api/runs/{}/documents", run["id"].as_str().unwrap()),
+    )
+    .await;
+    let fresh = docs["data"][0]["downloadUrl"].as_str().unwrap();
+    assert_eq!(app.client.get(fresh).send().await.unwrap().status(), 200);
+}
