@@ -71,6 +71,8 @@ pub trait DocumentRepo: Send + Sync {
     async fn complete_document(&self, id: &str, size: i64, at: Timestamp) -> DbResult<bool>;
     /// The ready documents of a run, oldest first.
     async fn run_documents(&self, run_id: &str) -> DbResult<Vec<DocumentRow>>;
+    /// The ready documents of several runs (one list page), oldest first.
+    async fn documents_of_runs(&self, run_ids: &[String]) -> DbResult<Vec<DocumentRow>>;
     /// Ready documents of an application, newest first.
     async fn list_documents(
         &self,
@@ -178,6 +180,23 @@ macro_rules! impl_document_repo {
                     .fetch_all(&self.pool)
                     .await
                     .map_err(map_err)
+            }
+
+            async fn documents_of_runs(&self, run_ids: &[String]) -> DbResult<Vec<DocumentRow>> {
+                if run_ids.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let marks: Vec<String> = (1..=run_ids.len()).map(|i| format!("${i}")).collect();
+                let sql = format!(
+                    "SELECT {DOC_COLS} FROM run_documents WHERE status = 'ready' AND run_id IN ({}) \
+                     ORDER BY created_at, id",
+                    marks.join(", ")
+                );
+                let mut q = sqlx::query_as::<_, DocumentRow>(&sql);
+                for id in run_ids {
+                    q = q.bind(id);
+                }
+                q.fetch_all(&self.pool).await.map_err(map_err)
             }
 
             async fn list_documents(
