@@ -465,6 +465,55 @@ fn truncate(s: &str, max: usize) -> &str {
 mod tests {
     use super::*;
 
+    fn bundle(prompt: &str) -> Bundle {
+        Bundle {
+            manifest: json!({}),
+            prompt: prompt.into(),
+            skills: vec![],
+        }
+    }
+
+    #[test]
+    fn memory_the_template_does_not_place_goes_to_a_memory_section() {
+        let cfg = crate::config::tests::parse(&crate::config::tests::base()).unwrap();
+        let ctx = json!({
+            "memories": [{"content": "prefers email"}],
+            "pinned": [{"name": "city", "value": "Paris"}],
+            "checkpoint": {"page": 2},
+            "leftOut": 3,
+        });
+        let s = system_prompt(&bundle("Plain prompt."), &cfg, Some(&ctx));
+        assert!(s.contains("## Memory"), "{s}");
+        assert!(s.contains("- city: \"Paris\""), "{s}");
+        assert!(s.contains("\"page\": 2"), "{s}");
+        assert!(s.contains("- prefers email"), "{s}");
+        assert!(s.contains("3 older memories"), "{s}");
+        // A template that places memories and the checkpoint itself gets only the pinned slots added.
+        let t =
+            "{{#memories}}* {{content}}\n{{/memories}}{{#checkpoint}}cp {{page}}{{/checkpoint}}";
+        let s = system_prompt(&bundle(t), &cfg, Some(&ctx));
+        assert!(s.contains("* prefers email") && s.contains("cp 2"), "{s}");
+        assert!(
+            !s.contains("- prefers email") && s.contains("- city"),
+            "{s}"
+        );
+        // No context: nothing added, the template sees empty memory.
+        let s = system_prompt(&bundle("{{^memories}}first run{{/memories}}"), &cfg, None);
+        assert!(s.contains("first run") && !s.contains("## Memory"), "{s}");
+    }
+
+    #[test]
+    fn the_checkpoint_rides_on_finalize() {
+        let st = RunState {
+            checkpoint: Some(json!({"cursor": 7})),
+            ..Default::default()
+        };
+        let b = finalize_body(&Verdict::Success, &st, 2, Duration::ZERO);
+        assert_eq!(b["checkpoint"], json!({"cursor": 7}));
+        let b = finalize_body(&Verdict::Success, &RunState::default(), 2, Duration::ZERO);
+        assert!(b.get("checkpoint").is_none());
+    }
+
     #[test]
     fn finalize_bodies() {
         let mut st = RunState::default();

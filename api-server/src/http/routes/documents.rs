@@ -235,6 +235,12 @@ pub async fn download_signed(
         format!("attachment; filename=\"{safe}\"; filename*=UTF-8''{encoded}"),
     );
     set(h, CACHE_CONTROL, "private, no-store".into());
+    // The media type comes from the agent: never let a browser run it in the platform's origin.
+    set(
+        h,
+        "content-security-policy".parse().expect("header"),
+        "sandbox; default-src 'none'".into(),
+    );
     set(
         h,
         "x-content-type-options".parse().expect("header"),
