@@ -301,13 +301,18 @@ pub async fn open_signed(
         .await?
         .filter(|d| d.status == "ready")
         .ok_or_else(|| FilesError::NotFound(format!("Document {} not found", q.id)))?;
-    let reader = state
+    let reader = open(state, &doc).await?;
+    Ok((doc, reader))
+}
+
+/// A ready document's bytes.
+pub async fn open(state: &AppState, doc: &DocumentRow) -> FilesResult<ObjectReader> {
+    state
         .infra
         .storage
         .get_stream(&doc.storage_key)
         .await?
-        .ok_or_else(|| FilesError::NotFound(format!("The content of {} is gone", doc.id)))?;
-    Ok((doc, reader))
+        .ok_or_else(|| FilesError::NotFound(format!("The content of {} is gone", doc.id)))
 }
 
 /// Deletes a document's row and bytes.

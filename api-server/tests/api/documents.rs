@@ -102,23 +102,26 @@ async fn published_and_downloaded(extra: &[(&str, &str)]) {
     assert_eq!(body["code"], "signature_expired");
     assert!(body["detail"].as_str().unwrap().contains("expired"));
 
-    // Listing with filters, the API-key download redirect, and deletion.
+    // Listing with filters, the API-key download, and deletion.
     let list = get_json(&app, &format!("/api/documents?runId={run_id}")).await;
     assert_eq!(list["data"].as_array().unwrap().len(), 1);
     let none = get_json(&app, "/api/documents?mediaType=application/pdf").await;
     assert!(none["data"].as_array().unwrap().is_empty());
-    let r = test_support::people::no_redirect_client()
-        .get(app.url(&format!("/api/documents/{id}/content")))
-        .bearer_auth(&app.api_key)
+    let r = app
+        .key(Method::GET, &format!("/api/documents/{id}/content"))
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 302);
-    let location = r.headers()["location"].to_str().unwrap().to_string();
-    assert_eq!(
-        app.client.get(&location).send().await.unwrap().status(),
-        200
-    );
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "# Report\nAll good.");
+    // Without credentials the route is closed; only the signed URL opens the content.
+    let r = app
+        .client
+        .get(app.url(&format!("/api/documents/{id}/content")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     let r = app
         .key(Method::DELETE, &format!("/api/documents/{id}"))
         .send()

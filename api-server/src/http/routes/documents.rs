@@ -4,9 +4,7 @@
 
 use axum::body::Body;
 use axum::extract::{Path, RawQuery, Request, State};
-use axum::http::header::{
-    CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE, LOCATION,
-};
+use axum::http::header::{CACHE_CONTROL, CONTENT_DISPOSITION, CONTENT_LENGTH, CONTENT_TYPE};
 use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -178,9 +176,9 @@ pub async fn delete_document(
 }
 
 #[utoipa::path(get, path = "/api/documents/{id}/content", tag = "documents",
-    operation_id = "getDocumentContent", summary = "Download a document (redirects to its signed URL)",
+    operation_id = "getDocumentContent", summary = "Download a document with an API key",
     params(("id" = String, Path)),
-    responses((status = 302, description = "`Location`: the document's short-lived signed URL"), (status = 404, description = "not found")))]
+    responses((status = 200, description = "The document's bytes with its media type", content_type = "application/octet-stream", body = Vec<u8>), (status = 404, description = "not found")))]
 pub async fn document_content(
     State(state): State<AppState>,
     Extension(auth): Extension<Auth>,
@@ -188,12 +186,8 @@ pub async fn document_content(
 ) -> Result<Response, ApiError> {
     auth.require_scope("runs:read")?;
     let doc = visible_document(&state, &auth, &id).await?;
-    let (url, _) = documents::download_url(&state, &doc);
-    Ok((
-        StatusCode::FOUND,
-        [(LOCATION, url), (CACHE_CONTROL, "no-store".into())],
-    )
-        .into_response())
+    let reader = documents::open(&state, &doc).await?;
+    Ok(content_response(&doc, reader))
 }
 
 #[utoipa::path(get, path = "/api/documents/_content", tag = "documents",
@@ -207,6 +201,11 @@ pub async fn download_signed(
     RawQuery(q): RawQuery,
 ) -> Result<Response, ApiError> {
     let (doc, reader) = documents::open_signed(&state, q.as_deref()).await?;
+    Ok(content_response(&doc, reader))
+}
+
+/// A document's bytes, streamed, as an attachment that a browser never renders in this origin.
+fn content_response(doc: &DocumentRow, reader: crate::infra::storage::ObjectReader) -> Response {
     // Quotes and backslashes cannot end the quoted name early.
     let safe: String = doc
         .name
@@ -246,7 +245,7 @@ pub async fn download_signed(
         "x-content-type-options".parse().expect("header"),
         "nosniff".into(),
     );
-    Ok(res)
+    res
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {
