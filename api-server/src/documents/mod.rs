@@ -322,6 +322,47 @@ pub async fn delete_document(state: &AppState, doc: &DocumentRow) -> FilesResult
     Ok(())
 }
 
+/// The runs of an application that published documents (read before the application is deleted, since
+/// its rows go with it).
+pub async fn runs_with_documents(
+    state: &AppState,
+    application_id: &str,
+) -> FilesResult<Vec<String>> {
+    use crate::infra::database::documents::DocumentFilter;
+    use crate::infra::database::Page;
+    let mut runs = std::collections::BTreeSet::new();
+    let mut page = Page {
+        limit: 100,
+        starting_after: None,
+    };
+    loop {
+        let p = state
+            .infra
+            .db
+            .list_documents(application_id, &DocumentFilter::default(), &page)
+            .await?;
+        runs.extend(p.items.iter().map(|d| d.run_id.clone()));
+        match (p.has_more, p.items.last()) {
+            (true, Some(last)) => page.starting_after = Some(last.id.clone()),
+            _ => return Ok(runs.into_iter().collect()),
+        }
+    }
+}
+
+/// After an application is deleted: the bytes of its runs' documents and of its uploads.
+pub async fn forget_application(state: &AppState, application_id: &str, runs: &[String]) {
+    let storage = &state.infra.storage;
+    let prefixes = runs
+        .iter()
+        .map(|r| run_prefix(r))
+        .chain([format!("uploads/{application_id}/")]);
+    for prefix in prefixes {
+        if let Err(e) = storage.delete_prefix(&prefix).await {
+            tracing::warn!(%prefix, error = %e, "could not delete a deleted application's objects");
+        }
+    }
+}
+
 /// What one retention pass of documents and uploads deleted.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct FilesSweep {

@@ -494,3 +494,113 @@ async fn rotating_the_upload_secret_invalidates_urls_not_sessions() {
     let fresh = docs["data"][0]["downloadUrl"].as_str().unwrap();
     assert_eq!(app.client.get(fresh).send().await.unwrap().status(), 200);
 }
+
+/// Deleting an application deletes the bytes of its runs' documents and of its uploads.
+#[tokio::test]
+async fn deleting_an_application_deletes_its_documents_and_uploads() {
+    let llm = FakeLlm::start(vec![publish("b.md", "of app B"), Turn::text("ok")]).await;
+    let app = llm_app(&llm, &[]).await;
+    let b: Value = app
+        .client
+        .post(app.url("/api/applications"))
+        .bearer_auth(&app.admin_token)
+        .json(&json!({"name": "B"}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let b = b["id"].as_str().unwrap().to_string();
+    let as_b = |m: Method, path: &str| {
+        app.client
+            .request(m, app.url(path))
+            .bearer_auth(&app.admin_token)
+            .header("X-App-Id", &b)
+    };
+    let run: Value = as_b(Method::POST, "/api/runs/inline")
+        .json(&inline(json!({}), "x"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let id = run["id"].as_str().unwrap();
+    let mut done = Value::Null;
+    for _ in 0..10 {
+        done = as_b(Method::GET, &format!("/api/runs/{id}?wait=10"))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if done["status"] == "success" {
+            break;
+        }
+    }
+    assert_eq!(done["status"], "success", "{done}");
+    let upload: Value = as_b(Method::POST, "/api/uploads")
+        .json(&json!({"name": "u.txt", "mediaType": "text/plain", "size": 3}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let r = app
+        .client
+        .put(upload["uploadUrl"].as_str().unwrap())
+        .body("abc")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let state = app.state();
+    let doc = state
+        .infra
+        .db
+        .get_document(done["documents"][0]["id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    let upload_key = format!("uploads/{b}/{}", upload["id"].as_str().unwrap());
+    assert!(state
+        .infra
+        .storage
+        .get(&doc.storage_key)
+        .await
+        .unwrap()
+        .is_some());
+    assert!(state
+        .infra
+        .storage
+        .get(&upload_key)
+        .await
+        .unwrap()
+        .is_some());
+
+    let r = app
+        .client
+        .delete(app.url(&format!("/api/applications/{b}")))
+        .bearer_auth(&app.admin_token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(state
+        .infra
+        .storage
+        .get(&doc.storage_key)
+        .await
+        .unwrap()
+        .is_none());
+    assert!(state
+        .infra
+        .storage
+        .get(&upload_key)
+        .await
+        .unwrap()
+        .is_none());
+}
