@@ -53,5 +53,6 @@ mod tenancy;
 mod tier2;
 mod tiers;
 mod traces;
+mod uploads;
 mod webhook_cap;
 mod webhooks;
