@@ -389,6 +389,7 @@ pub async fn sweep(state: &AppState, batch: i64) -> FilesResult<FilesSweep> {
             }
         }
     }
+    remove_stale_staging(&staging_dir(state)).await;
     loop {
         let expired = db.expired_uploads(now(), batch).await?;
         for u in &expired {
@@ -403,9 +404,48 @@ pub async fn sweep(state: &AppState, batch: i64) -> FilesResult<FilesSweep> {
     Ok(out)
 }
 
+/// Staging files older than a day were left by a server that stopped mid-transfer.
+async fn remove_stale_staging(dir: &std::path::Path) {
+    let Ok(mut entries) = tokio::fs::read_dir(dir).await else {
+        return;
+    };
+    let day = std::time::Duration::from_secs(86_400);
+    while let Ok(Some(e)) = entries.next_entry().await {
+        let stale = e
+            .metadata()
+            .await
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|t| t.elapsed().ok())
+            .is_some_and(|age| age > day);
+        if stale {
+            let _ = tokio::fs::remove_file(e.path()).await;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn stale_staging_files_are_removed_fresh_ones_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let old = dir.path().join("old");
+        let fresh = dir.path().join("fresh");
+        std::fs::write(&old, b"x").unwrap();
+        std::fs::write(&fresh, b"y").unwrap();
+        let two_days = std::time::SystemTime::now() - std::time::Duration::from_secs(2 * 86_400);
+        std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .unwrap()
+            .set_modified(two_days)
+            .unwrap();
+        remove_stale_staging(dir.path()).await;
+        assert!(!old.exists() && fresh.exists());
+        remove_stale_staging(&dir.path().join("missing")).await;
+    }
 
     #[test]
     fn names_and_media_types() {
