@@ -432,10 +432,22 @@ async fn prune(config: Config, dry_run: bool) -> i32 {
         let counts = if dry_run {
             db.prune_preview(&cutoffs).await?
         } else {
+            // The object store, to delete the documents of the runs that go (without it, only rows).
+            let storage = match crate::infra::connect_storage(&config).await {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    eprintln!("object storage unavailable ({e}); documents of deleted runs keep their bytes");
+                    None
+                }
+            };
+            let leftovers = crate::retention::Leftovers {
+                data_dir: &config.data_dir,
+                storage: storage.as_deref(),
+            };
             let report = crate::retention::sweep(
                 db.as_ref(),
                 retention,
-                &config.data_dir,
+                leftovers,
                 None,
                 std::time::Duration::ZERO,
                 || false,

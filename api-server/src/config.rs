@@ -200,6 +200,10 @@ pub struct Config {
     pub git_sha: Option<String>,
     /// Accounts, sessions, sign-in providers and email (`AUTH_*`, `SMTP_*`).
     pub people: crate::people::config::PeopleConfig,
+    /// Per-agent memory limits and the prompt budget (`MEMORY_*`, `PINNED_*`, `CHECKPOINT_MAX_BYTES`).
+    pub memory: crate::documents::config::MemoryLimits,
+    /// Documents, uploads and signed URLs (`DOCUMENT_*`, `UPLOAD_*`, `SIGNED_URL_TTL_SECONDS`).
+    pub files: crate::documents::config::FilesConfig,
 }
 
 /// One problem with one variable. Printed as `config error: <VAR>: <reason>`.
@@ -711,6 +715,8 @@ impl Config {
         let app_version = r.string("APP_VERSION", env!("CARGO_PKG_VERSION"));
         let git_sha = r.get("GIT_SHA").map(|s| s.to_string());
         let people = crate::people::config::PeopleConfig::from_map(env, &mut r.errors);
+        let memory = crate::documents::config::MemoryLimits::from_map(env, &mut r.errors);
+        let files = crate::documents::config::FilesConfig::from_map(env, &mut r.errors);
 
         if !r.errors.is_empty() {
             return Err(r.errors);
@@ -772,6 +778,8 @@ impl Config {
             app_version,
             git_sha,
             people,
+            memory,
+            files,
         })
     }
 

@@ -7,9 +7,11 @@
 pub mod cli;
 pub mod config;
 pub mod crypto;
+pub mod documents;
 pub mod domain;
 pub mod http;
 pub mod infra;
+pub mod memory;
 pub mod metrics;
 pub mod net;
 pub mod packages;

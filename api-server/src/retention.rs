@@ -9,7 +9,7 @@
 //! sweep. Open runs and the last run of a schedule are never deleted. SQLite gives the freed pages back
 //! after each batch (incremental auto-vacuum).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use rand::Rng;
@@ -17,6 +17,7 @@ use rand::Rng;
 use crate::config::RetentionConfig;
 use crate::infra::database::history::{Cutoffs, PruneCounts};
 use crate::infra::database::{now, Database, DbResult, Timestamp};
+use crate::infra::storage::ObjectStore;
 use crate::metrics::{KindLabel, Metrics};
 use crate::state::AppState;
 
@@ -42,20 +43,53 @@ pub struct SweepReport {
     pub busy: bool,
 }
 
+/// Where a deleted run may have left something outside the database: the process adapter's
+/// `$DATA_DIR/runs/<id>/` and, when given, the run's objects (documents) in the object store.
+#[derive(Clone, Copy)]
+pub struct Leftovers<'a> {
+    pub data_dir: &'a Path,
+    pub storage: Option<&'a dyn ObjectStore>,
+}
+
+impl<'a> From<&'a Path> for Leftovers<'a> {
+    fn from(data_dir: &'a Path) -> Self {
+        Leftovers {
+            data_dir,
+            storage: None,
+        }
+    }
+}
+
+impl<'a> From<&'a PathBuf> for Leftovers<'a> {
+    fn from(data_dir: &'a PathBuf) -> Self {
+        Leftovers::from(data_dir.as_path())
+    }
+}
+
 /// One batch and its aftermath: the deleted runs' leftovers removed, metrics counted, space reclaimed.
 /// `None` when another instance holds the retention lock.
 pub async fn run_batch(
     db: &dyn Database,
     cutoffs: &Cutoffs,
     batch: u32,
-    data_dir: &Path,
+    leftovers: impl Into<Leftovers<'_>>,
     metrics: Option<&Metrics>,
 ) -> DbResult<Option<PruneCounts>> {
+    let leftovers = leftovers.into();
     let Some(counts) = db.prune_batch(cutoffs, batch as i64).await? else {
         return Ok(None);
     };
     for id in &counts.run_ids {
-        remove_run_leftovers(data_dir, id).await;
+        remove_run_leftovers(leftovers.data_dir, id).await;
+        if let Some(storage) = leftovers.storage {
+            // The run's documents went with its rows; their bytes go now.
+            if let Err(e) = storage
+                .delete_prefix(&crate::documents::run_prefix(id))
+                .await
+            {
+                tracing::warn!(run_id = %id, error = %e, "could not delete a pruned run's documents");
+            }
+        }
     }
     if let Some(m) = metrics {
         m.retention_batches.inc();
@@ -80,11 +114,12 @@ pub async fn run_batch(
 pub async fn sweep(
     db: &dyn Database,
     config: &RetentionConfig,
-    data_dir: &Path,
+    leftovers: impl Into<Leftovers<'_>>,
     metrics: Option<&Metrics>,
     pause: Duration,
     stop: impl Fn() -> bool,
 ) -> DbResult<SweepReport> {
+    let leftovers = leftovers.into();
     let cutoffs = cutoffs(config, now());
     let mut report = SweepReport::default();
     if cutoffs.is_empty() {
@@ -92,7 +127,7 @@ pub async fn sweep(
     }
     let full = config.batch_size as u64;
     loop {
-        let Some(c) = run_batch(db, &cutoffs, config.batch_size, data_dir, metrics).await? else {
+        let Some(c) = run_batch(db, &cutoffs, config.batch_size, leftovers, metrics).await? else {
             report.busy = true;
             return Ok(report);
         };
@@ -136,10 +171,25 @@ pub fn start(state: &AppState) {
                 break;
             }
             let started = std::time::Instant::now();
+            let leftovers = Leftovers {
+                data_dir: &s.config.data_dir,
+                storage: Some(s.infra.storage.as_ref()),
+            };
+            match crate::documents::sweep(&s, s.config.retention.batch_size as i64).await {
+                Ok(f) if f.documents + f.uploads > 0 => tracing::info!(
+                    documents = f.documents,
+                    uploads = f.uploads,
+                    "document and upload retention"
+                ),
+                Ok(_) => {}
+                Err(e) => {
+                    tracing::warn!(error = %e, "document retention failed; retried next interval")
+                }
+            }
             match sweep(
                 s.infra.db.as_ref(),
                 &s.config.retention,
-                &s.config.data_dir,
+                leftovers,
                 Some(&s.metrics),
                 Duration::from_millis(50),
                 || s.is_shutting_down(),

@@ -5,6 +5,7 @@ use crate::bundle::{self, Bundle};
 use crate::config::Config;
 use crate::llm::{retry_delay, LlmClient, LlmError, ModelResponse, Msg, ToolSpec, Usage};
 use crate::mustache;
+use crate::platform::{Platform, PlatformTools};
 use crate::sink::{BundleFetchError, Delivery, Sink};
 use crate::tools::Tools;
 use serde_json::{json, Value};
@@ -39,6 +40,8 @@ pub struct RunState {
     pub usage: Usage,
     pub output: Option<Value>,
     pub text: String,
+    /// Set by `set_checkpoint`; sent at finalize for the next run to start from.
+    pub checkpoint: Option<Value>,
 }
 
 /// Runs the agent and returns the process exit code (0 or 1; 2 and 143 are decided in `main`).
@@ -136,7 +139,7 @@ async fn execute(
     )
     .await?;
 
-    let tools = match Tools::new(
+    let mut tools = match Tools::new(
         bundle.output_schema().cloned(),
         cfg.integrations.clone(),
         cfg.sidecar_url.clone(),
@@ -146,7 +149,41 @@ async fn execute(
         Ok(t) => t,
         Err(e) => return Ok(failed(e, "invalid_output_schema")),
     };
-    let system = system_prompt(&bundle, cfg);
+    // The run's memory and input files. A platform without these routes (an older one, or a test sink)
+    // answers 404: the run then has neither, and no memory or document tools.
+    let platform = Platform::new(http.clone(), &cfg.sink_secret, &cfg.sink_url);
+    let mut context = None;
+    if let Some(p) = &platform {
+        match p.get("/context").await {
+            Ok(a) if a.status == 200 => context = Some(a.body),
+            Ok(a) if a.status == 410 => return Err(SinkClosed),
+            Ok(_) => {}
+            Err(e) => eprintln!("[runner] run context unavailable: {e}"),
+        }
+    }
+    let mut file_lines = Vec::new();
+    if let (Some(p), Some(ctx)) = (platform, &context) {
+        let workspace = std::path::PathBuf::from(&cfg.workspace_dir);
+        if let Some(files) = ctx["files"].as_array().filter(|f| !f.is_empty()) {
+            file_lines = crate::platform::fetch_files(&p, files, &workspace).await;
+            progress(
+                sink,
+                "input files ready",
+                Some(json!({"files": file_lines.len()})),
+            )
+            .await?;
+        }
+        tools = tools.with_platform(PlatformTools {
+            platform: p,
+            persistence: ctx["persistence"].as_bool().unwrap_or(false),
+            max_checkpoint_bytes: ctx["limits"]["maxCheckpointBytes"]
+                .as_u64()
+                .unwrap_or(16_384) as usize,
+            workspace,
+            checkpoint: Default::default(),
+        });
+    }
+    let system = system_prompt(&bundle, cfg, context.as_ref());
     let llm = LlmClient {
         http: http.clone(),
         api: cfg.model_api,
@@ -157,7 +194,15 @@ async fn execute(
         max_tokens: cfg.model_max_tokens,
     };
     let input = serde_json::to_string_pretty(&Value::Object(cfg.input.clone())).unwrap_or_default();
-    let mut msgs = vec![Msg::User(format!("Input:\n{input}"))];
+    let mut first = format!("Input:\n{input}");
+    if !file_lines.is_empty() {
+        first.push_str(&format!(
+            "\n\nInput files, in your workspace ({}):\n{}",
+            cfg.workspace_dir,
+            file_lines.join("\n")
+        ));
+    }
+    let mut msgs = vec![Msg::User(first)];
     drop(bundle);
 
     let mut specs = tools.specs(false);
@@ -232,6 +277,7 @@ async fn execute(
             if let Some(out) = outcome.output {
                 state.output = Some(out);
             }
+            state.checkpoint = tools.checkpoint();
             msgs.push(Msg::Tool {
                 id: call.id.clone(),
                 content: outcome.content,
@@ -292,19 +338,66 @@ async fn call_with_retries(
     }
 }
 
-/// Platform preamble + rendered prompt + skills + (with an output schema) the `output` instruction.
-pub fn system_prompt(bundle: &Bundle, cfg: &Config) -> String {
+/// Whether a prompt template uses the variable `name` (`{{name…`, `{{#name`, `{{^name`).
+fn references(template: &str, name: &str) -> bool {
+    ["{{", "{{#", "{{^", "{{ ", "{{# ", "{{^ "]
+        .iter()
+        .any(|open| template.contains(&format!("{open}{name}")))
+}
+
+/// Platform preamble + rendered prompt + memory (what the template does not place itself) + skills +
+/// (with an output schema) the `output` instruction. `run` is the run's context from the platform.
+pub fn system_prompt(bundle: &Bundle, cfg: &Config, run: Option<&Value>) -> String {
+    let empty = json!({});
+    let run = run.unwrap_or(&empty);
+    let memories = run["memories"].as_array().cloned().unwrap_or_default();
+    let pinned_list = run["pinned"].as_array().cloned().unwrap_or_default();
+    let pinned: serde_json::Map<String, Value> = pinned_list
+        .iter()
+        .filter_map(|p| Some((p["name"].as_str()?.to_string(), p["value"].clone())))
+        .collect();
+    let checkpoint = run.get("checkpoint").cloned().unwrap_or(Value::Null);
     let context = json!({
         "input": Value::Object(cfg.input.clone()),
         "runId": cfg.run_id,
-        "memories": [],
-        "checkpoint": null,
+        "memories": memories,
+        "checkpoint": checkpoint,
+        "pinned": pinned,
     });
     let mut s = String::with_capacity(bundle.prompt.len() + 1024);
     s.push_str(PREAMBLE);
     s.push_str("\n\n");
     s.push_str(mustache::render(&bundle.prompt, &context).trim_end());
     s.push('\n');
+    let mut memory = String::new();
+    if !pinned.is_empty() && !references(&bundle.prompt, "pinned") {
+        memory.push_str("\nPinned (set with `pin`):\n");
+        for (k, v) in &pinned {
+            memory.push_str(&format!("- {k}: {v}\n"));
+        }
+    }
+    if !checkpoint.is_null() && !references(&bundle.prompt, "checkpoint") {
+        memory.push_str(&format!(
+            "\nCheckpoint from your previous run:\n```json\n{}\n```\n",
+            serde_json::to_string_pretty(&checkpoint).unwrap_or_default()
+        ));
+    }
+    if !memories.is_empty() && !references(&bundle.prompt, "memories") {
+        memory.push_str("\nWhat you remembered (newest first):\n");
+        for m in &memories {
+            memory.push_str(&format!("- {}\n", m["content"].as_str().unwrap_or("")));
+        }
+    }
+    if run["leftOut"].as_u64().unwrap_or(0) > 0 {
+        memory.push_str(&format!(
+            "\n({} older memories are not shown; search them with `recall_memory`.)\n",
+            run["leftOut"]
+        ));
+    }
+    if !memory.is_empty() {
+        s.push_str("\n## Memory\n");
+        s.push_str(&memory);
+    }
     for (id, body) in &bundle.skills {
         s.push_str(&format!("\n## Skill: {id}\n\n{}\n", body.trim_end()));
     }
@@ -345,6 +438,9 @@ pub fn finalize_body(
     if let Some(out) = &state.output {
         body["output"] = out.clone();
     }
+    if let Some(c) = &state.checkpoint {
+        body["checkpoint"] = c.clone();
+    }
     if !state.text.is_empty() {
         body["text"] = json!(truncate(&state.text, TEXT_LIMIT));
     }
@@ -368,6 +464,55 @@ fn truncate(s: &str, max: usize) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn bundle(prompt: &str) -> Bundle {
+        Bundle {
+            manifest: json!({}),
+            prompt: prompt.into(),
+            skills: vec![],
+        }
+    }
+
+    #[test]
+    fn memory_the_template_does_not_place_goes_to_a_memory_section() {
+        let cfg = crate::config::tests::parse(&crate::config::tests::base()).unwrap();
+        let ctx = json!({
+            "memories": [{"content": "prefers email"}],
+            "pinned": [{"name": "city", "value": "Paris"}],
+            "checkpoint": {"page": 2},
+            "leftOut": 3,
+        });
+        let s = system_prompt(&bundle("Plain prompt."), &cfg, Some(&ctx));
+        assert!(s.contains("## Memory"), "{s}");
+        assert!(s.contains("- city: \"Paris\""), "{s}");
+        assert!(s.contains("\"page\": 2"), "{s}");
+        assert!(s.contains("- prefers email"), "{s}");
+        assert!(s.contains("3 older memories"), "{s}");
+        // A template that places memories and the checkpoint itself gets only the pinned slots added.
+        let t =
+            "{{#memories}}* {{content}}\n{{/memories}}{{#checkpoint}}cp {{page}}{{/checkpoint}}";
+        let s = system_prompt(&bundle(t), &cfg, Some(&ctx));
+        assert!(s.contains("* prefers email") && s.contains("cp 2"), "{s}");
+        assert!(
+            !s.contains("- prefers email") && s.contains("- city"),
+            "{s}"
+        );
+        // No context: nothing added, the template sees empty memory.
+        let s = system_prompt(&bundle("{{^memories}}first run{{/memories}}"), &cfg, None);
+        assert!(s.contains("first run") && !s.contains("## Memory"), "{s}");
+    }
+
+    #[test]
+    fn the_checkpoint_rides_on_finalize() {
+        let st = RunState {
+            checkpoint: Some(json!({"cursor": 7})),
+            ..Default::default()
+        };
+        let b = finalize_body(&Verdict::Success, &st, 2, Duration::ZERO);
+        assert_eq!(b["checkpoint"], json!({"cursor": 7}));
+        let b = finalize_body(&Verdict::Success, &RunState::default(), 2, Duration::ZERO);
+        assert!(b.get("checkpoint").is_none());
+    }
 
     #[test]
     fn finalize_bodies() {

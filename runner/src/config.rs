@@ -40,8 +40,7 @@ pub struct Config {
     pub integrations: Vec<Integration>,
     pub max_turns: u32,
     pub heartbeat_interval: Duration,
-    /// Parsed for completeness of the contract; the runner has no file tools, so nothing reads it yet.
-    #[allow(dead_code)]
+    /// Where input files are placed and `publish_document` paths are resolved.
     pub workspace_dir: String,
 }
 
@@ -239,11 +238,11 @@ fn parse_integrations(raw: &str) -> Result<Vec<Integration>, String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::collections::HashMap;
 
-    fn base() -> HashMap<&'static str, String> {
+    pub(crate) fn base() -> HashMap<&'static str, String> {
         let mut m = HashMap::new();
         m.insert("AGENT_RUN_ID", "run_1".to_string());
         m.insert(
@@ -272,7 +271,7 @@ mod tests {
         m
     }
 
-    fn parse(m: &HashMap<&'static str, String>) -> Result<Config, String> {
+    pub(crate) fn parse(m: &HashMap<&'static str, String>) -> Result<Config, String> {
         Config::parse(|k| m.get(k).cloned())
     }
 

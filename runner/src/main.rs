@@ -8,6 +8,7 @@ mod bundle;
 mod config;
 mod llm;
 mod mustache;
+mod platform;
 mod probe;
 mod sink;
 mod sse;

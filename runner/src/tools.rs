@@ -1,5 +1,5 @@
-//! The agent's tools (§15.3): `output`, `log` and, with integrations, `api_call` through the sidecar.
-//! There are deliberately no shell, file or code tools.
+//! The agent's tools (§15.3): `output`, `log`, with integrations `api_call` through the sidecar, and the
+//! platform's memory and document tools (`platform.rs`). There are deliberately no shell or code tools.
 
 use crate::config::Integration;
 use crate::llm::{parse_args, ToolCall, ToolSpec};
@@ -23,7 +23,7 @@ pub struct ToolOutcome {
 }
 
 impl ToolOutcome {
-    fn err(content: impl Into<String>) -> Self {
+    pub fn err(content: impl Into<String>) -> Self {
         ToolOutcome {
             content: content.into(),
             is_error: true,
@@ -42,6 +42,8 @@ pub struct Tools {
     /// The run's sidecar token (`MODEL_API_KEY`), sent as `Proxy-Authorization: Bearer` on `/proxy`.
     sidecar_token: String,
     http: reqwest::Client,
+    /// Memory and document tools, when the platform answered the run's context.
+    platform: Option<crate::platform::PlatformTools>,
 }
 
 impl Tools {
@@ -66,7 +68,21 @@ impl Tools {
             sidecar_url,
             sidecar_token,
             http,
+            platform: None,
         })
+    }
+
+    /// Adds the memory and document tools.
+    pub fn with_platform(mut self, platform: crate::platform::PlatformTools) -> Tools {
+        self.platform = Some(platform);
+        self
+    }
+
+    /// The checkpoint set with `set_checkpoint`, if any.
+    pub fn checkpoint(&self) -> Option<Value> {
+        self.platform
+            .as_ref()
+            .and_then(|p| p.checkpoint.borrow().clone())
     }
 
     /// Tool definitions offered to the model; `only_output` for the corrective turn.
@@ -102,6 +118,9 @@ impl Tools {
                 "required": ["level", "message"],
             }),
         });
+        if let Some(p) = &self.platform {
+            specs.extend(p.specs());
+        }
         if !self.integrations.is_empty() {
             let list: Vec<String> = self
                 .integrations
@@ -147,7 +166,13 @@ impl Tools {
             "output" => self.output(&args),
             "log" => log(&args),
             "api_call" if !self.integrations.is_empty() => self.api_call(&args).await,
-            other => ToolOutcome::err(format!("Unknown tool `{other}`")),
+            other => match &self.platform {
+                Some(p) => match p.call(other, &args).await {
+                    Some(outcome) => outcome,
+                    None => ToolOutcome::err(format!("Unknown tool `{other}`")),
+                },
+                None => ToolOutcome::err(format!("Unknown tool `{other}`")),
+            },
         }
     }
 

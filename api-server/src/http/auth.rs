@@ -16,7 +16,7 @@ use crate::state::AppState;
 
 pub use crate::domain::{Credential, Principal as Auth, SCOPES};
 
-const APP_SCOPED: [&str; 8] = [
+const APP_SCOPED: [&str; 10] = [
     "/api/agents",
     "/api/runs",
     "/api/schedules",
@@ -25,6 +25,8 @@ const APP_SCOPED: [&str; 8] = [
     "/api/api-keys",
     "/api/packages",
     "/api/realtime",
+    "/api/documents",
+    "/api/uploads",
 ];
 
 /// Routes that honour `Idempotency-Key` (§8); the header on any other mutating route is refused.
@@ -262,6 +264,8 @@ fn impersonation_allowed(path: &str) -> bool {
         "/api/runs",
         "/api/schedules",
         "/api/realtime",
+        "/api/documents",
+        "/api/uploads",
     ]
     .iter()
     .any(|p| path == *p || path.starts_with(&format!("{p}/")))

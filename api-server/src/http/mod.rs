@@ -51,6 +51,15 @@ use crate::state::AppState;
         webhooks::update_webhook, webhooks::delete_webhook, webhooks::rotate_secret,
         webhooks::list_deliveries,
         routes::sink::workspace, routes::sink::event, routes::sink::heartbeat, routes::sink::finalize,
+        routes::persistence::get_persistence, routes::persistence::wipe_persistence,
+        routes::persistence::delete_memory, routes::persistence::delete_pinned,
+        routes::documents::list_documents, routes::documents::list_run_documents,
+        routes::documents::get_document, routes::documents::delete_document,
+        routes::documents::document_content, routes::documents::download_signed,
+        routes::documents::publish_content, routes::documents::create_upload,
+        routes::documents::upload_content,
+        routes::run_tools::context, routes::run_tools::remember_memory, routes::run_tools::recall_memory,
+        routes::run_tools::pin, routes::run_tools::publish_document, routes::run_tools::input_file,
     ),
     components(schemas(applications::ApplicationDto, api_keys::ApiKeyDto, end_users::EndUserDto,
         packages::PackageDto, packages::VersionDto, crate::packages::ConnectionView,
@@ -125,6 +134,8 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::runs::router(&state))
         .merge(routes::schedules::router(&state))
         .merge(routes::webhooks::router(&state))
+        .merge(routes::persistence::router())
+        .merge(routes::documents::router())
         .route_layer(from_fn_with_state(state.clone(), auth::require_auth))
         // Outside authentication: a mutating API request during shutdown is refused before any work.
         // The sink routes below are not gated (§5.3: runs may still finish during the grace).
@@ -145,6 +156,8 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::sso::router())
         .merge(api)
         .merge(routes::sink::router())
+        .merge(routes::run_tools::router())
+        .merge(routes::documents::signed_router())
         .merge(crate::web::router());
     with_request_handling(routes, state)
 }

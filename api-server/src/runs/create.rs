@@ -141,6 +141,14 @@ pub async fn create_run(
 
     // 6. Input defaults and validation.
     let input = packages::validate_input(&manifest, &req.input)?;
+    let uploads = crate::documents::uploads::check_inputs(
+        state,
+        &manifest,
+        &input,
+        &app.id,
+        auth.end_user.as_ref().map(|e| e.id.as_str()),
+    )
+    .await?;
 
     // 7. The model.
     let llm = config.llm.as_ref().ok_or_else(|| {
@@ -276,6 +284,19 @@ pub async fn create_run(
     );
     breadcrumb(state, &run, "run created").await;
     super::publish_update(state, &run).await;
+    if !crate::documents::uploads::attach(state, &uploads, &run.id).await? {
+        // Checked above; another run took the upload in between.
+        let _ = super::finalize_run(
+            state,
+            &run.id,
+            super::verdict::Outcome::synthetic(
+                "failed",
+                "An input upload was taken by another run meanwhile; upload the file again",
+            ),
+        )
+        .await;
+        return Ok(state.infra.db.get_run(&run.id).await?.unwrap_or(run));
+    }
 
     // 12. Start in the background.
     launch(state.clone(), run.clone(), {

@@ -23,7 +23,7 @@ pub fn run_dto(r: &RunRow) -> Value {
 }
 
 /// The keys of the run DTO, in order (`fields=` of the run lists picks among them).
-pub const RUN_DTO_KEYS: [&str; 26] = [
+pub const RUN_DTO_KEYS: [&str; 27] = [
     "id",
     "object",
     "packageId",
@@ -50,6 +50,7 @@ pub const RUN_DTO_KEYS: [&str; 26] = [
     "token_usage",
     "cost",
     "cost_pricing_status",
+    "documents",
 ];
 
 /// The run DTO of a list row. `fields` keeps only those keys (plus `id` and `object`).

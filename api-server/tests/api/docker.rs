@@ -409,6 +409,43 @@ async fn a_docker_run_succeeds_through_its_sidecar_in_hardened_containers() {
     assert!(m.contains("appstrate_sidecar_pool_desired 0"), "{m}");
 }
 
+/// A run in a container publishes a document through its sidecar's forward proxy; its signed URL serves it.
+#[tokio::test]
+async fn a_docker_run_publishes_a_document() {
+    let Some(d) = docker_app(
+        vec![
+            Turn::tool_call(
+                "publish_document",
+                json!({"name": "notes.md", "mediaType": "text/markdown", "content": "from a container"}),
+            ),
+            Turn::text("done"),
+        ],
+        "0",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    let id = start_run(&d.app, inline(json!({}))).await;
+    let run = wait_terminal(&d.app, &id).await;
+    assert_eq!(run["status"], "success", "{run}");
+    assert_eq!(run["documents"][0]["name"], "notes.md", "{run}");
+    let docs: Value = d
+        .app
+        .key(Method::GET, &format!("/api/runs/{id}/documents"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let url = docs["data"][0]["downloadUrl"].as_str().unwrap();
+    let r = d.app.client.get(url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "from a container");
+}
+
 #[tokio::test]
 async fn the_agent_container_reaches_nothing_but_its_own_sidecar() {
     let Some(d) = docker_app(

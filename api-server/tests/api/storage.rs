@@ -64,7 +64,54 @@ conformance!(
     keys_with_nested_prefixes,
     invalid_keys_are_refused_and_nothing_is_written,
     health_check,
+    files_in_streams_out_and_prefix_deletes,
 );
+
+/// `put_file` consumes a local file, `get_stream` reads an object in chunks with its size, and
+/// `delete_prefix` removes every object under a prefix (a run's documents) and nothing else.
+async fn files_in_streams_out_and_prefix_deletes(store: Arc<dyn ObjectStore>) {
+    let dir = tempfile::tempdir().unwrap();
+    let data: Vec<u8> = (0..(3 * 1024 * 1024 + 11))
+        .map(|i: usize| (i % 251) as u8)
+        .collect();
+    for name in ["a", "b"] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, &data).unwrap();
+        store
+            .put_file(&format!("runs/run_x/documents/{name}"), &path)
+            .await
+            .unwrap();
+        assert!(!path.exists(), "the staged file is consumed");
+    }
+    store
+        .put("runs/run_y/documents/c", Bytes::from_static(b"kept"))
+        .await
+        .unwrap();
+    let reader = store
+        .get_stream("runs/run_x/documents/a")
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(reader.size, data.len() as u64);
+    let back = appstrate::infra::storage::collect(reader.chunks)
+        .await
+        .unwrap();
+    assert!(back == data, "streamed bytes differ");
+    assert!(store
+        .get_stream("runs/run_x/missing")
+        .await
+        .unwrap()
+        .is_none());
+    store.delete_prefix("runs/run_x/").await.unwrap();
+    assert!(store.get("runs/run_x/documents/a").await.unwrap().is_none());
+    assert!(store.get("runs/run_x/documents/b").await.unwrap().is_none());
+    assert_eq!(
+        store.get("runs/run_y/documents/c").await.unwrap().unwrap(),
+        "kept"
+    );
+    // Nothing there: not an error.
+    store.delete_prefix("runs/run_none/").await.unwrap();
+}
 
 const KEY: &str = "packages/3f7c9a6e-0000-4000-8000-000000000001/@acme/agent/1.0.0.afps";
 

@@ -167,6 +167,8 @@ fn impersonating(path: &str) -> bool {
         "/api/runs",
         "/api/schedules",
         "/api/realtime",
+        "/api/documents",
+        "/api/uploads",
     ]
     .iter()
     .any(|p| path == *p || path.starts_with(&format!("{p}/")))

@@ -260,6 +260,9 @@ pub struct Run {
     token_usage: Option<Value>,
     cost: Option<f64>,
     cost_pricing_status: Option<String>,
+    /// The documents the run published, `{id, name, mediaType, size}` (`GET /api/runs/{id}` only)
+    #[schema(value_type = Option<Vec<Object>>)]
+    documents: Option<Vec<Value>>,
 }
 
 /// One log row of a run.

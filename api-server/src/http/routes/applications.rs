@@ -168,6 +168,9 @@ pub async fn delete(
             "The default application cannot be deleted",
         ));
     }
+    let runs = crate::documents::runs_with_documents(&state, &id).await?;
     state.infra.db.delete_application(&auth.org_id, &id).await?;
+    // Its document and upload rows went with it; their bytes go now.
+    crate::documents::forget_application(&state, &id, &runs).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }

@@ -1,11 +1,14 @@
 pub mod api_keys;
 pub mod applications;
+pub mod documents;
 pub mod end_users;
 pub mod meta;
 pub mod orgs;
 pub mod packages;
 pub mod people;
+pub mod persistence;
 pub mod realtime;
+pub mod run_tools;
 pub mod runs;
 pub mod schedules;
 pub mod sink;

@@ -229,13 +229,34 @@ async fn list_with(
         .db
         .list_run_summaries(&app.id, &filter, &query.page, large)
         .await?;
+    // The documents of the page's runs, in one query, unless `fields` leaves them out.
+    let mut documents: std::collections::HashMap<String, Vec<Value>> = Default::default();
+    let with_documents = fields
+        .as_ref()
+        .is_none_or(|f| f.iter().any(|k| k == "documents"));
+    if with_documents {
+        let ids: Vec<String> = page.items.iter().map(|r| r.id.clone()).collect();
+        for d in state.infra.db.documents_of_runs(&ids).await? {
+            documents
+                .entry(d.run_id.clone())
+                .or_default()
+                .push(crate::documents::document_summary(&d));
+        }
+    }
     Ok(paged_response(
         &state.config.app_url,
         path,
         &query,
         page,
         |r| &r.id,
-        |r| run_list_dto(r, fields.as_deref()),
+        |r| {
+            let id = r.id.clone();
+            let mut dto = run_list_dto(r, fields.as_deref());
+            if with_documents {
+                dto["documents"] = Value::Array(documents.get(&id).cloned().unwrap_or_default());
+            }
+            dto
+        },
     ))
 }
 
@@ -378,7 +399,13 @@ pub async fn get_run(
         },
         _ => run,
     };
-    Ok(Json(run_dto(&run)).into_response())
+    let mut dto = run_dto(&run);
+    let docs = state.infra.db.run_documents(&run.id).await?;
+    dto["documents"] = docs
+        .iter()
+        .map(crate::documents::document_summary)
+        .collect();
+    Ok(Json(dto).into_response())
 }
 
 const LEVELS: [&str; 4] = ["debug", "info", "warn", "error"];

@@ -43,7 +43,7 @@ fn too_many() -> ApiError {
 }
 
 /// Verification order of §12.2. On success: the run, its sink memory and the `webhook-id`.
-async fn verified(
+pub(crate) async fn verified(
     state: &AppState,
     addr: SocketAddr,
     id: &str,
@@ -138,6 +138,7 @@ macro_rules! verify_or_return {
         }
     };
 }
+pub(crate) use verify_or_return;
 
 /// `GET /api/runs/{id}/workspace`: the run's bundle, for the runner.
 #[utoipa::path(get, path = "/api/runs/{id}/workspace", tag = "runner",
@@ -256,9 +257,16 @@ pub async fn finalize(
         .map_err(|e| ApiError::bad_request("invalid_request", format!("Malformed JSON: {e}")))?;
     let outcome: Outcome = parse_finalize(&value).map_err(ApiError::validation)?;
     remember(&state, &run.id, &webhook_id).await?;
-    crate::runs::finalize_run(&state, &run.id, outcome)
+    let checkpoint = value.get("checkpoint").filter(|c| !c.is_null()).cloned();
+    let won = crate::runs::finalize_run(&state, &run.id, outcome)
         .await
         .map_err(ApiError::internal)?;
+    if let (true, Some(c)) = (won, checkpoint) {
+        // Only the finalize that closed the run writes its checkpoint (docs/documents.md).
+        if let Err(e) = crate::memory::save_checkpoint(&state, &run, &c).await {
+            tracing::warn!(run_id = %run.id, error = %e, "the run's checkpoint was not kept");
+        }
+    }
     let status = state
         .infra
         .db

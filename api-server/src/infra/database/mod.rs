@@ -1,8 +1,10 @@
 //! The `Database` concern: one repository trait, implemented once in SQL (`sql.rs`) and instantiated for
 //! SQLite (Tier 0) and PostgreSQL (Tier 1+). Callers only ever see `Arc<dyn Database>`.
 
+pub mod documents;
 pub mod history;
 pub mod idempotency;
+pub mod memory;
 pub mod migrate_data;
 mod packages;
 pub mod people;
@@ -18,8 +20,10 @@ use chrono::{DateTime, Utc};
 use serde_json::Value;
 use sqlx::types::Json;
 
+pub use documents::DocumentRepo;
 pub use history::HistoryRepo;
 pub use idempotency::{IdempotencyRepo, IdempotencyScope, IdempotencyState};
+pub use memory::MemoryRepo;
 pub use packages::{
     ConnectionRow, NewPackageVersion, PackageFilter, PackageRepo, PackageRow, PackageVersionRow,
     PackageWithManifest,
@@ -175,6 +179,8 @@ pub trait Database:
     + WebhookRepo
     + HistoryRepo
     + PeopleRepo
+    + MemoryRepo
+    + DocumentRepo
     + Send
     + Sync
 {

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use async_trait::async_trait;
 use bytes::Bytes;
 
-use super::{validate_key, ObjectStore, StorageError};
+use super::{file_chunks, validate_key, ObjectReader, ObjectStore, StorageError};
 
 pub struct FsObjectStore {
     root: PathBuf,
@@ -84,6 +84,54 @@ impl ObjectStore for FsObjectStore {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(_) if path.is_dir() => Ok(()),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    async fn put_file(&self, key: &str, source: &Path) -> Result<(), StorageError> {
+        let path = self.path_of(key)?;
+        if let Some(parent) = path.parent() {
+            tokio::fs::create_dir_all(parent).await?;
+        }
+        // A rename when the source is on the same file system, else a copy into place.
+        if tokio::fs::rename(source, &path).await.is_ok() {
+            return Ok(());
+        }
+        let tmp = path.with_extension(format!("tmp-{}", uuid::Uuid::new_v4().simple()));
+        if let Err(e) = tokio::fs::copy(source, &tmp).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e.into());
+        }
+        if let Err(e) = tokio::fs::rename(&tmp, &path).await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e.into());
+        }
+        let _ = tokio::fs::remove_file(source).await;
+        Ok(())
+    }
+
+    async fn get_stream(&self, key: &str) -> Result<Option<ObjectReader>, StorageError> {
+        let path = self.path_of(key)?;
+        let file = match tokio::fs::File::open(&path).await {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e.into()),
+        };
+        let meta = file.metadata().await?;
+        if meta.is_dir() {
+            return Ok(None);
+        }
+        Ok(Some(ObjectReader {
+            size: meta.len(),
+            chunks: file_chunks(file),
+        }))
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+        let path = self.path_of(prefix.trim_end_matches('/'))?;
+        match tokio::fs::remove_dir_all(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
         }
     }

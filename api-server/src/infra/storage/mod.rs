@@ -22,6 +22,19 @@ pub enum StorageError {
     Backend(String),
 }
 
+/// An object's bytes as they are read, chunk by chunk (never the whole object in memory).
+pub type ByteChunks =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<Bytes, std::io::Error>> + Send>>;
+
+/// A streamed object: its size and its bytes.
+pub struct ObjectReader {
+    pub size: u64,
+    pub chunks: ByteChunks,
+}
+
+/// Read chunk size of streamed objects.
+const CHUNK: usize = 64 * 1024;
+
 #[async_trait]
 pub trait ObjectStore: Send + Sync {
     /// `fs` or `s3`, as reported by `/health`.
@@ -29,6 +42,13 @@ pub trait ObjectStore: Send + Sync {
     async fn put(&self, key: &str, data: Bytes) -> Result<(), StorageError>;
     async fn get(&self, key: &str) -> Result<Option<Bytes>, StorageError>;
     async fn delete(&self, key: &str) -> Result<(), StorageError>;
+    /// Stores the content of a local file, streamed (large objects never sit in memory). The file is
+    /// consumed: moved into place, or removed once stored.
+    async fn put_file(&self, key: &str, path: &std::path::Path) -> Result<(), StorageError>;
+    /// The object's bytes as a stream, or `None` when it does not exist.
+    async fn get_stream(&self, key: &str) -> Result<Option<ObjectReader>, StorageError>;
+    /// Deletes every object whose key starts with `prefix` (which ends with `/`).
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError>;
     /// A cheap liveness probe: a write for the filesystem, `HeadBucket` for S3.
     async fn check(&self) -> Result<(), StorageError>;
 }
@@ -79,9 +99,45 @@ impl ObjectStore for PromotedStore {
         self.legacy.delete(key).await
     }
 
+    async fn put_file(&self, key: &str, path: &std::path::Path) -> Result<(), StorageError> {
+        self.primary.put_file(key, path).await
+    }
+
+    async fn get_stream(&self, key: &str) -> Result<Option<ObjectReader>, StorageError> {
+        if let Some(r) = self.primary.get_stream(key).await? {
+            return Ok(Some(r));
+        }
+        self.legacy.get_stream(key).await
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+        self.primary.delete_prefix(prefix).await?;
+        self.legacy.delete_prefix(prefix).await
+    }
+
     async fn check(&self) -> Result<(), StorageError> {
         self.primary.check().await
     }
+}
+
+/// The chunks of a local file, read as they are consumed.
+pub fn file_chunks(file: tokio::fs::File) -> ByteChunks {
+    Box::pin(futures::stream::try_unfold(file, |mut file| async move {
+        use tokio::io::AsyncReadExt;
+        let mut buf = bytes::BytesMut::with_capacity(CHUNK);
+        let n = file.read_buf(&mut buf).await?;
+        Ok((n > 0).then(|| (buf.freeze(), file)))
+    }))
+}
+
+/// Reads a whole stream (small objects only, e.g. in tests).
+pub async fn collect(mut chunks: ByteChunks) -> Result<Vec<u8>, std::io::Error> {
+    use futures::StreamExt;
+    let mut out = Vec::new();
+    while let Some(c) = chunks.next().await {
+        out.extend_from_slice(&c?);
+    }
+    Ok(out)
 }
 
 /// Object keys are relative, `/`-separated, and never climb out of the store.

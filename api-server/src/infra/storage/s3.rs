@@ -19,7 +19,7 @@ use aws_sdk_s3::types::{BucketLocationConstraint, CreateBucketConfiguration};
 use aws_sdk_s3::Client;
 use bytes::Bytes;
 
-use super::{validate_key, ObjectStore, StorageError};
+use super::{validate_key, ObjectReader, ObjectStore, StorageError};
 use crate::config::S3Config;
 use crate::infra::InfraError;
 
@@ -241,6 +241,85 @@ impl ObjectStore for S3ObjectStore {
             .await
             .map_err(|e| backend("DeleteObject", e))?;
         Ok(())
+    }
+
+    async fn put_file(&self, key: &str, path: &std::path::Path) -> Result<(), StorageError> {
+        validate_key(key)?;
+        // Read from the file as it is sent, with its length known up front.
+        let body = ByteStream::from_path(path)
+            .await
+            .map_err(|e| StorageError::Backend(format!("S3 PutObject body failed: {e}")))?;
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .body(body)
+            .send()
+            .await
+            .map_err(|e| backend("PutObject", e))?;
+        let _ = tokio::fs::remove_file(path).await;
+        Ok(())
+    }
+
+    async fn get_stream(&self, key: &str) -> Result<Option<ObjectReader>, StorageError> {
+        validate_key(key)?;
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+        {
+            Ok(out) => out,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) if status_of(&e) == Some(404) => return Ok(None),
+            Err(e) => return Err(backend("GetObject", e)),
+        };
+        let size = out.content_length.unwrap_or(0).max(0) as u64;
+        let chunks = futures::stream::try_unfold(out.body, |mut body| async move {
+            match body.next().await {
+                None => Ok(None),
+                Some(Ok(b)) => Ok(Some((b, body))),
+                Some(Err(e)) => Err(std::io::Error::other(format!("S3 GetObject body: {e}"))),
+            }
+        });
+        Ok(Some(ObjectReader {
+            size,
+            chunks: Box::pin(chunks),
+        }))
+    }
+
+    async fn delete_prefix(&self, prefix: &str) -> Result<(), StorageError> {
+        validate_key(prefix.trim_end_matches('/'))?;
+        let mut token: Option<String> = None;
+        loop {
+            let page = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token.clone())
+                .send()
+                .await
+                .map_err(|e| backend("ListObjectsV2", e))?;
+            // One DeleteObject per key: DeleteObjects needs a checksum header older MinIO refuses.
+            for obj in page.contents() {
+                if let Some(k) = obj.key() {
+                    self.client
+                        .delete_object()
+                        .bucket(&self.bucket)
+                        .key(k)
+                        .send()
+                        .await
+                        .map_err(|e| backend("DeleteObject", e))?;
+                }
+            }
+            match page.next_continuation_token() {
+                Some(t) if page.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
+                _ => return Ok(()),
+            }
+        }
     }
 
     async fn check(&self) -> Result<(), StorageError> {
