@@ -10,6 +10,7 @@ pub mod crypto;
 pub mod http;
 pub mod infra;
 pub mod metrics;
+pub mod models;
 pub mod packages;
 pub mod people;
 pub mod retention;

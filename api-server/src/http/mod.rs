@@ -27,7 +27,7 @@ use self::idempotency::idempotency;
 use self::middleware::{outer, rate_limit, record_route, shutdown_gate, Limit};
 use self::openapi::Conventions;
 use self::routes::{
-    api_keys, applications, end_users, meta, packages, realtime, runs, schedules, webhooks,
+    api_keys, applications, end_users, meta, models, packages, realtime, runs, schedules, webhooks,
 };
 use crate::state::AppState;
 
@@ -51,10 +51,18 @@ use crate::state::AppState;
         webhooks::update_webhook, webhooks::delete_webhook, webhooks::rotate_secret,
         webhooks::list_deliveries,
         routes::sink::workspace, routes::sink::event, routes::sink::heartbeat, routes::sink::finalize,
+        models::registry, models::list_credentials, models::create_credential, models::test_inline,
+        models::update_credential, models::delete_credential, models::test_credential,
+        models::refresh_models, models::list_models, models::create_model, models::set_default,
+        models::update_model, models::delete_model, models::test_model, models::get_agent_model,
+        models::put_agent_model, models::usage,
     ),
     components(schemas(applications::ApplicationDto, api_keys::ApiKeyDto, end_users::EndUserDto,
         packages::PackageDto, packages::VersionDto, crate::packages::ConnectionView,
-        crate::packages::AgentSummary, openapi::Problem, openapi::ProblemFieldError)),
+        crate::packages::AgentSummary, openapi::Problem, openapi::ProblemFieldError,
+        crate::models::CredentialView, crate::models::ModelView, crate::models::PricingView,
+        crate::models::ProviderKind, crate::models::TestResult, crate::models::usage::UsageReport,
+        crate::models::usage::UsageTotals)),
     modifiers(&Conventions),
     security(("apiKey" = []), ("adminToken" = []))
 )]
@@ -125,6 +133,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::runs::router(&state))
         .merge(routes::schedules::router(&state))
         .merge(routes::webhooks::router(&state))
+        .merge(routes::models::router(&state))
         .route_layer(from_fn_with_state(state.clone(), auth::require_auth))
         // Outside authentication: a mutating API request during shutdown is refused before any work.
         // The sink routes below are not gated (§5.3: runs may still finish during the grace).

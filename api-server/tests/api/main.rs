@@ -35,6 +35,7 @@ mod installer;
 mod lag;
 mod layering;
 mod migrate_data;
+mod models;
 mod openapi;
 mod overload;
 mod package_visibility;

@@ -2,6 +2,7 @@ pub mod api_keys;
 pub mod applications;
 pub mod end_users;
 pub mod meta;
+pub mod models;
 pub mod orgs;
 pub mod packages;
 pub mod people;

@@ -4,6 +4,7 @@
 pub mod history;
 pub mod idempotency;
 pub mod migrate_data;
+pub mod models;
 mod packages;
 pub mod people;
 pub mod runs;
@@ -20,6 +21,7 @@ use sqlx::types::Json;
 
 pub use history::HistoryRepo;
 pub use idempotency::{IdempotencyRepo, IdempotencyScope, IdempotencyState};
+pub use models::ModelRepo;
 pub use packages::{
     ConnectionRow, NewPackageVersion, PackageFilter, PackageRepo, PackageRow, PackageVersionRow,
     PackageWithManifest,
@@ -175,6 +177,7 @@ pub trait Database:
     + WebhookRepo
     + HistoryRepo
     + PeopleRepo
+    + ModelRepo
     + Send
     + Sync
 {
