@@ -237,6 +237,23 @@ async fn two_organizations_reach_the_provider_with_their_own_keys(backend: Backe
             "{headers}"
         );
     }
+    // The keys are stored encrypted with the keyring, on either backend.
+    let state = app.state();
+    for (org, key) in [(&a, KEY_A), (&b, KEY_B)] {
+        let creds = state
+            .infra
+            .db
+            .list_provider_credentials(&org.org_id)
+            .await
+            .unwrap();
+        assert_eq!(creds.len(), 1);
+        let stored = &creds[0].api_key_encrypted;
+        assert!(
+            stored.starts_with("v1:k1:") && !stored.contains(key),
+            "{stored}"
+        );
+        assert_eq!(state.keyring.decrypt(stored).unwrap(), key.as_bytes());
+    }
     // Usage is the organization's own.
     for (org, run) in [(&a, &run_a), (&b, &run_b)] {
         let (s, u) = call(
