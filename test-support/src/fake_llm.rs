@@ -343,20 +343,18 @@ async fn handle(State(state): State<Arc<LlmState>>, req: Request) -> Response {
     let openai = path.ends_with("/chat/completions");
     let listing = !is_post && path.ends_with("/models");
     let anthropic_shape = anthropic || (path.ends_with("/v1/models") && anthropic_headers);
-    {
-        if !key_ok {
-            return if anthropic_shape {
-                json_response(
-                    401,
-                    json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}),
-                )
-            } else {
-                json_response(
-                    401,
-                    json!({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error", "code": "invalid_api_key"}}),
-                )
-            };
-        }
+    if !key_ok {
+        return if anthropic_shape {
+            json_response(
+                401,
+                json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}),
+            )
+        } else {
+            json_response(
+                401,
+                json!({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error", "code": "invalid_api_key"}}),
+            )
+        };
     }
     if listing {
         let ids = state.models.lock().unwrap().clone();

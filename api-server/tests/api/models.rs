@@ -1146,3 +1146,83 @@ fn keys_never_appear_in_answers_logs_or_plaintext_columns() {
     }
     drop(fake);
 }
+
+/// Signed-in users act in the organization named by `X-Org-Id`, within their role: viewers read models,
+/// members also read usage, admins and owners manage keys and models.
+#[tokio::test]
+async fn roles_gate_the_models_routes() {
+    let app = test_support::app::spawn_fresh_on(
+        Backend::Sqlite,
+        &[("EGRESS_ALLOW_INTERNAL_HOSTS", "127.0.0.1")],
+    )
+    .await
+    .unwrap();
+    let fake = FakeLlm::start(vec![]).await;
+    let (owner, org_id, _) = crate::people::owner(&app, "owner@example.com").await;
+    let viewer =
+        crate::people::invite_and_join(&app, &owner, &org_id, "viewer@example.com", "viewer").await;
+    let member =
+        crate::people::invite_and_join(&app, &owner, &org_id, "member@example.com", "member").await;
+    let org = [("X-Org-Id", org_id.as_str())];
+    let create = json!({"providerId": "openai", "apiKey": KEY_A, "baseUrl": fake.url()});
+
+    let (s, e) = owner
+        .send(
+            Method::POST,
+            "/api/model-provider-credentials",
+            &[],
+            Some(create.clone()),
+        )
+        .await;
+    assert_eq!((s, e["param"].clone()), (400, json!("X-Org-Id")), "{e}");
+    let (s, cred) = owner
+        .send(
+            Method::POST,
+            "/api/model-provider-credentials",
+            &org,
+            Some(create.clone()),
+        )
+        .await;
+    assert_eq!(s, 201, "{cred}");
+    assert_eq!(cred["label"], "OpenAI (127.0.0.1)");
+    let (s, _) = viewer
+        .send(
+            Method::POST,
+            "/api/model-provider-credentials",
+            &org,
+            Some(create.clone()),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, _) = member
+        .send(
+            Method::POST,
+            "/api/models",
+            &org,
+            Some(json!({"credentialId": cred["id"], "modelId": "m"})),
+        )
+        .await;
+    assert_eq!(s, 403);
+    let (s, list) = viewer.get("/api/model-provider-credentials", &org).await;
+    assert_eq!(s, 200, "{list}");
+    assert_eq!(list["data"][0]["id"], cred["id"]);
+    let (s, _) = viewer.get("/api/models", &org).await;
+    assert_eq!(s, 200);
+    let (s, _) = viewer.get("/api/usage", &org).await;
+    assert_eq!(s, 403);
+    let (s, _) = member.get("/api/usage", &org).await;
+    assert_eq!(s, 200);
+    // The same label twice is refused; a derived label is made unique.
+    let (s, e) = owner.send(Method::POST, "/api/model-provider-credentials", &org,
+        Some(json!({"providerId": "openai", "apiKey": KEY_A, "baseUrl": fake.url(), "label": "OpenAI (127.0.0.1)"}))).await;
+    assert_eq!((s, e["code"].clone()), (409, json!("label_taken")), "{e}");
+    let (_, again) = owner
+        .send(
+            Method::POST,
+            "/api/model-provider-credentials",
+            &org,
+            Some(create),
+        )
+        .await;
+    assert_eq!(again["label"], "OpenAI (127.0.0.1) 2");
+}

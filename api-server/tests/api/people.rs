@@ -7,7 +7,7 @@ use test_support::people::{session_set_cookie, Browser, PASSWORD};
 use test_support::Backend;
 
 /// The first sign-up of a fresh instance, and that person's org and default application.
-async fn owner(app: &test_support::TestApp, email: &str) -> (Browser, String, String) {
+pub(crate) async fn owner(app: &test_support::TestApp, email: &str) -> (Browser, String, String) {
     let mut b = Browser::new(app, email);
     let up = b.sign_up().await;
     let org_id = up["claimedOrgId"]
@@ -26,7 +26,7 @@ async fn owner(app: &test_support::TestApp, email: &str) -> (Browser, String, St
 }
 
 /// `inviter` invites `email` as `role` into `org_id`; the new person signs up and accepts.
-async fn invite_and_join(
+pub(crate) async fn invite_and_join(
     app: &test_support::TestApp,
     inviter: &Browser,
     org_id: &str,
