@@ -11,4 +11,5 @@ pub mod runs;
 pub mod schedules;
 pub mod sink;
 pub mod sso;
+pub mod usage;
 pub mod webhooks;

@@ -12,6 +12,7 @@ pub mod schedules;
 pub mod schema;
 mod sql;
 mod tx;
+pub mod usage;
 pub mod webhooks;
 
 use async_trait::async_trait;
@@ -33,6 +34,7 @@ pub use sql::{
     connect_postgres, connect_postgres_within, connect_sqlite, describe_postgres_url, SqlDatabase,
     PG_CONNECT_WINDOW, POSTGRES_MIGRATOR, SQLITE_MIGRATOR,
 };
+pub use usage::UsageRepo;
 pub use webhooks::WebhookRepo;
 
 pub type Timestamp = DateTime<Utc>;
@@ -178,6 +180,7 @@ pub trait Database:
     + HistoryRepo
     + PeopleRepo
     + ModelRepo
+    + UsageRepo
     + Send
     + Sync
 {

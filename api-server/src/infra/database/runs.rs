@@ -105,7 +105,7 @@ pub struct EventEffects {
     pub cost: Option<Option<f64>>,
     pub output: Option<Value>,
     /// The usage ledger row of the model call this event reports (docs/models.md).
-    pub usage: Option<super::models::NewUsage>,
+    pub usage: Option<super::usage::NewUsage>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -359,7 +359,7 @@ macro_rules! impl_run_repo {
                     return Ok((false, None));
                 }
                 if let Some(u) = &effects.usage {
-                    super::models::bind_usage!(u)
+                    super::usage::bind_usage!(u)
                         .execute(&mut *tx)
                         .await
                         .map_err(map_err)?;
