@@ -153,3 +153,88 @@ async fn usage_totals_equal_the_sum_of_the_calls(backend: Backend) {
         .unwrap();
     assert_eq!(rows[0].calls, 2);
 }
+
+/// A model deleted while a run is using it: the run goes on with the key it started with, and its calls
+/// are priced as the model was priced when the run started.
+#[tokio::test]
+async fn a_run_outlives_the_deletion_of_its_model_and_keeps_its_prices() {
+    let fake = FakeLlm::start(vec![Turn::text("slow")
+        .with_usage(1000, 100)
+        .with_delay(1500)])
+    .await;
+    let app = app_with(Backend::Sqlite, &[]).await.unwrap();
+    let org = Org::of(&app);
+    let (_, model) = add_model(
+        &app,
+        &org,
+        "anthropic",
+        &fake.url(),
+        KEY_A,
+        json!({"modelId": "claude-fake", "pricing": {"input": 3.0, "output": 15.0}}),
+    )
+    .await;
+    set_default(&app, &org, json!({"modelId": model})).await;
+    let (s, run) = call(
+        &app,
+        &org.key,
+        Method::POST,
+        "/api/runs/inline",
+        Some(super::inline_run()),
+    )
+    .await;
+    assert_eq!(s, 201, "{run}");
+    // Delete the model once the provider has the request.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while fake.requests().is_empty() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the run never reached the provider"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let (s, _) = call(
+        &app,
+        &org.admin,
+        Method::DELETE,
+        &format!("/api/models/{model}"),
+        None,
+    )
+    .await;
+    assert_eq!(s, 204);
+    let done = super::wait_terminal(&app, &org, run["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(fake.api_keys(), vec![KEY_A.to_string()]);
+    let want = (1000.0 * 3.0 + 100.0 * 15.0) / 1e6;
+    assert!(
+        (done["cost"].as_f64().unwrap() - want).abs() < 1e-12,
+        "{done}"
+    );
+    let (_, u) = call(
+        &app,
+        &org.admin,
+        Method::GET,
+        "/api/usage?groupBy=model",
+        None,
+    )
+    .await;
+    assert_eq!(u["data"][0]["key"], "claude-fake", "{u}");
+    assert!(
+        (u["data"][0]["cost"].as_f64().unwrap() - want).abs() < 1e-12,
+        "{u}"
+    );
+    // New runs are refused, naming the deleted default.
+    let (s, e) = call(
+        &app,
+        &org.key,
+        Method::POST,
+        "/api/runs/inline",
+        Some(super::inline_run()),
+    )
+    .await;
+    assert_eq!(
+        (s, e["code"].clone()),
+        (400, json!("model_not_configured")),
+        "{e}"
+    );
+    assert!(e["detail"].as_str().unwrap().contains(&model), "{e}");
+}
