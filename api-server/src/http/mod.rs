@@ -54,7 +54,7 @@ use crate::state::AppState;
         models::registry, models::list_credentials, models::create_credential, models::test_inline,
         models::update_credential, models::delete_credential, models::test_credential,
         models::refresh_models, models::list_models, models::create_model, models::set_default,
-        models::update_model, models::delete_model, models::test_model, models::get_agent_model,
+        models::update_model, models::delete_model, models::test_model, models::test_model_inline, models::get_agent_model,
         models::put_agent_model, routes::usage::usage,
     ),
     components(schemas(applications::ApplicationDto, api_keys::ApiKeyDto, end_users::EndUserDto,

@@ -238,14 +238,25 @@ pub async fn test_model(
     id: &str,
 ) -> Result<TestResult, ModelsError> {
     let model = load_model(state, org_id, id).await?;
-    let cred = load_credential(state, org_id, &model.credential_id).await?;
+    test_model_on(state, org_id, &model.credential_id, &model.model_id).await
+}
+
+/// `POST /api/models/test`: tests a provider model id on a credential before adding the model.
+pub async fn test_model_on(
+    state: &AppState,
+    org_id: &str,
+    credential_id: &str,
+    model_id: &str,
+) -> Result<TestResult, ModelsError> {
+    credential_field(state, org_id, credential_id).await?;
+    let cred = load_credential(state, org_id, credential_id).await?;
     let key = credential_key(state, &cred)?;
     let endpoint = provider::Endpoint {
         api: credential_api(&cred),
         base_url: &cred.base_url,
         api_key: &key,
     };
-    Ok(provider::test_model(&endpoint, &model.model_id, &policy(&state.config)).await)
+    Ok(provider::test_model(&endpoint, model_id, &policy(&state.config)).await)
 }
 
 /// `PUT /api/models/default`: the organization's default, or with `application_id` that application's;

@@ -65,6 +65,15 @@ pub struct CreateModelRequest {
     pricing: Option<PricingRequest>,
 }
 
+/// `POST /api/models/test`
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TestModelRequest {
+    credential_id: String,
+    /// The provider's model id
+    model_id: String,
+}
+
 /// `PUT /api/models/{id}`: fields to change (`null` clears `contextWindow` or `pricing`)
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]

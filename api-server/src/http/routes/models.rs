@@ -76,6 +76,10 @@ pub fn router(state: &AppState) -> Router<AppState> {
         )
         .route("/api/models", get(list_models).post(create_model))
         .route("/api/models/default", put(set_default))
+        .route(
+            "/api/models/test",
+            post(test_model_inline).route_layer(tests()),
+        )
         .route("/api/models/{id}", put(update_model).delete(delete_model))
         .route(
             "/api/models/{id}/test",
@@ -445,6 +449,30 @@ pub async fn test_model(
 ) -> Result<Response, ApiError> {
     auth.require_permission("models:write")?;
     Ok(Json(models::test_model(&state, &auth.org_id, &id).await?).into_response())
+}
+
+#[utoipa::path(post, path = "/api/models/test", tag = "models",
+    operation_id = "testModelBeforeAdding", summary = "Ask a provider model for one token through a credential, before adding it",
+    request_body = crate::http::openapi::TestModelRequest,
+    responses((status = 200, body = crate::models::TestResult), (status = 400), (status = 403), (status = 429)))]
+pub async fn test_model_inline(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Auth>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    auth.require_permission("models:write")?;
+    let mut f = Fields::new(&body, "");
+    let credential_id = f.string("credentialId", true, 1, 100);
+    let model_id = f.string("modelId", true, 1, 200);
+    f.finish()?;
+    let result = models::test_model_on(
+        &state,
+        &auth.org_id,
+        &credential_id.unwrap_or_default(),
+        &model_id.unwrap_or_default(),
+    )
+    .await?;
+    Ok(Json(result).into_response())
 }
 
 /// The agent's choice and what a run of it would use now.

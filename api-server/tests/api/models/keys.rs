@@ -142,6 +142,35 @@ async fn the_test_call_reports_a_bad_key_with_the_providers_error() {
     )
     .await;
     assert_eq!(r["ok"], true, "{r}");
+    // Before adding a model: its provider id is tested on the credential, asking for one token.
+    fake.push(Turn::text("OK"));
+    let (_, r) = call(
+        &app,
+        &org.admin,
+        Method::POST,
+        "/api/models/test",
+        Some(json!({"credentialId": cred, "modelId": "gpt-fake-2"})),
+    )
+    .await;
+    assert_eq!(r["ok"], true, "{r}");
+    let sent = fake.requests().last().unwrap().json();
+    assert_eq!(
+        (sent["model"].clone(), sent["max_tokens"].clone()),
+        (json!("gpt-fake-2"), json!(1))
+    );
+    let (s, e) = call(
+        &app,
+        &org.admin,
+        Method::POST,
+        "/api/models/test",
+        Some(json!({"credentialId": "mpc_nope", "modelId": "x"})),
+    )
+    .await;
+    assert_eq!(
+        (s, e["errors"][0]["field"].clone()),
+        (400, json!("credentialId")),
+        "{e}"
+    );
     let (s, v) = call(
         &app,
         &org.admin,
