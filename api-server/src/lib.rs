@@ -13,6 +13,7 @@ pub mod http;
 pub mod infra;
 pub mod memory;
 pub mod metrics;
+pub mod models;
 pub mod net;
 pub mod packages;
 pub mod people;

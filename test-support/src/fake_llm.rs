@@ -14,6 +14,10 @@
 //! ```
 //! `usage` defaults to 10 input / 5 output tokens. When the script is exhausted every further request
 //! gets the text `"(fake LLM script exhausted)"`.
+//!
+//! Like the real providers it also lists models (`GET /models`, `/v1/models`: OpenAI's shape, or
+//! Anthropic's when the request carries `anthropic-version`), and, once [`FakeLlm::require_key`] is set,
+//! refuses any request without that key (`Authorization: Bearer` or `x-api-key`) with the provider's 401.
 
 use crate::fake_upstream::RecordedRequest;
 use axum::body::Body;
@@ -184,6 +188,10 @@ impl From<Vec<Turn>> for Script {
 
 struct LlmState {
     turns: Mutex<VecDeque<Turn>>,
+    /// When set, the only key accepted.
+    key: Mutex<Option<String>>,
+    /// What `GET /models` lists.
+    models: Mutex<Vec<String>>,
     requests: Mutex<Vec<RecordedRequest>>,
     served: Mutex<usize>,
 }
@@ -207,6 +215,8 @@ impl FakeLlm {
     pub async fn start_on(addr: &str, script: impl Into<Script>) -> std::io::Result<FakeLlm> {
         let state = Arc::new(LlmState {
             turns: Mutex::new(script.into().turns.into()),
+            key: Mutex::new(None),
+            models: Mutex::new(vec!["fake-model".to_string()]),
             requests: Mutex::new(Vec::new()),
             served: Mutex::new(0),
         });
@@ -227,6 +237,17 @@ impl FakeLlm {
 
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// Accepts only requests carrying `key` (as `Authorization: Bearer` or `x-api-key`); any other gets
+    /// the provider's 401 (`invalid_api_key` / `authentication_error`), consuming no turn.
+    pub fn require_key(&self, key: &str) {
+        *self.state.key.lock().unwrap() = Some(key.to_string());
+    }
+
+    /// The model ids `GET /models` lists (default `["fake-model"]`).
+    pub fn set_models(&self, ids: &[&str]) {
+        *self.state.models.lock().unwrap() = ids.iter().map(|s| s.to_string()).collect();
     }
 
     /// Appends turns to the script.
@@ -309,10 +330,47 @@ async fn handle(State(state): State<Arc<LlmState>>, req: Request) -> Response {
     let path = rec.path.clone();
     let is_post = rec.method == "POST";
     let body = rec.json();
+    let anthropic_headers = rec.header("anthropic-version").is_some();
+    let key_ok = state
+        .key
+        .lock()
+        .unwrap()
+        .as_deref()
+        .is_none_or(|expected| presented_key(&rec, expected));
     state.requests.lock().unwrap().push(rec);
 
     let anthropic = path.ends_with("/v1/messages");
     let openai = path.ends_with("/chat/completions");
+    let listing = !is_post && path.ends_with("/models");
+    let anthropic_shape = anthropic || (path.ends_with("/v1/models") && anthropic_headers);
+    if !key_ok {
+        return if anthropic_shape {
+            json_response(
+                401,
+                json!({"type": "error", "error": {"type": "authentication_error", "message": "invalid x-api-key"}}),
+            )
+        } else {
+            json_response(
+                401,
+                json!({"error": {"message": "Incorrect API key provided.", "type": "invalid_request_error", "code": "invalid_api_key"}}),
+            )
+        };
+    }
+    if listing {
+        let ids = state.models.lock().unwrap().clone();
+        return if anthropic_shape {
+            json_response(
+                200,
+                json!({"data": ids.iter().map(|id| json!({"type": "model", "id": id, "display_name": id})).collect::<Vec<_>>(),
+                       "has_more": false}),
+            )
+        } else {
+            json_response(
+                200,
+                json!({"object": "list", "data": ids.iter().map(|id| json!({"id": id, "object": "model", "owned_by": "fake"})).collect::<Vec<_>>()}),
+            )
+        };
+    }
     if !is_post || !(anthropic || openai) {
         return json_response(
             404,
@@ -368,6 +426,13 @@ async fn handle(State(state): State<Arc<LlmState>>, req: Request) -> Response {
     } else {
         json_response(200, openai_completion(&turn, &model, usage, n))
     }
+}
+
+fn presented_key(r: &RecordedRequest, expected: &str) -> bool {
+    r.header("authorization")
+        .and_then(|a| a.strip_prefix("Bearer "))
+        .is_some_and(|k| k == expected)
+        || r.header("x-api-key").is_some_and(|k| k == expected)
 }
 
 fn json_response(status: u16, body: Value) -> Response {

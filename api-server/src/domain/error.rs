@@ -49,6 +49,8 @@ pub enum ErrorKind {
     RateLimited,
     /// A dependency is unavailable for now (503).
     Unavailable,
+    /// An upstream service (e.g. a model provider) answered with an error (502).
+    Upstream,
     /// A bug or an unexpected failure; details are logged, never shown (500).
     Internal,
 }

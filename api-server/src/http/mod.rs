@@ -27,7 +27,7 @@ use self::idempotency::idempotency;
 use self::middleware::{outer, rate_limit, record_route, shutdown_gate, Limit};
 use self::openapi::Conventions;
 use self::routes::{
-    api_keys, applications, end_users, meta, packages, realtime, runs, schedules, webhooks,
+    api_keys, applications, end_users, meta, models, packages, realtime, runs, schedules, webhooks,
 };
 use crate::state::AppState;
 
@@ -60,10 +60,18 @@ use crate::state::AppState;
         routes::documents::upload_content,
         routes::run_tools::context, routes::run_tools::remember_memory, routes::run_tools::recall_memory,
         routes::run_tools::pin, routes::run_tools::publish_document, routes::run_tools::input_file,
+        models::registry, models::list_credentials, models::create_credential, models::test_inline,
+        models::update_credential, models::delete_credential, models::test_credential,
+        models::refresh_models, models::list_models, models::create_model, models::set_default,
+        models::update_model, models::delete_model, models::test_model, models::test_model_inline, models::get_agent_model,
+        models::put_agent_model, routes::usage::usage,
     ),
     components(schemas(applications::ApplicationDto, api_keys::ApiKeyDto, end_users::EndUserDto,
         packages::PackageDto, packages::VersionDto, crate::packages::ConnectionView,
-        crate::packages::AgentSummary, openapi::Problem, openapi::ProblemFieldError)),
+        crate::packages::AgentSummary, openapi::Problem, openapi::ProblemFieldError,
+        crate::models::CredentialView, crate::models::ModelView, crate::models::PricingView,
+        crate::models::ProviderKind, crate::models::TestResult, crate::models::usage::UsageReport,
+        crate::models::usage::UsageTotals)),
     modifiers(&Conventions),
     security(("apiKey" = []), ("adminToken" = []))
 )]
@@ -136,6 +144,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::webhooks::router(&state))
         .merge(routes::persistence::router())
         .merge(routes::documents::router())
+        .merge(routes::models::router(&state))
         .route_layer(from_fn_with_state(state.clone(), auth::require_auth))
         // Outside authentication: a mutating API request during shutdown is refused before any work.
         // The sink routes below are not gated (§5.3: runs may still finish during the grace).

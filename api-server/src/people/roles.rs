@@ -16,8 +16,11 @@ pub enum Role {
 pub const ROLES: [Role; 4] = [Role::Owner, Role::Admin, Role::Member, Role::Viewer];
 
 /// Organization-level permissions beyond the twelve API scopes.
-pub const ORG_PERMISSIONS: [&str; 6] = [
+pub const ORG_PERMISSIONS: [&str; 9] = [
     "applications:write",
+    "models:read",
+    "models:write",
+    "usage:read",
     "api-keys:write",
     "members:write",
     "org:write",
@@ -27,7 +30,7 @@ pub const ORG_PERMISSIONS: [&str; 6] = [
 
 /// The permission table: for each permission (an API scope such as `runs:read`, or an organization
 /// permission), the least role that holds it. Roles are ordered owner > admin > member > viewer.
-const TABLE: [(&str, Role); 18] = [
+const TABLE: [(&str, Role); 21] = [
     ("agents:read", Role::Viewer),
     ("runs:read", Role::Viewer),
     ("packages:read", Role::Viewer),
@@ -35,16 +38,19 @@ const TABLE: [(&str, Role); 18] = [
     ("webhooks:read", Role::Viewer),
     ("end-users:read", Role::Viewer),
     ("org:read", Role::Viewer),
+    ("models:read", Role::Viewer),
     ("agents:run", Role::Member),
     ("runs:cancel", Role::Member),
     ("packages:write", Role::Member),
     ("schedules:write", Role::Member),
     ("webhooks:write", Role::Member),
     ("end-users:write", Role::Member),
+    ("usage:read", Role::Member),
     ("applications:write", Role::Admin),
     ("api-keys:write", Role::Admin),
     ("members:write", Role::Admin),
     ("org:write", Role::Admin),
+    ("models:write", Role::Admin),
     ("org:delete", Role::Owner),
 ];
 

@@ -9,6 +9,7 @@ use sqlx::types::Json;
 
 use super::runtime::{launch, LaunchContext};
 use crate::domain::{DomainError, ErrorKind, FieldError, Principal};
+use crate::infra::database::models::RunModelRow;
 use crate::infra::database::now;
 use crate::infra::database::runs::{InsertRunError, NewLog, RunRow};
 use crate::packages;
@@ -150,14 +151,17 @@ pub async fn create_run(
     )
     .await?;
 
-    // 7. The model.
-    let llm = config.llm.as_ref().ok_or_else(|| {
-        DomainError::bad_request(
-            "model_not_configured",
-            "No model is configured: set LLM_BASE_URL, LLM_API_KEY and LLM_MODEL",
-        )
-    })?;
-    let model = req.model.clone().unwrap_or_else(|| llm.model.clone());
+    // 7. The model: run → agent → application → organization → instance default (docs/models.md).
+    let model = crate::models::resolve::resolve(
+        state,
+        &crate::models::resolve::Request {
+            org_id: &auth.org_id,
+            application_id: &app.id,
+            agent_id: package_id.as_deref(),
+            run_model: req.model.as_deref(),
+        },
+    )
+    .await?;
 
     // 8. Integrations and their connections.
     let integrations = packages::run_integrations(state, auth, &manifest).await?;
@@ -236,7 +240,7 @@ pub async fn create_run(
         input: Json(input),
         result: None,
         error: None,
-        model_label: Some(model.clone()),
+        model_label: Some(model.label.clone()),
         timeout_seconds: timeout as i64,
         started_at: None,
         completed_at: None,
@@ -244,7 +248,7 @@ pub async fn create_run(
         created_at: at,
         token_usage: Json(super::verdict::normalize_usage(None)),
         cost: None,
-        cost_pricing_status: if config.llm_pricing.is_some() {
+        cost_pricing_status: if model.pricing.is_some() {
             "priced"
         } else {
             "unpriced"
@@ -274,6 +278,20 @@ pub async fn create_run(
         Err(InsertRunError::ConcurrencyExceeded) => return Err(concurrency()),
         Err(InsertRunError::Db(e)) => return Err(e.into()),
     };
+    let run_model = RunModelRow {
+        run_id: run.id.clone(),
+        source: model.source.as_str().to_string(),
+        model_ref: model.model_ref.clone(),
+        model_id: model.model_id.clone(),
+        pricing: model
+            .pricing
+            .as_ref()
+            .map(|p| Json(crate::models::usage::pricing_json(p))),
+    };
+    if let Err(e) = state.infra.db.insert_run_model(&run_model).await {
+        // Without it, the run's calls are priced as the instance default's.
+        tracing::warn!(run_id = %run.id, error = %e, "could not record the run's model");
+    }
     state.metrics.runs_created(
         &run.kind,
         if run.schedule_id.is_some() {
@@ -308,7 +326,6 @@ pub async fn create_run(
         LaunchContext {
             integrations,
             model,
-            llm_api: llm.api,
             memory_mb,
             cpus,
         }

@@ -134,9 +134,12 @@ async fn apply(
         }
         EventKind::Metric(usage) => {
             let usage = verdict::max_usage(&run.token_usage.0, usage);
-            let (cost, status) = verdict::cost(&usage, state.config.llm_pricing.as_ref());
+            // One model call: its ledger row is written with the event, priced now.
+            let call = crate::models::usage::call_entry(state, run, &usage).await;
+            let (cost, status) = crate::models::usage::run_cost(run, call.as_ref());
             effects.token_usage = Some(usage.clone());
             effects.cost = Some(cost);
+            effects.usage = call;
             metric = Some(
                 json!({"runId": run.id, "tokenUsage": usage, "costSoFar": cost, "costPricingStatus": status}),
             );

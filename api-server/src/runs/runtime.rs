@@ -149,8 +149,8 @@ impl Drop for Slot {
 /// What the creation pipeline resolved for the workload.
 pub struct LaunchContext {
     pub integrations: Vec<RunIntegration>,
-    pub model: String,
-    pub llm_api: LlmApi,
+    /// The resolved model and the credential the sidecar injects.
+    pub model: crate::models::resolve::Resolved,
     /// Agent memory (MiB) and CPUs: `_meta["dev.appstrate/resources"]`, clamped by the ceilings.
     pub memory_mb: u64,
     pub cpus: f64,
@@ -195,7 +195,7 @@ fn workload_spec(
     ctx: &LaunchContext,
 ) -> Result<WorkloadSpec, String> {
     let config = &state.config;
-    let llm = config.llm.as_ref().ok_or("no model configured")?;
+    let llm = &ctx.model;
     let secret = state
         .keyring
         .decrypt(&run.sink_secret_encrypted)
@@ -203,7 +203,7 @@ fn workload_spec(
     let secret = String::from_utf8(secret).map_err(|_| "sink secret is not UTF-8")?;
     let platform = platform_url(config);
     let base = format!("{platform}/api/runs/{}", run.id);
-    let (api, provider) = match ctx.llm_api {
+    let (api, provider) = match llm.api {
         LlmApi::OpenAiCompletions => ("openai-completions", "openai"),
         LlmApi::AnthropicMessages => ("anthropic-messages", "anthropic"),
     };
@@ -232,7 +232,7 @@ fn workload_spec(
         ("AGENT_INPUT", run.input.0.to_string()),
         ("AGENT_TIMEOUT_SECONDS", run.timeout_seconds.to_string()),
         ("MODEL_API", api.to_string()),
-        ("MODEL_ID", ctx.model.clone()),
+        ("MODEL_ID", llm.model_id.clone()),
         // The run's sidecar token: the runner presents it on every sidecar call (its model SDK sends
         // it as the model key), and the sidecar refuses any caller without it.
         ("MODEL_API_KEY", run_token.clone()),
@@ -255,7 +255,7 @@ fn workload_spec(
         run_token: sidecar::config::Secret::new(run_token),
         platform_url: platform,
         llm: sidecar::config::LlmConfig {
-            provider: match ctx.llm_api {
+            provider: match llm.api {
                 LlmApi::OpenAiCompletions => sidecar::config::LlmProvider::Openai,
                 LlmApi::AnthropicMessages => sidecar::config::LlmProvider::Anthropic,
             },
@@ -460,7 +460,9 @@ pub async fn finalize_run(
     }
     let (status, error, result) =
         verdict::verdict(&outcome, run.output_schema.as_ref().map(|j| &j.0), &usage);
-    let (cost, pricing) = verdict::cost(&usage, state.config.llm_pricing.as_ref());
+    // The calls the last metric did not report, as one ledger row priced now.
+    let rest = crate::models::usage::call_entry(state, &run, &usage).await;
+    let (cost, pricing) = crate::models::usage::run_cost(&run, rest.as_ref());
     let completed = now();
     let duration = outcome.duration_ms.or_else(|| {
         run.started_at
@@ -485,6 +487,11 @@ pub async fn finalize_run(
         .await?;
     if !won {
         return Ok(false);
+    }
+    if let Some(rest) = &rest {
+        if let Err(e) = state.infra.db.insert_usage(rest).await {
+            tracing::warn!(run_id, error = %e, "could not record the run's last model usage");
+        }
     }
     super::events::forget_buffers(state, run_id).await;
     if let Some(fresh) = state.infra.db.get_run(run_id).await? {

@@ -39,7 +39,13 @@ async fn errors_are_problem_json_with_request_ids() {
     assert_eq!(b["detail"], "API endpoint not found: GET /api/nope");
     assert_eq!(b["type"], "https://docs.appstrate.dev/errors/not-found");
     // Out-of-scope features have no routes.
-    let (s, _) = problem(app.key(Method::GET, "/api/models").send().await.unwrap()).await;
+    let (s, _) = problem(
+        app.key(Method::GET, "/api/notifications")
+            .send()
+            .await
+            .unwrap(),
+    )
+    .await;
     assert_eq!(s, 404);
     // Known path, wrong method → 405 with Allow.
     let r = app.key(Method::PUT, "/api/end-users").send().await.unwrap();

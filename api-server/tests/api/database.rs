@@ -911,6 +911,7 @@ async fn run_events_are_compare_and_set(db: Arc<dyn Database>) {
                 token_usage: Some(json!({"input_tokens": 7})),
                 cost: Some(Some(0.5)),
                 output: Some(json!({"partial": [1, 2]})),
+                usage: None,
             },
             at,
         )

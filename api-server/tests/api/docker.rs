@@ -975,3 +975,63 @@ async fn an_unreachable_engine_stops_boot_naming_docker_socket() {
     );
     assert!(err.contains("docker images | grep appstrate"), "{err}");
 }
+
+/// An organization's provider key (Anthropic messages) reaches the provider from a container run through
+/// a pooled sidecar, configured over `/configure`: never the instance key, never a container's `Env`.
+#[tokio::test]
+async fn an_organization_key_reaches_the_provider_through_a_pooled_sidecar() {
+    const ORG_KEY: &str = "sk-ant-org-canary-docker-5d21";
+    let Some(d) = docker_app(
+        vec![Turn::text("Hello from the organization's model.").with_delay(2000)],
+        "1",
+        &[],
+    )
+    .await
+    else {
+        return;
+    };
+    pool_ready(&d, 1).await;
+    let base = format!("http://host.docker.internal:{}", d.fake.addr().port());
+    let admin = |m: Method, p: &str| d.app.admin(m, p);
+    let r = admin(Method::POST, "/api/model-provider-credentials")
+        .json(&json!({"providerId": "anthropic", "apiKey": ORG_KEY, "baseUrl": base}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let cred: Value = r.json().await.unwrap();
+    let r = admin(Method::POST, "/api/models")
+        .json(&json!({"credentialId": cred["id"], "modelId": "claude-fake", "label": "Claude"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let model: Value = r.json().await.unwrap();
+    let r = admin(Method::PUT, "/api/models/default")
+        .json(&json!({"modelId": model["id"]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    let id = start_run(&d.app, inline(json!({}))).await;
+    let agent = running_agent(&d, &id).await;
+    let env = env_of(&agent);
+    assert!(
+        env.contains(&"MODEL_API=anthropic-messages".to_string()),
+        "{env:?}"
+    );
+    assert!(env.contains(&"MODEL_ID=claude-fake".to_string()), "{env:?}");
+    let containers = docker::containers(&d.docker, &[("appstrate.instance", &d.instance)]).await;
+    assert!(containers.len() >= 2, "{containers:?}");
+    for id in containers.values() {
+        let info = d.docker.inspect_container(id, None).await.unwrap();
+        assert!(!env_of(&info).join("\n").contains(ORG_KEY));
+    }
+    let done = wait_terminal(&d.app, &id).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(done["model_label"], "Claude");
+    assert_eq!(d.fake.api_keys(), vec![ORG_KEY.to_string()]);
+    assert!(d.fake.authorizations().iter().all(|a| a.is_empty()));
+    assert!(!done.to_string().contains(ORG_KEY));
+}

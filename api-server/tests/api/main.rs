@@ -38,6 +38,7 @@ mod lag;
 mod layering;
 mod memory;
 mod migrate_data;
+mod models;
 mod openapi;
 mod overload;
 mod package_visibility;

@@ -227,6 +227,63 @@ async fn openapi_answers_match_their_documented_schemas() {
     let (s, scopes) = send(app.admin(Method::GET, "/api/api-keys/available-scopes")).await;
     check("get", "/api/api-keys/available-scopes", s, &scopes);
 
+    // Models and providers (docs/models.md).
+    let (s, providers) =
+        send(app.admin(Method::GET, "/api/model-provider-credentials/registry")).await;
+    check(
+        "get",
+        "/api/model-provider-credentials/registry",
+        s,
+        &providers,
+    );
+    let (s, cred) = send(
+        app.admin(Method::POST, "/api/model-provider-credentials")
+            .json(&json!({"providerId": "openai-compatible", "apiKey": "sk-doc", "baseUrl": llm})),
+    )
+    .await;
+    assert_eq!(s, 201, "{cred}");
+    check("post", "/api/model-provider-credentials", 201, &cred);
+    let (s, creds) = send(app.admin(Method::GET, "/api/model-provider-credentials")).await;
+    check("get", "/api/model-provider-credentials", s, &creds);
+    let cred_id = cred["id"].as_str().unwrap();
+    let (s, tested) = send(app.admin(
+        Method::POST,
+        &format!("/api/model-provider-credentials/{cred_id}/test"),
+    ))
+    .await;
+    check(
+        "post",
+        "/api/model-provider-credentials/{id}/test",
+        s,
+        &tested,
+    );
+    let (s, model) = send(app.admin(Method::POST, "/api/models").json(
+        &json!({"credentialId": cred_id, "modelId": "fake-model", "pricing": {"input": 1, "output": 2}}),
+    ))
+    .await;
+    assert_eq!(s, 201, "{model}");
+    check("post", "/api/models", 201, &model);
+    let (s, default) = send(
+        app.admin(Method::PUT, "/api/models/default")
+            .json(&json!({"modelId": model["id"]})),
+    )
+    .await;
+    check("put", "/api/models/default", s, &default);
+    let (s, models) = send(app.admin(Method::GET, "/api/models")).await;
+    check("get", "/api/models", s, &models);
+    let (s, agent_model) = send(app.key(Method::GET, "/api/agents/@examples/hello/model")).await;
+    assert_eq!(s, 200, "{agent_model}");
+    check("get", "/api/agents/{scope}/{name}/model", s, &agent_model);
+    let (s, usage) = send(app.admin(Method::GET, "/api/usage?groupBy=run")).await;
+    check("get", "/api/usage", s, &usage);
+    let (s, problem) = send(
+        app.admin(Method::POST, "/api/models")
+            .json(&json!({"modelId": 3})),
+    )
+    .await;
+    assert_eq!(s, 400);
+    check("post", "/api/models", 400, &problem);
+
     let (s, health) = send(app.client.get(app.url("/health"))).await;
     check("get", "/health", s, &health);
     let (s, unauthorized) = send(app.client.get(app.url("/api/runs"))).await;

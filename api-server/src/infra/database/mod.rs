@@ -6,6 +6,7 @@ pub mod history;
 pub mod idempotency;
 pub mod memory;
 pub mod migrate_data;
+pub mod models;
 mod packages;
 pub mod people;
 pub mod runs;
@@ -13,6 +14,7 @@ pub mod schedules;
 pub mod schema;
 mod sql;
 mod tx;
+pub mod usage;
 pub mod webhooks;
 
 use async_trait::async_trait;
@@ -24,6 +26,7 @@ pub use documents::DocumentRepo;
 pub use history::HistoryRepo;
 pub use idempotency::{IdempotencyRepo, IdempotencyScope, IdempotencyState};
 pub use memory::MemoryRepo;
+pub use models::ModelRepo;
 pub use packages::{
     ConnectionRow, NewPackageVersion, PackageFilter, PackageRepo, PackageRow, PackageVersionRow,
     PackageWithManifest,
@@ -35,6 +38,7 @@ pub use sql::{
     connect_postgres, connect_postgres_within, connect_sqlite, describe_postgres_url, SqlDatabase,
     PG_CONNECT_WINDOW, POSTGRES_MIGRATOR, SQLITE_MIGRATOR,
 };
+pub use usage::UsageRepo;
 pub use webhooks::WebhookRepo;
 
 pub type Timestamp = DateTime<Utc>;
@@ -181,6 +185,8 @@ pub trait Database:
     + PeopleRepo
     + MemoryRepo
     + DocumentRepo
+    + ModelRepo
+    + UsageRepo
     + Send
     + Sync
 {

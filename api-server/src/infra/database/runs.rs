@@ -104,6 +104,8 @@ pub struct EventEffects {
     pub token_usage: Option<Value>,
     pub cost: Option<Option<f64>>,
     pub output: Option<Value>,
+    /// The usage ledger row of the model call this event reports (docs/models.md).
+    pub usage: Option<super::usage::NewUsage>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -366,6 +368,12 @@ macro_rules! impl_run_repo {
                 if done.rows_affected() != 1 {
                     tx.rollback().await.map_err(map_err)?;
                     return Ok((false, None));
+                }
+                if let Some(u) = &effects.usage {
+                    super::usage::bind_usage!(u)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err)?;
                 }
                 let mut log_row = None;
                 if let Some(log) = &effects.log {
