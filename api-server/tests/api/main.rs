@@ -29,6 +29,7 @@ mod conventions;
 mod crash;
 mod database;
 mod docker;
+mod docker_slots;
 mod history;
 mod idempotency;
 mod installer;
