@@ -221,6 +221,18 @@ async fn a_run_through_a_slot_is_hardened_holds_no_secret_and_its_slot_is_replac
     assert_eq!(sc_hc.readonly_rootfs, Some(true));
     assert_eq!(sc_hc.cap_drop, Some(vec!["ALL".to_string()]));
     let sidecar_ip = ip_on(&sc, &slot.network);
+    // A slot's sidecar refuses a configuration without its own secret.
+    let control = sidecar_control(&d, &slot.sidecar).await;
+    let r = d
+        .app
+        .client
+        .post(format!("{control}/configure"))
+        .bearer_auth("not-the-secret")
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 
     // The run takes the slot: the waiting container runs it, unchanged.
     let id = start_run(&d.app, inline(json!({}))).await;
