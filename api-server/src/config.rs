@@ -163,7 +163,10 @@ pub struct Config {
     pub docker_socket: String,
     pub agent_image: String,
     pub sidecar_image: String,
-    pub sidecar_pool_size: u32,
+    /// Run slots kept ready in Docker mode (`RUN_SLOT_POOL_SIZE`, else `SIDECAR_POOL_SIZE`, default 2).
+    pub run_slot_pool_size: u32,
+    /// `RUN_SLOT_MAX_IDLE_SECONDS` (default 600): an unused run slot is replaced after this long.
+    pub run_slot_max_idle_seconds: u64,
     pub sidecar_control_host: String,
     pub platform_api_url: Option<String>,
     pub runner_bin: Option<PathBuf>,
@@ -534,15 +537,35 @@ impl Config {
         let docker_socket = r.string("DOCKER_SOCKET", "/var/run/docker.sock");
         let agent_image = r.string("AGENT_IMAGE", "appstrate-runner:latest");
         let sidecar_image = r.string("SIDECAR_IMAGE", "appstrate-sidecar:latest");
-        let sidecar_pool_size = match r.get("SIDECAR_POOL_SIZE") {
-            None => 2,
-            Some(raw) => raw.trim().parse::<u32>().unwrap_or_else(|_| {
-                r.fail(
-                    "SIDECAR_POOL_SIZE",
-                    format!("must be an integer >= 0 (0 disables the pool), got {raw:?}"),
-                );
-                2
-            }),
+        // `RUN_SLOT_POOL_SIZE` wins; `SIDECAR_POOL_SIZE` (the seed's name) is read when it is unset,
+        // so `SIDECAR_POOL_SIZE=0` still means "no pool, everything on the hot path".
+        let mut pool_size = |var: &'static str| {
+            r.get(var).map(|raw| {
+                raw.trim().parse::<u32>().unwrap_or_else(|_| {
+                    r.fail(
+                        var,
+                        format!("must be an integer >= 0 (0 disables the pool), got {raw:?}"),
+                    );
+                    2
+                })
+            })
+        };
+        let sidecar_pool_size = pool_size("SIDECAR_POOL_SIZE");
+        let run_slot_pool_size = pool_size("RUN_SLOT_POOL_SIZE")
+            .or(sidecar_pool_size)
+            .unwrap_or(2);
+        let run_slot_max_idle_seconds = match r.get("RUN_SLOT_MAX_IDLE_SECONDS") {
+            None => 600,
+            Some(raw) => match raw.trim().parse::<u64>() {
+                Ok(n) if (1..=86_400).contains(&n) => n,
+                _ => {
+                    r.fail(
+                        "RUN_SLOT_MAX_IDLE_SECONDS",
+                        format!("must be an integer from 1 to 86400, got {raw:?}"),
+                    );
+                    600
+                }
+            },
         };
         let sidecar_control_host = r.string("SIDECAR_CONTROL_HOST", "127.0.0.1");
         let platform_api_url = r
@@ -746,7 +769,8 @@ impl Config {
             docker_socket,
             agent_image,
             sidecar_image,
-            sidecar_pool_size,
+            run_slot_pool_size,
+            run_slot_max_idle_seconds,
             sidecar_control_host,
             platform_api_url,
             runner_bin,
@@ -997,6 +1021,20 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn the_slot_pool_size_maps_from_the_seeds_sidecar_pool_size() {
+        let size =
+            |pairs: &[(&str, &str)]| Config::from_map(&with(pairs)).unwrap().run_slot_pool_size;
+        assert_eq!(size(&[]), 2);
+        assert_eq!(size(&[("SIDECAR_POOL_SIZE", "0")]), 0);
+        assert_eq!(size(&[("SIDECAR_POOL_SIZE", "5")]), 5);
+        assert_eq!(size(&[("RUN_SLOT_POOL_SIZE", "3")]), 3);
+        assert_eq!(
+            size(&[("RUN_SLOT_POOL_SIZE", "4"), ("SIDECAR_POOL_SIZE", "0")]),
+            4
+        );
+    }
+
+    #[test]
     fn defaults_are_tier_zero() {
         let c = Config::from_map(&base_env()).unwrap();
         assert_eq!(c.port, 3000);
@@ -1106,6 +1144,8 @@ pub(crate) mod tests {
             ("LOG_FORMAT", "xml"),
             ("RUN_ADAPTER", "podman"),
             ("SIDECAR_POOL_SIZE", "-1"),
+            ("RUN_SLOT_POOL_SIZE", "two"),
+            ("RUN_SLOT_MAX_IDLE_SECONDS", "0"),
             ("WORKSPACE_TMPFS_SIZE_MB", "8"),
             ("TRUST_PROXY", "maybe"),
             ("DATABASE_URL", "mysql://x"),

@@ -45,11 +45,14 @@ pub struct SourceLabel {
     pub source: String,
 }
 
-/// The sidecar pool's metrics (§13.3), shared with the Docker adapter that updates them.
+/// The run slot pool's metrics (§13.3, docs/docker.md "Run slots"), shared with the Docker adapter
+/// that updates them.
 #[derive(Clone)]
 pub struct SidecarMetrics {
     pub pool_desired: prometheus_client::metrics::gauge::Gauge,
     pub pool_ready: prometheus_client::metrics::gauge::Gauge,
+    pub slots_creating: prometheus_client::metrics::gauge::Gauge,
+    pub slots_failed: Counter,
     pub acquire_total: Family<SourceLabel, Counter>,
     pub acquire_seconds: Histogram,
 }
@@ -59,6 +62,8 @@ impl Default for SidecarMetrics {
         Self {
             pool_desired: Default::default(),
             pool_ready: Default::default(),
+            slots_creating: Default::default(),
+            slots_failed: Default::default(),
             acquire_total: Default::default(),
             acquire_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
         }
@@ -66,7 +71,7 @@ impl Default for SidecarMetrics {
 }
 
 impl SidecarMetrics {
-    /// A sidecar was handed to a run, from the pool (`pool`) or created on the hot path (`fresh`).
+    /// A run got its sandbox: a ready slot (`pool`) or one created on the hot path (`fresh`).
     pub fn acquired(&self, source: &str, took: std::time::Duration) {
         self.acquire_total
             .get_or_create(&SourceLabel {
@@ -212,23 +217,44 @@ impl Metrics {
             retention_batches.clone(),
         );
         registry.register(
+            "appstrate_run_slots_desired",
+            "Run slots the pool keeps ready (RUN_SLOT_POOL_SIZE)",
+            sidecar.pool_desired.clone(),
+        );
+        registry.register(
+            "appstrate_run_slots_ready",
+            "Run slots ready to be taken by a run",
+            sidecar.pool_ready.clone(),
+        );
+        registry.register(
+            "appstrate_run_slots_creating",
+            "Run slots being created",
+            sidecar.slots_creating.clone(),
+        );
+        registry.register(
+            "appstrate_run_slots_failed",
+            "Run slots that could not be created or failed a health check",
+            sidecar.slots_failed.clone(),
+        );
+        // The seed's names (§13.3): the ready slots hold the pooled sidecars.
+        registry.register(
             "appstrate_sidecar_pool_desired",
-            "Sidecars the pool keeps ready (SIDECAR_POOL_SIZE)",
+            "Same as appstrate_run_slots_desired",
             sidecar.pool_desired.clone(),
         );
         registry.register(
             "appstrate_sidecar_pool_ready",
-            "Pooled sidecars ready to be acquired",
+            "Same as appstrate_run_slots_ready",
             sidecar.pool_ready.clone(),
         );
         registry.register(
             "appstrate_sidecar_acquire",
-            "Sidecars acquired by runs, by source (pool or fresh)",
+            "Run sandboxes acquired, by source (pool: a ready slot, fresh: created on the hot path)",
             sidecar.acquire_total.clone(),
         );
         registry.register(
             "appstrate_sidecar_acquire_seconds",
-            "Time to acquire and configure a run's sidecar",
+            "Time to acquire and configure a run's sandbox (a slot's configure, or a fresh sidecar)",
             sidecar.acquire_seconds.clone(),
         );
         Self {

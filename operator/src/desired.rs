@@ -601,10 +601,11 @@ pub fn api_env(name: &str, spec: &AppstrateSpec, plan: &Plan) -> Vec<Value> {
     if plan.docker {
         env.push(plain_env("DOCKER_SOCKET", DOCKER_SOCKET));
     }
-    env.push(plain_env(
-        "SIDECAR_POOL_SIZE",
-        spec.sidecar_pool.size.max(0).to_string(),
-    ));
+    // `sidecarPool` is the run slot pool: `RUN_SLOT_POOL_SIZE` for the API, and the seed's
+    // `SIDECAR_POOL_SIZE` with the same value for API images that predate run slots.
+    let pool = spec.sidecar_pool.size.max(0).to_string();
+    env.push(plain_env("RUN_SLOT_POOL_SIZE", pool.clone()));
+    env.push(plain_env("SIDECAR_POOL_SIZE", pool));
     for extra in &spec.extra_env {
         env.push(serde_json::to_value(extra).unwrap_or(Value::Null));
     }

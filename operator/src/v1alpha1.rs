@@ -20,7 +20,7 @@ pub const NAME_MESSAGE: &str = "metadata.name must be a DNS-1035 label of at mos
 
 /// Environment variables the operator sets on the API container itself: `spec.extraEnv` may not
 /// name them (a duplicate would make the Deployment's env list invalid), nor any `S3_*`.
-pub const RESERVED_ENV: [&str; 16] = [
+pub const RESERVED_ENV: [&str; 17] = [
     "PORT",
     "APP_URL",
     "APP_ENV",
@@ -37,12 +37,13 @@ pub const RESERVED_ENV: [&str; 16] = [
     "RUN_ADAPTER",
     "DOCKER_SOCKET",
     "SIDECAR_POOL_SIZE",
+    "RUN_SLOT_POOL_SIZE",
 ];
 /// Prefix reserved for the S3 settings the operator sets.
 pub const RESERVED_ENV_PREFIX: &str = "S3_";
 
-const EXTRA_ENV_RULE: &str = "!(self.name in ['PORT', 'APP_URL', 'APP_ENV', 'LOG_FORMAT', 'DATA_DIR', 'BETTER_AUTH_SECRET', 'UPLOAD_SIGNING_SECRET', 'CONNECTION_ENCRYPTION_KEY', 'DATABASE_URL', 'REDIS_URL', 'FS_STORAGE_PATH', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'RUN_ADAPTER', 'DOCKER_SOCKET', 'SIDECAR_POOL_SIZE']) && !self.name.startsWith('S3_')";
-const EXTRA_ENV_MESSAGE: &str = "spec.extraEnv: this name is set by the operator and cannot be overridden (PORT, APP_URL, APP_ENV, LOG_FORMAT, DATA_DIR, BETTER_AUTH_SECRET, UPLOAD_SIGNING_SECRET, CONNECTION_ENCRYPTION_KEY, DATABASE_URL, REDIS_URL, FS_STORAGE_PATH, S3_*, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, RUN_ADAPTER, DOCKER_SOCKET, SIDECAR_POOL_SIZE); configure it through the spec instead";
+const EXTRA_ENV_RULE: &str = "!(self.name in ['PORT', 'APP_URL', 'APP_ENV', 'LOG_FORMAT', 'DATA_DIR', 'BETTER_AUTH_SECRET', 'UPLOAD_SIGNING_SECRET', 'CONNECTION_ENCRYPTION_KEY', 'DATABASE_URL', 'REDIS_URL', 'FS_STORAGE_PATH', 'AWS_ACCESS_KEY_ID', 'AWS_SECRET_ACCESS_KEY', 'RUN_ADAPTER', 'DOCKER_SOCKET', 'SIDECAR_POOL_SIZE', 'RUN_SLOT_POOL_SIZE']) && !self.name.startsWith('S3_')";
+const EXTRA_ENV_MESSAGE: &str = "spec.extraEnv: this name is set by the operator and cannot be overridden (PORT, APP_URL, APP_ENV, LOG_FORMAT, DATA_DIR, BETTER_AUTH_SECRET, UPLOAD_SIGNING_SECRET, CONNECTION_ENCRYPTION_KEY, DATABASE_URL, REDIS_URL, FS_STORAGE_PATH, S3_*, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, RUN_ADAPTER, DOCKER_SOCKET, SIDECAR_POOL_SIZE, RUN_SLOT_POOL_SIZE); configure it through the spec instead";
 
 /// Finalizer that runs the cleanup of data volumes and generated Secrets.
 pub const FINALIZER: &str = "appstrates.appstrate.dev/cleanup";
@@ -487,7 +488,8 @@ pub fn default_docker_image() -> String {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, schemars::JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct SidecarPoolSpec {
-    /// Sidecars kept warm; 0 disables the pool. Becomes `SIDECAR_POOL_SIZE`.
+    /// Run slots kept ready (each a network, a sidecar and a waiting agent); 0 disables the pool.
+    /// Becomes `RUN_SLOT_POOL_SIZE` (and `SIDECAR_POOL_SIZE`, for API images that predate slots).
     #[serde(default = "default_pool_size")]
     #[schemars(range(min = 0, max = 64))]
     pub size: i32,

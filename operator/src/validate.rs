@@ -472,6 +472,7 @@ mod tests {
             "BETTER_AUTH_SECRET",
             "RUN_ADAPTER",
             "SIDECAR_POOL_SIZE",
+            "RUN_SLOT_POOL_SIZE",
         ] {
             let invalid = validate(&spec(&with(reserved))).expect_err(reserved);
             assert_eq!(invalid.0[0].field, "spec.extraEnv");

@@ -37,6 +37,11 @@ pub struct Config {
     pub model_stream: bool,
     pub model_max_tokens: u64,
     pub sidecar_url: String,
+    /// `HTTP_PROXY`, `HTTPS_PROXY` and `NO_PROXY`: the HTTP client is built from these values (not
+    /// from the process environment, which a slot's runner does not hold them in).
+    pub http_proxy: String,
+    pub https_proxy: String,
+    pub no_proxy: String,
     pub integrations: Vec<Integration>,
     pub max_turns: u32,
     pub heartbeat_interval: Duration,
@@ -76,9 +81,10 @@ impl Config {
         let sidecar_url = required("SIDECAR_URL");
         let http_proxy = required("HTTP_PROXY");
         let https_proxy = required("HTTPS_PROXY");
-        if get("NO_PROXY").is_none() {
+        let no_proxy = get("NO_PROXY").unwrap_or_else(|| {
             errs.push("NO_PROXY is required".into());
-        }
+            String::new()
+        });
 
         for (name, value) in [
             ("APPSTRATE_SINK_URL", &sink_url),
@@ -172,6 +178,9 @@ impl Config {
             model_stream,
             model_max_tokens,
             sidecar_url: sidecar_url.trim_end_matches('/').to_string(),
+            http_proxy,
+            https_proxy,
+            no_proxy,
             integrations,
             max_turns,
             heartbeat_interval: Duration::from_secs(heartbeat),

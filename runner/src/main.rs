@@ -6,6 +6,7 @@
 mod agent;
 mod bundle;
 mod config;
+mod handover;
 mod llm;
 mod mustache;
 mod platform;
@@ -27,10 +28,6 @@ fn main() {
     if let Some(code) = probe::main_if_probe(&args) {
         std::process::exit(code);
     }
-    let cfg = match config::Config::from_env() {
-        Ok(c) => c,
-        Err(e) => fatal(&format!("invalid environment: {e}")),
-    };
     // One thread is plenty for one run and keeps the footprint small.
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -45,16 +42,17 @@ fn main() {
             Ok(s) => s,
             Err(e) => fatal(&format!("cannot install the SIGTERM handler: {e}")),
         };
-        // Honours HTTP_PROXY / HTTPS_PROXY / NO_PROXY from the environment (reqwest's default).
-        let http = match reqwest::Client::builder()
-            .user_agent(concat!("appstrate-runner/", env!("CARGO_PKG_VERSION")))
-            .connect_timeout(Duration::from_secs(10))
-            .pool_idle_timeout(Duration::from_secs(30))
-            .hickory_dns(true)
-            // The sidecar follows (and re-checks) redirects for api_call; nothing else redirects.
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-        {
+        let cfg = tokio::select! {
+            cfg = load_config() => match cfg {
+                Ok(c) => c,
+                Err(e) => fatal(&e),
+            },
+            _ = term.recv() => {
+                eprintln!("[runner] SIGTERM received while waiting for the run");
+                return 143;
+            }
+        };
+        let http = match http_client(&cfg) {
             Ok(c) => c,
             Err(e) => fatal(&format!("cannot build the HTTP client: {e}")),
         };
@@ -68,4 +66,33 @@ fn main() {
     });
     // Exit without waiting for idle connections or background tasks.
     std::process::exit(code)
+}
+
+/// The run's configuration: from the environment, or, with `RUNNER_CONFIG_URL` (a run slot's runner),
+/// from the sidecar once the run exists, merged over the environment.
+async fn load_config() -> Result<config::Config, String> {
+    let get = |k: &str| std::env::var(k).ok();
+    let Some(url) = get("RUNNER_CONFIG_URL").filter(|u| !u.trim().is_empty()) else {
+        return config::Config::from_env().map_err(|e| format!("invalid environment: {e}"));
+    };
+    let bound = handover::wait_bound(get)?;
+    let handed = handover::fetch(&url, bound).await?;
+    config::Config::parse(|k| handed.get(k).cloned().or_else(|| get(k)))
+        .map_err(|e| format!("invalid run configuration: {e}"))
+}
+
+/// The runner's HTTP client: everything but the sidecar goes through the sidecar's forward proxy
+/// (`HTTP(S)_PROXY` with the run token, `NO_PROXY` for the sidecar itself).
+fn http_client(cfg: &config::Config) -> Result<reqwest::Client, reqwest::Error> {
+    let no_proxy = || reqwest::NoProxy::from_string(&cfg.no_proxy);
+    reqwest::Client::builder()
+        .proxy(reqwest::Proxy::http(&cfg.http_proxy)?.no_proxy(no_proxy()))
+        .proxy(reqwest::Proxy::https(&cfg.https_proxy)?.no_proxy(no_proxy()))
+        .user_agent(concat!("appstrate-runner/", env!("CARGO_PKG_VERSION")))
+        .connect_timeout(Duration::from_secs(10))
+        .pool_idle_timeout(Duration::from_secs(30))
+        .hickory_dns(true)
+        // The sidecar follows (and re-checks) redirects for api_call; nothing else redirects.
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
 }

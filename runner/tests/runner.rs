@@ -767,3 +767,111 @@ async fn host_names_resolve_without_nss() {
     assert_eq!(s.finalize()["status"], "success");
     s.assert_clean_event_stream();
 }
+
+/// A run slot's runner: its own environment holds nothing run-specific; the run's variables come from
+/// its sidecar once the platform configured it.
+fn waiting_env(sidecar: &sidecar::RunningSidecar) -> Vec<(String, String)> {
+    vec![
+        (
+            "RUNNER_CONFIG_URL".into(),
+            format!("{}/agent-config", sidecar.api_url()),
+        ),
+        ("SIDECAR_URL".into(), sidecar.api_url()),
+        ("NO_PROXY".into(), "127.0.0.1,localhost".into()),
+        ("PATH".into(), "/usr/local/bin:/usr/bin:/bin".into()),
+    ]
+}
+
+async fn loopback_sidecar() -> sidecar::RunningSidecar {
+    sidecar::Sidecar::start(sidecar::SidecarOptions::loopback())
+        .await
+        .expect("sidecar on loopback")
+}
+
+fn sidecar_config(agent_env: &[(String, String)]) -> sidecar::SidecarConfig {
+    serde_json::from_value(json!({
+        "runId": "run_waiting",
+        "runToken": "sct_waiting-runner-token-0123456789abcdef",
+        "platformUrl": "http://127.0.0.1:9",
+        "llm": {"provider": "openai", "baseUrl": "http://127.0.0.1:9/v1", "apiKey": "sk-real"},
+        "allowInternalHosts": ["127.0.0.1"],
+        "agent": {
+            "address": "127.0.0.1",
+            "env": agent_env.iter().cloned().collect::<std::collections::BTreeMap<_, _>>(),
+        },
+    }))
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_runner_gets_its_run_from_its_sidecar_and_runs_it() {
+    let s = setup(
+        briefing_bundle(),
+        vec![Turn::text("Briefing: handed over.")],
+    )
+    .await;
+    let sc = loopback_sidecar().await;
+    let own_env = waiting_env(&sc);
+    assert!(!own_env
+        .iter()
+        .any(|(k, v)| k.contains("SECRET") || v.contains(SECRET)));
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_appstrate-runner"))
+        .env_clear()
+        .envs(own_env.iter().map(|(k, v)| (k, v)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("spawn runner");
+    // The runner waits: nothing reaches the sink before its sidecar is configured.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(s.sink.requests().is_empty());
+    let configured = Instant::now();
+    sc.configure(sidecar_config(&s.env)).unwrap();
+    let first = s
+        .sink
+        .wait_for(Duration::from_secs(10), |events| !events.is_empty())
+        .await;
+    assert!(first, "the runner's first event never arrived");
+    assert!(configured.elapsed() < Duration::from_secs(5));
+    let out = tokio::time::timeout(Duration::from_secs(60), child.wait_with_output())
+        .await
+        .expect("runner finished")
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{stderr}");
+    assert_eq!(s.finalize()["status"], "success");
+    s.assert_clean_event_stream();
+    assert!(!stderr.contains(SECRET), "{stderr}");
+    // Handed over once: the sidecar has nothing left to give.
+    let again = reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .unwrap()
+        .get(format!("{}/agent-config", sc.api_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 410);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_runner_that_never_gets_its_run_exits_2_within_its_bound() {
+    let sc = loopback_sidecar().await;
+    let mut env = waiting_env(&sc);
+    env.push(("RUNNER_CONFIG_WAIT_SECONDS".into(), "1".into()));
+    let started = Instant::now();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_appstrate-runner"))
+        .env_clear()
+        .envs(env.iter().map(|(k, v)| (k, v)))
+        .output()
+        .await
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("no run configuration arrived within 1 s"),
+        "{stderr}"
+    );
+    assert!(started.elapsed() < Duration::from_secs(10));
+}

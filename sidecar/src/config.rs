@@ -1,6 +1,8 @@
 //! The `/configure` body (`SidecarConfig`) and its validation.
 
+use std::collections::BTreeMap;
 use std::fmt;
+use std::net::IpAddr;
 
 use serde::{Deserialize, Serialize};
 use url::Url;
@@ -115,7 +117,35 @@ pub struct SidecarConfig {
     /// Hosts exempt from the SSRF range block (`EGRESS_ALLOW_INTERNAL_HOSTS`).
     #[serde(default)]
     pub allow_internal_hosts: Vec<String>,
+    /// The agent's part (run slots): the runner's configuration, handed over once through
+    /// `GET /agent-config` to `agent.address` only, then forgotten.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent: Option<AgentConfig>,
 }
+
+/// The run configuration of a waiting runner (a run slot's agent): its environment contract
+/// (§15.1), secrets included, and the only address it is handed to.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct AgentConfig {
+    /// The agent container's IP address on the run network.
+    pub address: String,
+    /// The runner's variables (`AGENT_RUN_ID`, `APPSTRATE_SINK_SECRET`, `HTTP_PROXY`, …).
+    pub env: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Values are secrets (the sink secret, the run token): only the names are shown.
+        f.debug_struct("AgentConfig")
+            .field("address", &self.address)
+            .field("env", &self.env.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
+
+/// Maximum number of variables in `agent.env`.
+const MAX_AGENT_ENV: usize = 256;
 
 /// A configuration rejected by validation (400 `invalid_config`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -144,6 +174,8 @@ pub(crate) struct Validated {
     pub llm_key: http::HeaderValue,
     pub integrations: Vec<Integration>,
     pub policy: Policy,
+    /// `agent.address`, parsed (the agent part itself is kept by the handover, not here).
+    pub agent_address: Option<IpAddr>,
 }
 
 impl SidecarConfig {
@@ -228,7 +260,31 @@ impl SidecarConfig {
                 header_value,
             });
         }
+        let agent_address = match &self.agent {
+            None => None,
+            Some(agent) => {
+                let ip = agent.address.trim().parse::<IpAddr>().map_err(|_| {
+                    ConfigError(
+                        "agent.address must be an IP address (the agent container's)".into(),
+                    )
+                })?;
+                if agent.env.is_empty() || agent.env.len() > MAX_AGENT_ENV {
+                    return Err(ConfigError(format!(
+                        "agent.env must hold 1 to {MAX_AGENT_ENV} variables"
+                    )));
+                }
+                if let Some(bad) = agent.env.keys().find(|k| {
+                    k.is_empty() || !k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
+                }) {
+                    return Err(ConfigError(format!(
+                        "agent.env: {bad:?} is not a variable name (A-Z, a-z, 0-9, `_`)"
+                    )));
+                }
+                Some(ip.to_canonical())
+            }
+        };
         Ok(Validated {
+            agent_address,
             run_id: self.run_id.clone(),
             run_token: self.run_token.clone(),
             platform,
@@ -286,6 +342,39 @@ mod tests {
         let back: SidecarConfig =
             serde_json::from_value(serde_json::to_value(&cfg).unwrap()).unwrap();
         assert_eq!(back, cfg);
+    }
+
+    #[test]
+    fn the_agent_part_is_validated_and_never_printed() {
+        let mut v = sample();
+        v["agent"] =
+            json!({"address": "172.30.0.3", "env": {"APPSTRATE_SINK_SECRET": "CANARY-sink"}});
+        let cfg: SidecarConfig = serde_json::from_value(v.clone()).unwrap();
+        assert_eq!(
+            cfg.compile().unwrap().agent_address,
+            Some("172.30.0.3".parse().unwrap())
+        );
+        let dbg = format!("{cfg:?}");
+        assert!(!dbg.contains("CANARY-sink"), "{dbg}");
+        assert!(dbg.contains("APPSTRATE_SINK_SECRET"), "{dbg}");
+        for (field, value, message) in [
+            (
+                "address",
+                json!("sidecar"),
+                "agent.address must be an IP address",
+            ),
+            ("env", json!({}), "agent.env must hold 1 to 256 variables"),
+            ("env", json!({"A-B": "x"}), "is not a variable name"),
+        ] {
+            let mut bad = v.clone();
+            bad["agent"][field] = value;
+            let cfg: SidecarConfig = serde_json::from_value(bad).unwrap();
+            let err = cfg.validate().unwrap_err().0;
+            assert!(err.contains(message), "{err}");
+        }
+        let mut unknown = v.clone();
+        unknown["agent"]["secret"] = json!("x");
+        assert!(serde_json::from_value::<SidecarConfig>(unknown).is_err());
     }
 
     #[test]

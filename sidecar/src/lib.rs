@@ -14,11 +14,14 @@ mod auth;
 pub mod config;
 pub mod delivery;
 mod forward;
+mod handover;
 mod http_util;
 pub mod server;
 pub mod ssrf;
 mod trace;
 
-pub use config::{HeaderConfig, IntegrationConfig, LlmConfig, LlmProvider, Secret, SidecarConfig};
+pub use config::{
+    AgentConfig, HeaderConfig, IntegrationConfig, LlmConfig, LlmProvider, Secret, SidecarConfig,
+};
 pub use delivery::render_header;
 pub use server::{ConfigureError, RunningSidecar, Sidecar, SidecarOptions, Timeouts};

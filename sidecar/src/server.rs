@@ -19,12 +19,14 @@ use hyper_util::rt::TokioIo;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::{JoinHandle, JoinSet};
+use tower::ServiceExt;
 use url::Url;
 
 use crate::allowlist;
 use crate::auth::{self, Route};
 use crate::config::{ConfigError, Integration, LlmProvider, Secret, SidecarConfig, Validated};
 use crate::forward;
+use crate::handover::{self, Handover, Peer};
 use crate::http_util::{ct_eq, error, error_u16, host_allowed, strip_hop_by_hop};
 use crate::ssrf::{self, Pinned, Resolver, SsrfError};
 
@@ -164,6 +166,7 @@ pub(crate) struct Shared {
     active: OnceLock<Arc<Validated>>,
     clients: Mutex<HashMap<(Purpose, String, SocketAddr), reqwest::Client>>,
     pub(crate) shutdown: watch::Receiver<bool>,
+    pub(crate) handover: Handover,
 }
 
 impl Shared {
@@ -178,9 +181,11 @@ impl Shared {
         let validated = cfg.compile()?;
         let run_id = validated.run_id.clone();
         let integrations = validated.integrations.len();
+        let agent_address = validated.agent_address;
         self.active
             .set(Arc::new(validated))
             .map_err(|_| ConfigureError::AlreadyConfigured)?;
+        self.handover.configured(agent_address, cfg.agent.as_ref());
         tracing::info!(run_id = %run_id, provider = cfg.llm.provider.as_str(), integrations, "sidecar configured");
         Ok(())
     }
@@ -230,12 +235,23 @@ impl Sidecar {
             active: OnceLock::new(),
             clients: Mutex::new(HashMap::new()),
             shutdown: rx.clone(),
+            handover: Handover::new(),
         });
         let router = router(shared.clone());
         let grace = opts.timeouts.shutdown_grace;
         let api_task = tokio::spawn(accept_loop(api_listener, rx.clone(), grace, {
             move |stream: TcpStream, mut stop: watch::Receiver<bool>| {
-                let svc = hyper_util::service::TowerToHyperService::new(router.clone());
+                // The peer's address, for `/agent-config` (handed to the agent's address only).
+                let peer = stream.peer_addr().ok().map(Peer);
+                let svc =
+                    hyper_util::service::TowerToHyperService::new(router.clone().map_request(
+                        move |mut req: http::Request<hyper::body::Incoming>| {
+                            if let Some(peer) = peer {
+                                req.extensions_mut().insert(peer);
+                            }
+                            req
+                        },
+                    ));
                 async move {
                     let conn = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), svc)
@@ -383,6 +399,7 @@ fn router(shared: Arc<Shared>) -> Router {
     Router::new()
         .route("/health", get(health))
         .route("/configure", post(configure))
+        .route("/agent-config", get(handover::agent_config))
         .route("/llm/{provider}", any(llm))
         .route("/llm/{provider}/", any(llm))
         .route("/llm/{provider}/{*rest}", any(llm))
@@ -400,8 +417,12 @@ fn router(shared: Arc<Shared>) -> Router {
 }
 
 async fn health(State(st): State<Arc<Shared>>) -> Response {
-    axum::Json(serde_json::json!({"status": "ok", "configured": st.active.get().is_some()}))
-        .into_response()
+    axum::Json(serde_json::json!({
+        "status": "ok",
+        "configured": st.active.get().is_some(),
+        "handedOver": st.handover.handed_over(),
+    }))
+    .into_response()
 }
 
 /// Maximum `/configure` body.

@@ -204,7 +204,10 @@ async fn configure_once_with_bearer() {
         .json()
         .await
         .unwrap();
-    assert_eq!(health, json!({"status": "ok", "configured": false}));
+    assert_eq!(
+        health,
+        json!({"status": "ok", "configured": false, "handedOver": false})
+    );
 
     let body =
         serde_json::to_value(base_config("https://api.openai.com/v1", json!([]), &[])).unwrap();
@@ -1449,4 +1452,109 @@ async fn costly_patterns_are_refused_and_long_targets_bounded() {
     let r = proxy_call(&sc, "@acme/api", &too_deep, &[]).await;
     assert_eq!(error_code(r).await, (414, "target_too_long".into()));
     assert_eq!(rec.all().len(), 1);
+}
+
+/// A client whose connections come from `from` (any 127.0.0.0/8 address is local on Linux).
+fn from_address(from: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .local_address(from.parse::<IpAddr>().unwrap())
+        .build()
+        .unwrap()
+}
+
+fn with_agent(address: &str) -> Value {
+    let mut body =
+        serde_json::to_value(base_config("https://api.openai.com/v1", json!([]), &[])).unwrap();
+    body["agent"] = json!({
+        "address": address,
+        "env": {"AGENT_RUN_ID": "run_test", "APPSTRATE_SINK_SECRET": "sink-CANARY-0123456789abcdef0123"},
+    });
+    body
+}
+
+async fn post_configure(sc: &RunningSidecar, body: &Value) {
+    let r = bare()
+        .post(format!("{}/configure", sc.api_url()))
+        .bearer_auth(SECRET)
+        .json(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn the_agent_part_is_handed_over_once_and_only_to_the_agents_address() {
+    let agent = from_address("127.0.0.1");
+    let other = from_address("127.0.0.2");
+    let expected = json!({"env": {"AGENT_RUN_ID": "run_test", "APPSTRATE_SINK_SECRET": "sink-CANARY-0123456789abcdef0123"}});
+
+    // A runner already waiting gets its configuration the moment the platform posts it.
+    let sc = start().await;
+    let url = format!("{}/agent-config", sc.api_url());
+    let r = agent.get(format!("{url}?wait=0")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        204,
+        "not configured yet: the wait ends with 204"
+    );
+    let waiting = tokio::spawn({
+        let (agent, url) = (agent.clone(), url.clone());
+        async move { agent.get(format!("{url}?wait=10")).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    post_configure(&sc, &with_agent("127.0.0.1")).await;
+    let r = waiting.await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["cache-control"], "no-store");
+    assert_eq!(r.json::<Value>().await.unwrap(), expected);
+    // Forgotten: nothing a second time, to anyone.
+    let r = agent.get(&url).send().await.unwrap();
+    assert_eq!(error_code(r).await, (410, "already_handed_over".into()));
+    let r = other.get(&url).send().await.unwrap();
+    assert_eq!(error_code(r).await, (410, "already_handed_over".into()));
+    let health: Value = bare()
+        .get(format!("{}/health", sc.api_url()))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        health,
+        json!({"status": "ok", "configured": true, "handedOver": true})
+    );
+
+    // Another address gets nothing and takes nothing, whether it waited or asks after the fact.
+    let sc = start().await;
+    let url = format!("{}/agent-config", sc.api_url());
+    let early = tokio::spawn({
+        let (other, url) = (other.clone(), url.clone());
+        async move { other.get(format!("{url}?wait=10")).send().await.unwrap() }
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    post_configure(&sc, &with_agent("127.0.0.1")).await;
+    let r = early.await.unwrap();
+    assert_eq!(error_code(r).await, (403, "forbidden".into()));
+    let r = other.get(&url).send().await.unwrap();
+    let (status, text) = (r.status(), r.text().await.unwrap());
+    assert_eq!(status, 403);
+    assert!(!text.contains("CANARY"), "{text}");
+    let r = agent.get(&url).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap(), expected);
+
+    // A sidecar configured without an agent part (a fresh run) has nothing to hand over.
+    let fresh = start().await;
+    fresh
+        .configure(base_config("https://api.openai.com/v1", json!([]), &[]))
+        .unwrap();
+    let r = agent
+        .get(format!("{}/agent-config", fresh.api_url()))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(error_code(r).await, (404, "no_agent_config".into()));
 }

@@ -264,6 +264,7 @@ fn workload_spec(
         },
         integrations: ctx.integrations.iter().map(|i| i.to_config()).collect(),
         allow_internal_hosts: config.egress_allow_internal_hosts.clone(),
+        agent: None,
     };
     Ok(WorkloadSpec {
         run_id: run.id.clone(),
@@ -712,5 +713,18 @@ mod tests {
         let big = json!({"_meta": {"dev.appstrate/resources": {"memory_mb": 9000, "cpu": 8}}});
         assert_eq!(agent_resources(&big, 1536, 2), (1536, 2.0));
         assert_eq!(agent_resources(&json!({}), 512, 1), (512, 1.0));
+    }
+
+    /// Run slots are created with the limits of a run that names none; a run with those limits takes
+    /// a slot, any other the fresh path.
+    #[test]
+    fn run_slots_have_the_default_limits() {
+        use crate::infra::run_adapter::docker::default_agent_limits;
+        for (mem, cpu) in [(1536, 2), (512, 1), (4096, 8), (1024, 4)] {
+            assert_eq!(
+                agent_resources(&json!({}), mem, cpu),
+                default_agent_limits(mem, cpu)
+            );
+        }
     }
 }

@@ -349,6 +349,11 @@ async fn openapi_metrics_and_health() {
         h["sidecar_pool"],
         json!({"enabled": false, "desired": 0, "ready": 0})
     );
+    // Process mode has no run slots.
+    assert_eq!(
+        h["run_slots"],
+        json!({"enabled": false, "desired": 0, "ready": 0, "creating": 0, "failed": 0})
+    );
 }
 
 #[tokio::test]

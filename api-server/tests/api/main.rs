@@ -30,6 +30,7 @@ mod crash;
 mod dashboard;
 mod database;
 mod docker;
+mod docker_slots;
 mod documents;
 mod history;
 mod idempotency;

@@ -279,6 +279,7 @@ mod cel {
             "BETTER_AUTH_SECRET",
             "PORT",
             "SIDECAR_POOL_SIZE",
+            "RUN_SLOT_POOL_SIZE",
         ] {
             let app = with(0, json!({"extraEnv": [{"name": reserved, "value": "x"}]}));
             let text = format!("{:?}", validate_cel(&app).expect_err(reserved));

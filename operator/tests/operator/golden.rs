@@ -129,6 +129,8 @@ fn tier3_docker_adds_a_privileged_dind_sharing_the_socket_dir() {
         Some("/var/run/docker/docker.sock")
     );
     assert_eq!(get("RUN_ADAPTER").as_deref(), Some("docker"));
+    // `sidecarPool` is the run slot pool; the seed's variable carries the same value for older images.
+    assert_eq!(get("RUN_SLOT_POOL_SIZE").as_deref(), Some("2"));
     assert_eq!(get("SIDECAR_POOL_SIZE").as_deref(), Some("2"));
     assert_eq!(
         get("S3_ENDPOINT").as_deref(),

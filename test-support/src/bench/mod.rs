@@ -10,7 +10,7 @@
 //! - [`client`]: one-off HTTP requests for setting up fixtures;
 //! - [`runs`]: run benchmarks: keep-alive API calls, first runner events from the realtime stream,
 //!   runner peak memory;
-//! - [`docker`]: Docker mode: run start with and without the sidecar pool, image sizes, engine floor;
+//! - [`docker`]: Docker mode: run start with and without run slots, image sizes, engine floor;
 //! - [`fixtures`]: rows inserted straight into the server's SQLite database (e.g. many API keys);
 //! - [`history`]: a long history seeded in SQLite and PostgreSQL, measured against an empty one.
 

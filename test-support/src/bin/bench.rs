@@ -43,8 +43,9 @@ sub-benchmarks (default: all)
          req/s at c=16 per instance and both at once; rate-limiter cost per hit, Redis vs memory;
          run-start p50 (process mode) at Tier 2 vs Tier 0
   docker Docker mode (not part of all; needs an engine): image sizes, container create+start floor,
-         run start → first runner event with SIDECAR_POOL_SIZE=2 and 0 (target pooled p50 ≤ 250 ms and
-         ≥ 3× faster than fresh); the API runs in-process, the images are built by images/build.sh
+         run start → first runner event with RUN_SLOT_POOL_SIZE=2 and 0 (target slot p50 ≤ 60 ms and
+         ≥ 8× faster than fresh), load average; the API runs in-process, the images are built by
+         images/build.sh
   history not part of all: --history-runs finished runs (default 1,000,000) with
          --history-logs-per-run log rows each (default 10) seeded straight into SQLite and, with
          TEST_DATABASE_URL, PostgreSQL; boot, one watchdog sweep, GET /api/runs?limit=50 at c=16, the
@@ -64,7 +65,7 @@ options
   --llm-delay MS       the fake LLM waits this long before each answer of the concurrent runs, so
                        they are alive together (default 3000)
   --runs-timeout SECS  global limit of the concurrent-runs scenario (default 300)
-  --docker-runs N      sequential runs per pool setting in the docker bench (default 30)
+  --docker-runs N      sequential runs per pool setting in the docker bench (default 50)
   --history-runs N     runs of the long history (default 1000000)
   --history-logs-per-run N  log rows per run (default 10)
   --history-backends LIST   sqlite,postgres (default both; postgres needs TEST_DATABASE_URL)";
@@ -130,7 +131,7 @@ impl Opts {
             runs: false,
             tier2: false,
             docker: false,
-            docker_runs: 30,
+            docker_runs: 50,
             history: false,
             history_runs: 1_000_000,
             history_logs_per_run: 10,

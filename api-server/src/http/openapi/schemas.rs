@@ -366,8 +366,12 @@ pub struct Health {
     adapters: Value,
     #[schema(value_type = Object)]
     checks: Value,
+    /// `{enabled, desired, ready}` of the run slot pool (the seed's name).
     #[schema(value_type = Object)]
     sidecar_pool: Value,
+    /// `{enabled, desired, ready, creating, failed}`: the run slot pool (Docker mode).
+    #[schema(value_type = Object)]
+    run_slots: Value,
 }
 
 /// The event sink's answer.

@@ -73,7 +73,15 @@ pub async fn health(State(state): State<AppState>) -> Response {
             "database": {"status": status_of(db_ok), "latency_ms": db_ms},
             "storage": {"status": status_of(storage_ok)},
         },
+        // The seed's name, kept for its clients (the operator): the ready slots hold the sidecars.
         "sidecar_pool": {"enabled": pool.enabled, "desired": pool.desired, "ready": pool.ready},
+        "run_slots": {
+            "enabled": pool.enabled,
+            "desired": pool.desired,
+            "ready": pool.ready,
+            "creating": pool.creating,
+            "failed": pool.failed,
+        },
     });
     if let Some((ok, ms)) = redis_check {
         body["checks"]["redis"] = json!({"status": status_of(ok), "latency_ms": ms});

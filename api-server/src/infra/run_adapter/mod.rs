@@ -42,12 +42,16 @@ impl WorkloadSpec {
     }
 }
 
-/// The sidecar pool as `/health` reports it (§13.3).
+/// The run slot pool as `/health` reports it (`run_slots`, and `sidecar_pool` for §13.3 clients).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct PoolStatus {
     pub enabled: bool,
     pub desired: usize,
     pub ready: usize,
+    /// Slots being created right now.
+    pub creating: usize,
+    /// Slots that could not be created or failed a health check, since boot.
+    pub failed: u64,
 }
 
 #[async_trait]

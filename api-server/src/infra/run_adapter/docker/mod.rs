@@ -1,38 +1,34 @@
-//! Docker adapter (§13.2, `RUN_ADAPTER=docker`): per run an internal network `appstrate-exec-{runId}`,
-//! a sidecar (from the pool, or fresh) attached to `appstrate-egress` and to the run network, and the
-//! hardened agent container attached only to the run network. Everything goes through the Docker Engine
-//! API (bollard) on `DOCKER_SOCKET`; nothing is ever pulled.
+//! Docker adapter (§13.2, `RUN_ADAPTER=docker`): per run an internal network, a sidecar attached to
+//! `appstrate-egress` and to the run network, and the hardened agent container attached only to the
+//! run network — taken ready-made from a run slot ([`slots`]) or created on the hot path
+//! ([`workload`]). Everything goes through the Docker Engine API (bollard) on `DOCKER_SOCKET`; nothing
+//! is ever pulled.
 //!
 //! Every object carries `appstrate.managed=true` and `appstrate.instance=<id>` (derived from the
 //! absolute `DATA_DIR`), so the boot and shutdown sweeps only touch this server's leftovers even when
 //! several servers share one engine.
 
 mod engine;
-mod pool;
 mod sidecar;
+mod slots;
+mod workload;
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
-use bollard::models::{
-    ContainerCreateBody, EndpointSettings, HostConfig, NetworkConnectRequest,
-    NetworkDisconnectRequest, NetworkingConfig,
-};
-use bollard::query_parameters::{
-    CreateContainerOptions, ListContainersOptions, ListNetworksOptions, LogsOptions,
-    StopContainerOptions,
-};
+use bollard::query_parameters::{ListContainersOptions, ListNetworksOptions};
 use bollard::Docker;
-use futures::StreamExt;
 use sha2::{Digest, Sha256};
 
 pub use engine::{is_static_elf, TROUBLESHOOTING};
-use pool::Pool;
 use sidecar::SidecarHandle;
+use slots::SlotPool;
+pub use slots::{POOL_LABEL, SLOT_LABEL};
+use workload::DockerWorkload;
 
 use super::{PoolStatus, RunAdapter, Workload, WorkloadSpec};
 use crate::config::Config;
@@ -43,7 +39,7 @@ pub const EXEC_PREFIX: &str = "appstrate-exec-";
 pub const MANAGED_LABEL: &str = "appstrate.managed";
 pub const INSTANCE_LABEL: &str = "appstrate.instance";
 pub const RUN_LABEL: &str = "appstrate.run";
-const TAIL_LINES: usize = 200;
+pub(crate) const TAIL_LINES: usize = 200;
 
 /// What the adapter takes from the configuration.
 #[derive(Debug, Clone)]
@@ -51,7 +47,12 @@ pub struct DockerSettings {
     pub socket: String,
     pub agent_image: String,
     pub sidecar_image: String,
-    pub pool_size: usize,
+    /// `RUN_SLOT_POOL_SIZE` (or the seed's `SIDECAR_POOL_SIZE`): run slots kept ready.
+    pub slot_pool_size: usize,
+    /// The agent limits of the slots: a run's defaults (no `_meta` resources), clamped by the ceilings.
+    pub slot_limits: (u64, f64),
+    /// `RUN_SLOT_MAX_IDLE_SECONDS`: an unused slot is replaced after this long.
+    pub slot_max_idle: Duration,
     pub control_host: String,
     pub workspace_tmpfs_mb: u32,
     /// The `appstrate.instance` label value.
@@ -67,7 +68,12 @@ impl DockerSettings {
             socket: config.docker_socket.clone(),
             agent_image: config.agent_image.clone(),
             sidecar_image: config.sidecar_image.clone(),
-            pool_size: config.sidecar_pool_size as usize,
+            slot_pool_size: config.run_slot_pool_size as usize,
+            slot_limits: default_agent_limits(
+                config.platform_run_limits.agent_memory_ceiling_mb,
+                config.platform_run_limits.agent_cpu_ceiling,
+            ),
+            slot_max_idle: Duration::from_secs(config.run_slot_max_idle_seconds),
             control_host: config.sidecar_control_host.clone(),
             workspace_tmpfs_mb: config.workspace_tmpfs_size_mb,
             instance: instance_id(&config.data_dir),
@@ -76,6 +82,12 @@ impl DockerSettings {
             sidecar_log_level: config.log_level.clone(),
         }
     }
+}
+
+/// The agent limits of a run whose manifest names none: 1536 MiB and 2 CPUs, clamped by the ceilings
+/// (the same as `runs::runtime::agent_resources` without `_meta`, which a unit test there checks).
+pub fn default_agent_limits(memory_ceiling_mb: u64, cpu_ceiling: u64) -> (u64, f64) {
+    (1536.min(memory_ceiling_mb), 2f64.min(cpu_ceiling as f64))
 }
 
 /// This server's instance label: a hash of its absolute data directory, stable across restarts.
@@ -88,24 +100,24 @@ pub(crate) struct Inner {
     docker: Docker,
     settings: DockerSettings,
     http: reqwest::Client,
-    pool: Pool,
+    slots: SlotPool,
     metrics: SidecarMetrics,
     /// Why runs cannot start (missing image, engine down); `None` when they can.
     unavailable: Mutex<Option<String>>,
     images_ok: AtomicBool,
     pool_started: AtomicBool,
-    /// The pool's background task, awaited at shutdown so that no sidecar is created after the sweep.
+    /// The pool's background task, awaited at shutdown so that no slot is created after the sweep.
     pool_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
 impl Inner {
     /// Starts the pool's background task once (when the pool is enabled).
     fn start_pool(self: &Arc<Self>) {
-        if self.pool.desired > 0
-            && !self.pool.is_closed()
+        if self.slots.desired > 0
+            && !self.slots.is_closed()
             && !self.pool_started.swap(true, Ordering::SeqCst)
         {
-            let task = tokio::spawn(pool::maintain(self.clone()));
+            let task = tokio::spawn(slots::maintain(self.clone()));
             *self.pool_task.lock().unwrap_or_else(|e| e.into_inner()) = Some(task);
         }
     }
@@ -152,26 +164,13 @@ impl Inner {
         .await
     }
 
-    /// A pooled sidecar configured for the run, or a fresh one (§13.2 step 2).
-    async fn acquire_sidecar(
+    /// A fresh sidecar `appstrate-sidecar-{runId}`, ready and configured (§13.2 step 2).
+    async fn fresh_sidecar(
         &self,
         run_id: &str,
         config: &::sidecar::SidecarConfig,
     ) -> Result<SidecarHandle, String> {
         let started = Instant::now();
-        if let Some(sc) = self.pool.take() {
-            self.metrics.pool_ready.set(self.pool.ready_count() as i64);
-            match self.configure(&sc, config).await {
-                Ok(()) => {
-                    self.metrics.acquired("pool", started.elapsed());
-                    return Ok(sc);
-                }
-                Err(e) => {
-                    tracing::debug!(sidecar = %sc.name, error = %e, "pool sidecar configure failed; using a fresh one");
-                    self.remove_container(&sc.id).await;
-                }
-            }
-        }
         let name = format!("appstrate-sidecar-{run_id}");
         let labels = HashMap::from([(RUN_LABEL.to_string(), run_id.to_string())]);
         let sc = self.create_sidecar(&name, labels).await?;
@@ -256,7 +255,7 @@ impl DockerAdapter {
             .connect_timeout(Duration::from_secs(2))
             .build()
             .map_err(|e| format!("HTTP client: {e}"))?;
-        metrics.pool_desired.set(settings.pool_size as i64);
+        metrics.pool_desired.set(settings.slot_pool_size as i64);
         tracing::debug!(
             concern = "run_adapter",
             r#impl = "docker",
@@ -267,7 +266,11 @@ impl DockerAdapter {
         Ok(Self {
             inner: Arc::new(Inner {
                 docker,
-                pool: Pool::new(settings.pool_size),
+                slots: SlotPool::new(
+                    settings.slot_pool_size,
+                    settings.slot_limits,
+                    settings.slot_max_idle,
+                ),
                 settings,
                 http,
                 metrics,
@@ -328,15 +331,7 @@ impl RunAdapter for DockerAdapter {
 
     async fn start(&self, spec: WorkloadSpec) -> Result<Box<dyn Workload>, String> {
         self.available()?;
-        let inner = self.inner.clone();
-        let mut w = DockerWorkload {
-            inner: inner.clone(),
-            network: None,
-            sidecar: None,
-            agent: None,
-            exited: Arc::new(AtomicBool::new(false)),
-            tail: Arc::new(Mutex::new(VecDeque::with_capacity(TAIL_LINES))),
-        };
+        let mut w = DockerWorkload::new(self.inner.clone());
         match w.launch(spec).await {
             Ok(()) => Ok(Box::new(w)),
             Err(e) => {
@@ -359,9 +354,9 @@ impl RunAdapter for DockerAdapter {
 
     async fn shutdown(&self) {
         let inner = &self.inner;
-        let pooled = inner.pool.close();
-        // A sidecar the pool is creating right now is removed by the task itself once it sees the
-        // pool closed; wait for that before sweeping, or the sidecar would outlive the server.
+        let ready = inner.slots.close();
+        // A slot the pool is creating right now is removed by the task itself once it sees the pool
+        // closed; wait for that before sweeping, or the slot would outlive the server.
         let task = inner
             .pool_task
             .lock()
@@ -372,10 +367,10 @@ impl RunAdapter for DockerAdapter {
                 .await
                 .is_err()
             {
-                tracing::warn!("the sidecar pool did not stop within 15 s");
+                tracing::warn!("the run slot pool did not stop within 15 s");
             }
         }
-        futures::future::join_all(pooled.iter().map(|sc| inner.remove_container(&sc.id))).await;
+        futures::future::join_all(ready.iter().map(|slot| inner.destroy_slot(slot))).await;
         inner.metrics.pool_ready.set(0);
         inner.sweep().await;
     }
@@ -410,287 +405,13 @@ impl RunAdapter for DockerAdapter {
     }
 
     fn pool_status(&self) -> PoolStatus {
-        let pool = &self.inner.pool;
+        let pool = &self.inner.slots;
         PoolStatus {
             enabled: pool.desired > 0,
             desired: pool.desired,
             ready: pool.ready_count(),
+            creating: pool.creating(),
+            failed: pool.failed(),
         }
-    }
-}
-
-/// One run's containers and network.
-struct DockerWorkload {
-    inner: Arc<Inner>,
-    network: Option<String>,
-    sidecar: Option<SidecarHandle>,
-    /// The agent container's id.
-    agent: Option<String>,
-    exited: Arc<AtomicBool>,
-    tail: Arc<Mutex<VecDeque<String>>>,
-}
-
-impl DockerWorkload {
-    /// Steps 1–4 of §13.2; what was created so far is recorded for teardown.
-    async fn launch(&mut self, spec: WorkloadSpec) -> Result<(), String> {
-        let inner = self.inner.clone();
-        let s = &inner.settings;
-        let run_id = spec.run_id.clone();
-        let mut labels = inner.base_labels();
-        labels.insert(RUN_LABEL.into(), run_id.clone());
-
-        // 1. The internal run network. `internal` removes the route out of the host, but the host itself
-        // stays reachable through the bridge's gateway address (any service listening on 0.0.0.0 or on
-        // another bridge's address, e.g. the API): without an address on the bridge (`inhibit_ipv4`) the
-        // host is unreachable, while the agent and its sidecar still talk on the bridge.
-        let net = format!("{EXEC_PREFIX}{run_id}");
-        let create_net = inner
-            .docker
-            .create_network(bollard::models::NetworkCreateRequest {
-                name: net.clone(),
-                driver: Some("bridge".into()),
-                internal: Some(true),
-                labels: Some(labels.clone()),
-                options: Some(HashMap::from([(
-                    "com.docker.network.bridge.inhibit_ipv4".to_string(),
-                    "true".to_string(),
-                )])),
-                ..Default::default()
-            });
-        // 2. The sidecar (pooled or fresh), configured, while the network is being created.
-        let (net_res, sc_res) =
-            tokio::join!(create_net, inner.acquire_sidecar(&run_id, &spec.sidecar));
-        if net_res.is_ok() {
-            self.network = Some(net.clone());
-        }
-        if let Ok(sc) = &sc_res {
-            self.sidecar = Some(sc.clone());
-        }
-        net_res.map_err(|e| format!("creating network {net}: {e}"))?;
-        let sc = sc_res?;
-        let connect_sidecar = async {
-            inner
-                .docker
-                .connect_network(
-                    &net,
-                    NetworkConnectRequest {
-                        container: sc.id.clone(),
-                        endpoint_config: Some(EndpointSettings {
-                            aliases: Some(vec!["sidecar".into()]),
-                            ..Default::default()
-                        }),
-                    },
-                )
-                .await
-                .map_err(|e| format!("connecting sidecar {} to {net}: {e}", sc.name))
-        };
-
-        // 3. The agent container, only on the run network.
-        let sidecar_url = "http://sidecar:8080";
-        let proxy_url = spec.authenticated_proxy_url("http://sidecar:8081");
-        let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
-        env.extend([
-            format!("SIDECAR_URL={sidecar_url}"),
-            format!("HTTP_PROXY={proxy_url}"),
-            format!("HTTPS_PROXY={proxy_url}"),
-            "NO_PROXY=sidecar".to_string(),
-            format!("MODEL_BASE_URL={sidecar_url}/llm/{}", spec.llm_provider),
-            "WORKSPACE_DIR=/workspace".to_string(),
-            "HOME=/workspace".to_string(),
-            "TMPDIR=/tmp".to_string(),
-        ]);
-        let memory = (spec.memory_mb as i64) * 1024 * 1024;
-        let mut agent_labels = labels.clone();
-        agent_labels.insert("appstrate.role".into(), "agent".into());
-        let host_config = HostConfig {
-            memory: Some(memory),
-            memory_swap: Some(memory),
-            nano_cpus: Some((spec.cpus * 1e9) as i64),
-            pids_limit: Some(256),
-            security_opt: Some(vec!["no-new-privileges".into()]),
-            cap_drop: Some(vec!["ALL".into()]),
-            readonly_rootfs: Some(true),
-            tmpfs: Some(HashMap::from([
-                (
-                    "/workspace".to_string(),
-                    format!(
-                        "size={}m,uid=65534,gid=65534,mode=0700",
-                        s.workspace_tmpfs_mb
-                    ),
-                ),
-                ("/tmp".to_string(), "size=64m".to_string()),
-            ])),
-            network_mode: Some(net.clone()),
-            ..Default::default()
-        };
-        let body = ContainerCreateBody {
-            image: Some(s.agent_image.clone()),
-            user: Some("65534:65534".into()),
-            env: Some(env),
-            working_dir: Some("/workspace".into()),
-            labels: Some(agent_labels),
-            host_config: Some(host_config),
-            networking_config: Some(NetworkingConfig {
-                endpoints_config: Some(HashMap::from([(
-                    net.clone(),
-                    EndpointSettings {
-                        aliases: Some(vec!["agent".into()]),
-                        ..Default::default()
-                    },
-                )])),
-            }),
-            ..Default::default()
-        };
-        let name = format!("appstrate-agent-{run_id}");
-        // 3b. Created while the sidecar joins the run network; started once both are done.
-        let create_agent = inner.docker.create_container(
-            Some(CreateContainerOptions {
-                name: Some(name.clone()),
-                ..Default::default()
-            }),
-            body,
-        );
-        let (connected, created) = tokio::join!(connect_sidecar, create_agent);
-        if let Ok(c) = &created {
-            self.agent = Some(c.id.clone());
-        }
-        connected?;
-        let created = created.map_err(|e| format!("creating {name}: {e}"))?;
-
-        // 4. Start and follow the logs.
-        inner
-            .docker
-            .start_container(&created.id, None)
-            .await
-            .map_err(|e| format!("starting {name}: {e}"))?;
-        let mut logs = inner.docker.logs(
-            &created.id,
-            Some(LogsOptions {
-                follow: true,
-                stdout: true,
-                stderr: true,
-                ..Default::default()
-            }),
-        );
-        let tail = self.tail.clone();
-        tokio::spawn(async move {
-            while let Some(Ok(chunk)) = logs.next().await {
-                let text = String::from_utf8_lossy(&chunk.into_bytes()).into_owned();
-                let mut t = tail.lock().unwrap_or_else(|e| e.into_inner());
-                for line in text.lines() {
-                    if t.len() == TAIL_LINES {
-                        t.pop_front();
-                    }
-                    t.push_back(line.to_string());
-                }
-            }
-        });
-        Ok(())
-    }
-}
-
-#[async_trait]
-impl Workload for DockerWorkload {
-    async fn wait(&mut self) -> i32 {
-        let Some(id) = self.agent.clone() else {
-            return 137;
-        };
-        let docker = &self.inner.docker;
-        let mut attempts = 0;
-        let code = loop {
-            let mut stream = docker.wait_container(&id, None);
-            match stream.next().await {
-                Some(Ok(r)) => break r.status_code as i32,
-                Some(Err(bollard::errors::Error::DockerContainerWaitError { code, .. })) => {
-                    break code as i32
-                }
-                Some(Err(e)) if engine::is_not_found(&e) => break 137,
-                other => {
-                    // A broken wait (engine hiccup): ask for the state instead.
-                    attempts += 1;
-                    if let Some(Err(e)) = &other {
-                        tracing::warn!(container = %id, error = %e, "waiting for the agent container failed");
-                    }
-                    match docker.inspect_container(&id, None).await {
-                        Err(e) if engine::is_not_found(&e) => break 137,
-                        Ok(info) => {
-                            let state = info.state.unwrap_or_default();
-                            if state.running != Some(true) && state.status.is_some() {
-                                break state.exit_code.unwrap_or(137) as i32;
-                            }
-                        }
-                        Err(_) if attempts > 10 => break 137,
-                        Err(_) => {}
-                    }
-                    tokio::time::sleep(Duration::from_millis(500)).await;
-                }
-            }
-        };
-        self.exited.store(true, Ordering::SeqCst);
-        code
-    }
-
-    fn stop(&self) {
-        let Some(id) = self.agent.clone() else { return };
-        if self.exited.load(Ordering::SeqCst) {
-            return;
-        }
-        let docker = self.inner.docker.clone();
-        tokio::spawn(async move {
-            let opts = StopContainerOptions {
-                t: Some(5),
-                ..Default::default()
-            };
-            if let Err(e) = docker.stop_container(&id, Some(opts)).await {
-                tracing::debug!(container = %id, error = %e, "stopping the agent container");
-            }
-        });
-    }
-
-    fn tail(&self) -> Vec<String> {
-        self.tail
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .iter()
-            .cloned()
-            .collect()
-    }
-
-    fn pid(&self) -> Option<u32> {
-        None
-    }
-
-    /// Agent → sidecar → run network, in that order; errors are logged, never raised.
-    async fn teardown(&mut self) {
-        let inner = self.inner.clone();
-        if let Some(id) = self.agent.take() {
-            if !self.exited.load(Ordering::SeqCst) {
-                let opts = StopContainerOptions {
-                    t: Some(5),
-                    ..Default::default()
-                };
-                let _ = inner.docker.stop_container(&id, Some(opts)).await;
-            }
-            inner.remove_container(&id).await;
-        }
-        if let Some(sc) = self.sidecar.take() {
-            if let Some(net) = &self.network {
-                let _ = inner
-                    .docker
-                    .disconnect_network(
-                        net,
-                        NetworkDisconnectRequest {
-                            container: sc.id.clone(),
-                            force: Some(true),
-                        },
-                    )
-                    .await;
-            }
-            inner.remove_container(&sc.id).await;
-        }
-        if let Some(net) = self.network.take() {
-            inner.remove_network(&net).await;
-        }
-        inner.pool.replenish();
     }
 }
