@@ -55,52 +55,41 @@ impl ApiError {
         self
     }
 
+    // The constructors are the domain's: an answer built here reads exactly like a mapped domain error.
     pub fn bad_request(code: &str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, code, detail)
+        DomainError::bad_request(code, detail).into()
     }
 
     pub fn invalid_request(detail: impl Into<String>) -> Self {
-        Self::bad_request("invalid_request", detail)
+        DomainError::invalid_request(detail).into()
     }
 
     pub fn validation(errors: Vec<FieldError>) -> Self {
-        let detail = errors
-            .iter()
-            .map(|e| format!("{}: {}", e.field, e.message))
-            .collect::<Vec<_>>()
-            .join("; ");
-        let mut e = Self::bad_request("validation_failed", detail);
-        e.errors = Some(errors);
-        e
+        DomainError::validation(errors).into()
     }
 
     pub fn unauthorized(detail: &str) -> Self {
-        Self::new(StatusCode::UNAUTHORIZED, "unauthorized", detail)
+        DomainError::unauthorized(detail).into()
     }
 
     pub fn forbidden(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::FORBIDDEN, "forbidden", detail)
+        DomainError::forbidden(detail).into()
     }
 
     pub fn not_found(detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, "not_found", detail)
+        DomainError::not_found(detail).into()
     }
 
     pub fn conflict(code: &str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::CONFLICT, code, detail)
+        DomainError::conflict(code, detail).into()
     }
 
     pub fn internal(err: impl std::fmt::Display) -> Self {
-        tracing::error!(error = %err, "internal error");
-        Self::new(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "internal_error",
-            "An unexpected error occurred.",
-        )
+        DomainError::internal(err).into()
     }
 
     pub fn unavailable(code: &str, detail: impl Into<String>) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, code, detail)
+        DomainError::unavailable(code, detail).into()
     }
 }
 
