@@ -51,6 +51,7 @@ pub struct Ctx {
 
 /// A signed-in page request.
 pub struct Viewer {
+    pub user: UserRow,
     pub session: SessionRow,
     pub principal: Principal,
     pub ctx: Ctx,
@@ -79,7 +80,7 @@ pub enum NoViewer {
     Failed(String),
 }
 
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<String> {
+fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     session::named_cookie(
         headers
             .get_all(COOKIE)
@@ -227,6 +228,7 @@ pub async fn viewer(state: &AppState, headers: &HeaderMap, path: &str) -> Result
         end_user: None,
     };
     Ok(Viewer {
+        user,
         session,
         principal,
         ctx,

@@ -40,7 +40,7 @@ pub use context::CONTEXT_COOKIE;
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                        connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-const TEMPLATES: [(&str, &str); 9] = [
+const TEMPLATES: [(&str, &str); 11] = [
     ("base.html", include_str!("../../web/templates/base.html")),
     (
         "sign_in.html",
@@ -61,6 +61,14 @@ const TEMPLATES: [(&str, &str); 9] = [
     (
         "no_org.html",
         include_str!("../../web/templates/no_org.html"),
+    ),
+    (
+        "members.html",
+        include_str!("../../web/templates/members.html"),
+    ),
+    (
+        "invite.html",
+        include_str!("../../web/templates/invite.html"),
     ),
 ];
 
@@ -182,6 +190,12 @@ pub fn router() -> Router<AppState> {
         .route("/agents/import", post(pages::agents::import))
         .route("/agents/{scope}/{name}", get(pages::agents::detail))
         .route("/agents/{scope}/{name}/run", post(pages::agents::run))
+        .route("/members", get(pages::members::list))
+        .route("/members/invite", post(pages::members::invite))
+        .route(
+            "/invite/{token}",
+            get(pages::members::invitation).post(pages::members::accept),
+        )
         .route("/runs", get(pages::runs::list))
         .route("/runs/{id}", get(pages::runs::detail))
         .route("/runs/{id}/result", get(pages::runs::result))

@@ -178,3 +178,84 @@ async fn a_new_user_claims_the_instance_imports_and_runs_an_agent_live() {
     assert!(web.path().await.starts_with("/sign-in"));
     web.close().await;
 }
+
+/// An owner invites a second person as a viewer; they accept in a second browser and can read the agent
+/// but not run it: the run form is absent, and the server refuses a forged post anyway.
+#[tokio::test]
+async fn an_invited_viewer_reads_but_cannot_run() {
+    let fake = FakeLlm::start(vec![]).await;
+    let llm = fake.url();
+    let app = test_support::app::start_with(&[
+        ("LLM_BASE_URL", llm.as_str()),
+        ("LLM_API_KEY", "sk-dashboard-test"),
+        ("LLM_MODEL", "fake-model"),
+        ("EGRESS_ALLOW_INTERNAL_HOSTS", "127.0.0.1"),
+    ])
+    .await;
+    let ada = test_support::require!(WebBrowser::start().await);
+    let base = app.address.trim_end_matches('/').to_string();
+    ada.goto(&format!("{base}/sign-up")).await;
+    ada.fill("#name", "Ada").await;
+    ada.fill("#email", "ada@example.com").await;
+    ada.fill("#password", "correct horse battery staple").await;
+    ada.click("#submit").await;
+    ada.find("#no-agents").await;
+    ada.find("#file")
+        .await
+        .send_keys(&example_agent().canonicalize().unwrap().to_string_lossy())
+        .await
+        .unwrap();
+    ada.click("#import").await;
+    ada.find("#run-form").await;
+
+    // The invitation: no SMTP here, so the link is shown once to the inviter.
+    ada.click("nav.main a[href='/members']").await;
+    ada.fill("#invite-email", "bob@example.com").await;
+    ada.find("#invite-role option[value='viewer']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    ada.click("#invite").await;
+    let link = ada.text("#invite-link").await;
+    assert!(link.starts_with(&format!("{base}/invite/")), "{link}");
+    assert!(ada.text("#invitations").await.contains("bob@example.com"));
+    ada.screenshot("members").await;
+    ada.assert_clean("/members").await;
+
+    // Bob, in his own browser, follows the link and creates his account from it.
+    let bob = WebBrowser::start().await.expect("a second browser");
+    bob.goto(&link).await;
+    assert!(bob.text("#invite-org").await.contains("Ada's organization"));
+    assert_eq!(bob.text("#invite-role").await, "viewer");
+    bob.click("#sign-up").await;
+    bob.fill("#name", "Bob").await;
+    bob.fill("#email", "bob@example.com").await;
+    bob.fill("#password", "another correct horse battery").await;
+    bob.click("#submit").await;
+    bob.find("#ctx-org").await;
+    assert_eq!(bob.path().await, "/agents");
+    assert!(bob
+        .text("#ctx-org option[selected]")
+        .await
+        .contains("(viewer)"));
+    assert!(!bob.has("#import").await, "a viewer cannot import");
+    bob.click("a[href='/agents/@examples/hello']").await;
+    bob.find("#main h1").await;
+    assert!(!bob.has("#run-form").await, "no run form for a viewer");
+    bob.assert_clean("/agents/@examples/hello").await;
+    // A forged post with Bob's own CSRF token is refused by the server.
+    let status = bob
+        .eval(
+            "const t = document.querySelector('input[name=_csrf]').value;
+             return fetch('/agents/@examples/hello/run', {method: 'POST',
+               headers: {'Content-Type': 'application/x-www-form-urlencoded'},
+               body: '_csrf=' + encodeURIComponent(t) + '&input.name=Bob'}).then(r => r.status);",
+        )
+        .await;
+    assert_eq!(status, 403);
+    assert!(fake.requests().is_empty(), "no run reached the model");
+    bob.console().await;
+    ada.close().await;
+    bob.close().await;
+}

@@ -386,7 +386,7 @@ pub async fn sign_up(
         }
         Err(PeopleError::Invalid { field, message, .. }) => {
             let mut errors = Errors::default();
-            match &*field {
+            match field {
                 "email" => errors.email = Some(message),
                 "password" => errors.password = Some(message),
                 _ => {

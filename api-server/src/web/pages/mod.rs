@@ -2,6 +2,7 @@
 
 pub mod agents;
 pub mod auth;
+pub mod members;
 pub mod runs;
 
 use axum::http::HeaderMap;
