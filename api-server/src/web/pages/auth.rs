@@ -155,6 +155,26 @@ async fn hit(
     }
 }
 
+/// One attempt against the JSON route `route`'s buckets: per IP, then per email (`(limit, window_secs)`).
+async fn attempts(
+    state: &AppState,
+    route: &str,
+    ip: &str,
+    email: &str,
+    per_ip: (u32, u64),
+    per_email: (u32, u64),
+) -> Result<(), DomainError> {
+    hit(state, format!("POST:{route}:ip:{ip}"), per_ip.0, per_ip.1).await?;
+    let email = email.to_lowercase();
+    hit(
+        state,
+        format!("POST:{route}:email:{email}"),
+        per_email.0,
+        per_email.1,
+    )
+    .await
+}
+
 /// The request's parts a sign-in or sign-up needs, and its form.
 async fn read_form(
     state: &AppState,
@@ -235,25 +255,14 @@ pub async fn sign_in(
             error,
         )
     };
-    let limited = async {
-        hit(
-            &state,
-            format!("POST:/api/auth/sign-in/email:ip:{ip}"),
-            20,
-            60,
-        )
-        .await?;
-        hit(
-            &state,
-            format!(
-                "POST:/api/auth/sign-in/email:email:{}",
-                email.to_lowercase()
-            ),
-            10,
-            300,
-        )
-        .await
-    };
+    let limited = attempts(
+        &state,
+        "/api/auth/sign-in/email",
+        &ip,
+        &email,
+        (20, 60),
+        (10, 300),
+    );
     if let Err(e) = limited.await {
         return again(
             StatusCode::TOO_MANY_REQUESTS,
@@ -327,25 +336,14 @@ pub async fn sign_up(
             error,
         )
     };
-    let limited = async {
-        hit(
-            &state,
-            format!("POST:/api/auth/sign-up/email:ip:{ip}"),
-            10,
-            3600,
-        )
-        .await?;
-        hit(
-            &state,
-            format!(
-                "POST:/api/auth/sign-up/email:email:{}",
-                email.to_lowercase()
-            ),
-            3,
-            3600,
-        )
-        .await
-    };
+    let limited = attempts(
+        &state,
+        "/api/auth/sign-up/email",
+        &ip,
+        &email,
+        (10, 3600),
+        (3, 3600),
+    );
     if let Err(e) = limited.await {
         return again(
             StatusCode::TOO_MANY_REQUESTS,
