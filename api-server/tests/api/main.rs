@@ -28,6 +28,7 @@ mod conformance;
 mod conventions;
 mod crash;
 mod dashboard;
+mod dashboard_forms;
 mod database;
 mod docker;
 mod docker_slots;
