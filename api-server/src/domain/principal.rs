@@ -20,9 +20,11 @@ pub enum Credential {
     Admin {
         id: String,
     },
-    /// A signed-in user (browser session cookie) acting in an organization with their role.
+    /// A signed-in user (browser session cookie) acting in an organization with their role; also a
+    /// schedule made by a user, firing with the user's current role.
     Session {
         user_id: String,
+        /// The browser session, or `schedule:<id>` for a schedule firing as its user.
         session_id: String,
         role: Role,
     },

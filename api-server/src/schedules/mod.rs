@@ -2,6 +2,7 @@
 //! as runs through the creation pipeline, as the actor fixed at creation. No axum types here.
 
 pub mod cron;
+pub mod manage;
 
 use std::sync::Arc;
 
@@ -11,7 +12,7 @@ use sqlx::types::Json;
 
 use crate::domain::{Credential, DomainError, Principal};
 use crate::infra::database::runs::{InsertRunError, RunRow};
-use crate::infra::database::schedules::{ScheduleRow, ACTOR_ADMIN, ACTOR_END_USER};
+use crate::infra::database::schedules::{ScheduleRow, ACTOR_ADMIN, ACTOR_END_USER, ACTOR_USER};
 use crate::infra::database::{now, Timestamp};
 use crate::infra::queue::{CronTick, Job, JobHandler};
 use crate::runs::create::{create_run, effective_timeout, AgentSource, CreateRun};
@@ -130,6 +131,9 @@ async fn credential(
             None => Err("The schedule's admin token no longer exists".into()),
         });
     }
+    if s.actor_type == ACTOR_USER {
+        return user_credential(state, s).await;
+    }
     let key = match &s.api_key_id {
         Some(id) => db.get_api_key_by_id(id).await?,
         None => None,
@@ -164,6 +168,34 @@ async fn credential(
                 scopes,
             }),
         },
+    })
+}
+
+/// The credential of a schedule made by a signed-in user: the user's current role in the organization,
+/// if it may still run agents.
+async fn user_credential(
+    state: &AppState,
+    s: &ScheduleRow,
+) -> anyhow::Result<Result<Credential, String>> {
+    let Some(user_id) = &s.user_id else {
+        return Ok(Err("The schedule's user was deleted".into()));
+    };
+    let role = state
+        .infra
+        .db
+        .member_role(&s.org_id, user_id)
+        .await?
+        .and_then(|r| r.parse::<crate::people::Role>().ok());
+    Ok(match role {
+        None => Err("The schedule's user has left the organization".into()),
+        Some(role) if !role.allows("agents:run") => Err(format!(
+            "The schedule's user can no longer run agents (their role is {role})"
+        )),
+        Some(role) => Ok(Credential::Session {
+            user_id: user_id.clone(),
+            session_id: format!("schedule:{}", s.id),
+            role,
+        }),
     })
 }
 

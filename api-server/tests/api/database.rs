@@ -1037,6 +1037,7 @@ fn schedule(org_id: &str, app_id: &str, id: &str, next: Option<Timestamp>) -> Sc
         updated_at: at,
         admin_token_id: None,
         disabled_reason: None,
+        user_id: None,
     }
 }
 

@@ -100,6 +100,7 @@ fn schedule(org_id: &str, app_id: &str, id: &str) -> ScheduleRow {
         created_at: at,
         updated_at: at,
         disabled_reason: None,
+        user_id: None,
     }
 }
 

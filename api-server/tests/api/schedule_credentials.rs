@@ -379,3 +379,100 @@ async fn a_demoted_creator_stops_the_schedules_of_their_keys() {
     assert_eq!(s, 200, "a viewer still reads the schedule: {dto}");
     assert_eq!(dto["disabled_reason"], reason);
 }
+
+/// A schedule made in a browser session (the dashboard) runs as its user: it fires while the user is a
+/// member whose role may run agents, and is skipped and disabled, with the reason, once it is not.
+#[tokio::test]
+async fn a_users_schedule_fires_with_their_current_role() {
+    let app = test_support::require!(
+        test_support::app::spawn_fresh_on(
+            test_support::Backend::Sqlite,
+            // Fired runs need a model; they are not awaited here.
+            &[
+                ("LLM_BASE_URL", "http://127.0.0.1:9/v1"),
+                ("LLM_API_KEY", "k"),
+                ("LLM_MODEL", "m")
+            ]
+        )
+        .await
+    );
+    let (ada, org, app_id) = crate::people::owner(&app, "ada@example.com").await;
+    let bob = crate::people::invite_and_join(&app, &ada, &org, "bob@example.com", "member").await;
+    let h = [("X-App-Id", app_id.as_str())];
+    let (s, b) = bob
+        .send(
+            Method::POST,
+            "/api/packages",
+            &h,
+            Some(json!({
+                "manifest": {"schema_version": "0.1", "name": "@bob/daily", "version": "1.0.0",
+                             "type": "agent", "display_name": "Daily"},
+                "files": {"prompt.md": "Hello"},
+            })),
+        )
+        .await;
+    assert_eq!(s, 201, "{b}");
+    let (s, created) = bob
+        .send(
+            Method::POST,
+            "/api/agents/@bob/daily/schedules",
+            &h,
+            Some(json!({"cron_expression": "0 3 * * *", "timezone": "Europe/Paris"})),
+        )
+        .await;
+    assert_eq!(s, 201, "a signed-in member schedules an agent: {created}");
+    let id = created["id"].as_str().unwrap().to_string();
+
+    let db = &app.state().infra.db;
+    let sched = db.get_schedule(&app_id, &id).await.unwrap().unwrap();
+    assert_eq!(sched.actor_type, "user");
+    match fire(app.state(), &sched, sched.next_run_at.unwrap()).await {
+        FireOutcome::Started(run_id) => {
+            let run = db.get_run(&run_id).await.unwrap().unwrap();
+            assert_eq!(run.schedule_id.as_deref(), Some(id.as_str()));
+        }
+        other => panic!("expected a run as the member, got {other:?}"),
+    }
+
+    let bob_id = bob.get("/api/profile", &[]).await.1["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (s, _) = ada
+        .send(
+            Method::PUT,
+            &format!("/api/orgs/{org}/members/{bob_id}"),
+            &[],
+            Some(json!({"role": "viewer"})),
+        )
+        .await;
+    assert_eq!(s, 200);
+    let later = sched.next_run_at.unwrap() + chrono::Duration::days(1);
+    let reason = "The schedule's user can no longer run agents (their role is viewer)";
+    match fire(app.state(), &sched, later).await {
+        FireOutcome::Skipped(r) => assert_eq!(r, reason),
+        other => panic!("expected the occurrence to be skipped, got {other:?}"),
+    }
+    let after = db.get_schedule(&app_id, &id).await.unwrap().unwrap();
+    assert!(!after.enabled);
+    assert_eq!(after.disabled_reason.as_deref(), Some(reason));
+
+    // The owner enables it again from their own session: the schedule becomes theirs and fires.
+    let (s, dto) = ada
+        .send(
+            Method::PUT,
+            &format!("/api/schedules/{id}"),
+            &h,
+            Some(json!({"enabled": true})),
+        )
+        .await;
+    assert_eq!(s, 200, "{dto}");
+    let owned = db.get_schedule(&app_id, &id).await.unwrap().unwrap();
+    assert_eq!(owned.actor_type, "user");
+    assert_ne!(owned.user_id.as_deref(), Some(bob_id.as_str()));
+    let third = later + chrono::Duration::days(1);
+    assert!(matches!(
+        fire(app.state(), &owned, third).await,
+        FireOutcome::Started(_)
+    ));
+}

@@ -12,6 +12,8 @@ use super::*;
 pub const ACTOR_END_USER: &str = "end_user";
 pub const ACTOR_API_KEY: &str = "api_key";
 pub const ACTOR_ADMIN: &str = "admin";
+/// A signed-in user (the dashboard): fires while the user is a member whose role may run agents.
+pub const ACTOR_USER: &str = "user";
 
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ScheduleRow {
@@ -23,7 +25,7 @@ pub struct ScheduleRow {
     pub end_user_id: Option<String>,
     /// The API key the schedule runs as (also for an end-user actor: the key that impersonated it).
     pub api_key_id: Option<String>,
-    /// `end_user`, `api_key` or `admin`
+    /// `end_user`, `api_key`, `admin` or `user`
     pub actor_type: String,
     /// The admin token the schedule runs as (`admin` actor; NULL for schedules made before it was
     /// recorded).
@@ -40,6 +42,8 @@ pub struct ScheduleRow {
     pub updated_at: Timestamp,
     /// Why the platform disabled the schedule (its credential or actor is gone); NULL otherwise.
     pub disabled_reason: Option<String>,
+    /// The signed-in user the schedule runs as (`user` actor).
+    pub user_id: Option<String>,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -50,7 +54,7 @@ pub struct ScheduleFilter {
 
 const SCHEDULE_COLS: &str = "id, org_id, application_id, package_id, end_user_id, api_key_id, actor_type, name, \
     enabled, cron_expression, timezone, input, version_override, last_run_at, next_run_at, created_at, updated_at, \
-    admin_token_id, disabled_reason";
+    admin_token_id, disabled_reason, user_id";
 
 const ADMIN_COLS: &str = "id, org_id, token_prefix, created_at, last_used_at, revoked_at";
 
@@ -99,7 +103,7 @@ macro_rules! impl_schedule_repo {
             async fn insert_schedule(&self, r: &ScheduleRow) -> DbResult<ScheduleRow> {
                 let sql = format!(
                     "INSERT INTO schedules ({SCHEDULE_COLS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, \
-                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19) RETURNING {SCHEDULE_COLS}"
+                     $10, $11, $12, $13, $14, $15, $16, $17, $18, $19, $20) RETURNING {SCHEDULE_COLS}"
                 );
                 Ok(sqlx::query_as::<_, ScheduleRow>(&sql)
                     .bind(&r.id)
@@ -121,6 +125,7 @@ macro_rules! impl_schedule_repo {
                     .bind(r.updated_at)
                     .bind(&r.admin_token_id)
                     .bind(&r.disabled_reason)
+                    .bind(&r.user_id)
                     .fetch_one(&self.pool)
                     .await
                     .map_err(map_err)?)
@@ -165,8 +170,8 @@ macro_rules! impl_schedule_repo {
                 let sql = format!(
                     "UPDATE schedules SET name = $1, enabled = $2, cron_expression = $3, timezone = $4, \
                      input = $5, version_override = $6, next_run_at = $7, updated_at = $8, \
-                     actor_type = $9, api_key_id = $10, admin_token_id = $11, disabled_reason = $12 \
-                     WHERE application_id = $13 AND id = $14 RETURNING {SCHEDULE_COLS}"
+                     actor_type = $9, api_key_id = $10, admin_token_id = $11, disabled_reason = $12, \
+                     user_id = $13 WHERE application_id = $14 AND id = $15 RETURNING {SCHEDULE_COLS}"
                 );
                 sqlx::query_as::<_, ScheduleRow>(&sql)
                     .bind(&r.name)
@@ -181,6 +186,7 @@ macro_rules! impl_schedule_repo {
                     .bind(&r.api_key_id)
                     .bind(&r.admin_token_id)
                     .bind(&r.disabled_reason)
+                    .bind(&r.user_id)
                     .bind(&r.application_id)
                     .bind(&r.id)
                     .fetch_optional(&self.pool)
