@@ -3,6 +3,7 @@
 //! errors to problem documents.
 
 pub mod accounts;
+pub mod api_keys;
 pub mod config;
 pub mod mail;
 pub mod orgs;

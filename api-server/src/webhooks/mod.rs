@@ -21,6 +21,8 @@ use crate::infra::queue::Job;
 use crate::metrics::ResultLabel;
 use crate::state::AppState;
 
+pub mod manage;
+
 /// The run events a webhook can subscribe to.
 pub const EVENTS: [&str; 5] = [
     "run.started",
