@@ -181,6 +181,15 @@ impl WebBrowser {
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
+    /// The full address of the current page.
+    pub async fn url(&self) -> String {
+        self.client
+            .current_url()
+            .await
+            .expect("current URL")
+            .to_string()
+    }
+
     pub async fn path(&self) -> String {
         let u = self.client.current_url().await.expect("current URL");
         match u.query() {

@@ -47,6 +47,8 @@ pub struct Ctx {
     pub org_id: String,
     pub app_id: String,
     pub role: String,
+    /// What the role allows (the permission table), for showing only what can be used.
+    pub permissions: Vec<&'static str>,
 }
 
 /// A signed-in page request.
@@ -216,6 +218,7 @@ pub async fn viewer(state: &AppState, headers: &HeaderMap, path: &str) -> Result
         org_id: chosen.org.id.clone(),
         app_id: app.id.clone(),
         role: role.to_string(),
+        permissions: role.permissions(),
     };
     let principal = Principal {
         org_id: chosen.org.id.clone(),

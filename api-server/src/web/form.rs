@@ -191,6 +191,45 @@ pub fn errors_by_field(
     (by_field, other)
 }
 
+/// A domain error of a dashboard form: the messages of the fields the form has (`known`; a field error
+/// `input.x` belongs to the form's `input`, and a `param` counts as a field), and what else there is to
+/// say above the form.
+pub fn form_errors(
+    e: &crate::domain::DomainError,
+    known: &[&str],
+) -> (HashMap<String, String>, Option<String>) {
+    let mut by_field = HashMap::new();
+    let mut other = Vec::new();
+    let mut errors: Vec<(String, String)> = e
+        .errors
+        .iter()
+        .flatten()
+        .map(|f| (f.field.clone(), f.message.clone()))
+        .collect();
+    if errors.is_empty() {
+        if let Some(p) = &e.param {
+            errors.push((p.clone(), e.detail.clone()));
+        }
+    }
+    for (field, message) in errors {
+        let head = field.split(['.', '[']).next().unwrap_or("");
+        match known.iter().find(|k| **k == head) {
+            Some(k) => {
+                by_field.entry(k.to_string()).or_insert(message);
+            }
+            None => other.push(format!("{field}: {message}")),
+        }
+    }
+    let general = if by_field.is_empty() && other.is_empty() {
+        Some(e.detail.clone())
+    } else if other.is_empty() {
+        None
+    } else {
+        Some(other.join("; "))
+    };
+    (by_field, general)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

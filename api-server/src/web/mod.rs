@@ -40,7 +40,7 @@ pub use context::CONTEXT_COOKIE;
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                        connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-const TEMPLATES: [(&str, &str); 11] = [
+const TEMPLATES: [(&str, &str); 16] = [
     ("base.html", include_str!("../../web/templates/base.html")),
     (
         "sign_in.html",
@@ -69,6 +69,26 @@ const TEMPLATES: [(&str, &str); 11] = [
     (
         "invite.html",
         include_str!("../../web/templates/invite.html"),
+    ),
+    (
+        "macros.html",
+        include_str!("../../web/templates/macros.html"),
+    ),
+    (
+        "schedules.html",
+        include_str!("../../web/templates/schedules.html"),
+    ),
+    (
+        "webhooks.html",
+        include_str!("../../web/templates/webhooks.html"),
+    ),
+    (
+        "webhook.html",
+        include_str!("../../web/templates/webhook.html"),
+    ),
+    (
+        "api_keys.html",
+        include_str!("../../web/templates/api_keys.html"),
     ),
 ];
 
@@ -201,5 +221,28 @@ pub fn router() -> Router<AppState> {
         .route("/runs/{id}/result", get(pages::runs::result))
         .route("/runs/{id}/cancel", post(pages::runs::cancel))
         .route("/runs/{id}/rerun", post(pages::runs::rerun))
+        .route(
+            "/schedules",
+            get(pages::schedules::list).post(pages::schedules::create),
+        )
+        .route("/schedules/preview", post(pages::schedules::preview))
+        .route(
+            "/schedules/{id}/enabled",
+            post(pages::schedules::set_enabled),
+        )
+        .route("/schedules/{id}/delete", post(pages::schedules::delete))
+        .route(
+            "/webhooks",
+            get(pages::webhooks::list).post(pages::webhooks::create),
+        )
+        .route("/webhooks/{id}", get(pages::webhooks::detail))
+        .route("/webhooks/{id}/rotate", post(pages::webhooks::rotate))
+        .route("/webhooks/{id}/enabled", post(pages::webhooks::set_enabled))
+        .route("/webhooks/{id}/delete", post(pages::webhooks::delete))
+        .route(
+            "/api-keys",
+            get(pages::api_keys::list).post(pages::api_keys::create),
+        )
+        .route("/api-keys/{id}/revoke", post(pages::api_keys::revoke))
         .route_layer(from_fn(security_headers))
 }

@@ -6,9 +6,12 @@
 
 use std::path::PathBuf;
 
-use serde_json::json;
+use std::time::Duration;
+
+use serde_json::{json, Value};
 use test_support::browser::WebBrowser;
 use test_support::fake_llm::{FakeLlm, Turn};
+use test_support::webhook_receiver::{Reply, WebhookReceiver};
 
 fn example_agent() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../examples/agents/hello.afps")
@@ -258,4 +261,165 @@ async fn an_invited_viewer_reads_but_cannot_run() {
     bob.console().await;
     ada.close().await;
     bob.close().await;
+}
+
+/// Signs up on a fresh instance and imports the example agent; the browser is on its page.
+async fn owner_with_agent(web: &WebBrowser, base: &str) {
+    web.goto(&format!("{base}/sign-up")).await;
+    web.fill("#name", "Ada").await;
+    web.fill("#email", "ada@example.com").await;
+    web.fill("#password", "correct horse battery staple").await;
+    web.click("#submit").await;
+    web.find("#no-agents").await;
+    web.find("#file")
+        .await
+        .send_keys(&example_agent().canonicalize().unwrap().to_string_lossy())
+        .await
+        .unwrap();
+    web.click("#import").await;
+    web.find("#run-form").await;
+}
+
+/// A schedule with its next occurrences shown before saving; a webhook whose secret is shown once and
+/// signs the deliveries the page then lists (a failed attempt, then its retry); an API key shown once and
+/// used from here over HTTP to start the run those deliveries are about.
+#[tokio::test]
+async fn schedules_webhooks_and_api_keys_from_the_dashboard() {
+    let fake = FakeLlm::start(vec![Turn::tool_call(
+        "output",
+        json!({"data": {"greeting": "Hello, Key!", "language": "en"}}),
+    )])
+    .await;
+    let llm = fake.url();
+    let app = test_support::app::start_with(&[
+        ("LLM_BASE_URL", llm.as_str()),
+        ("LLM_API_KEY", "sk-dashboard-test"),
+        ("LLM_MODEL", "fake-model"),
+        ("EGRESS_ALLOW_INTERNAL_HOSTS", "127.0.0.1"),
+        ("WEBHOOK_RETRY_DELAYS_SECONDS", "1,1"),
+    ])
+    .await;
+    let receiver = WebhookReceiver::start(vec![Reply::Status(500)]).await;
+    let web = test_support::require!(WebBrowser::start().await);
+    let base = app.address.trim_end_matches('/').to_string();
+    owner_with_agent(&web, &base).await;
+
+    // Schedules: a bad expression is reported next to its field; a good one previews its occurrences.
+    web.click("nav.main a[href='/schedules']").await;
+    web.find("#no-schedules").await;
+    web.fill("#s-cron", "every morning").await;
+    web.click("#preview-button").await;
+    assert!(!web.text("#s-cron-error").await.is_empty());
+    web.console().await; // the refused preview answered 400 on purpose
+    web.fill("#s-name", "Weekday greeting").await;
+    web.fill("#s-cron", "0 9 * * 1-5").await;
+    web.fill("#s-tz", "Europe/Paris").await;
+    web.fill("#s-input", r#"{"name": "Ada"}"#).await;
+    web.click("#preview-button").await;
+    let preview = web.text("#preview").await;
+    let lines: Vec<&str> = preview.lines().filter(|l| l.contains(" 09:00 ")).collect();
+    assert_eq!(
+        lines.len(),
+        5,
+        "five weekday mornings, Paris time: {preview}"
+    );
+    assert!(
+        lines
+            .iter()
+            .all(|l| !l.starts_with("Sat") && !l.starts_with("Sun")),
+        "{preview}"
+    );
+    assert!(!web.has("#schedules").await, "nothing saved by a preview");
+    web.screenshot("schedule-preview").await;
+    web.click("#create-schedule").await;
+    let row = web.text("#schedules").await;
+    assert!(
+        row.contains("Weekday greeting") && row.contains("enabled"),
+        "{row}"
+    );
+    assert!(row.contains("0 9 * * 1-5") && row.contains("Europe/Paris"));
+    web.click("#schedules button.secondary:not(.danger)").await;
+    web.wait_until(10, "the schedule disabled", || async {
+        web.text("#schedules").await.contains("disabled")
+    })
+    .await;
+    web.screenshot("schedules").await;
+    web.assert_clean("/schedules").await;
+
+    // Webhooks: the secret once, never again.
+    web.click("nav.main a[href='/webhooks']").await;
+    web.fill("#w-url", &receiver.url("/hook")).await;
+    web.click("#create-webhook").await;
+    let secret = web.text("#webhook-secret").await;
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    web.screenshot("webhook-created").await;
+    web.goto(&format!("{base}/webhooks")).await;
+    assert!(!web.has("#webhook-secret").await);
+    let source = web.eval("return document.documentElement.outerHTML").await;
+    assert!(!source.as_str().unwrap().contains(&secret));
+    web.assert_clean("/webhooks").await;
+
+    // API keys: shown once, then used over HTTP.
+    web.click("nav.main a[href='/api-keys']").await;
+    web.find("#no-keys").await;
+    web.fill("#k-name", "CI pipeline").await;
+    web.click("#create-key").await;
+    let key = web.text("#api-key").await;
+    assert!(key.starts_with("ask_"), "{key}");
+    assert!(web.text("#api-keys").await.contains("CI pipeline"));
+    web.screenshot("api-keys").await;
+    web.goto(&format!("{base}/api-keys")).await;
+    let source = web.eval("return document.documentElement.outerHTML").await;
+    assert!(!source.as_str().unwrap().contains(&key));
+    web.assert_clean("/api-keys").await;
+    let run: Value = app
+        .client
+        .post(format!("{base}/api/agents/@examples/hello/run"))
+        .bearer_auth(&key)
+        .json(&json!({"input": {"name": "Key"}}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let run_id = run["id"].as_str().expect("a run started with the key");
+    assert!(
+        app.client
+            .get(format!("{base}/api/agents"))
+            .bearer_auth("ask_not-a-real-key")
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 401
+    );
+
+    // The run's deliveries are signed with the secret the page showed; the page lists each attempt.
+    let got = receiver.wait_for(3, Duration::from_secs(60)).await;
+    assert!(got.iter().all(|r| r.signed_with(&secret)));
+    assert!(got.iter().any(|r| r.json()["data"]["id"] == run_id
+        || r.json()["data"]["object"]["id"] == run_id
+        || r.json().to_string().contains(run_id)));
+    web.goto(&format!("{base}/webhooks")).await;
+    web.click("#webhooks a").await;
+    web.wait_until(20, "the retried delivery", || async {
+        web.goto(&web.url().await).await;
+        let t = web.text("#main").await;
+        t.contains("HTTP 500") && t.matches("success").count() >= 2
+    })
+    .await;
+    let deliveries = web.text("#deliveries").await;
+    assert!(
+        deliveries.contains("run.started") && deliveries.contains("run.success"),
+        "{deliveries}"
+    );
+    web.screenshot("webhook").await;
+    web.assert_clean("/webhooks/{id}").await;
+
+    // Rotation shows a new secret, once.
+    web.click("#rotate").await;
+    let rotated = web.text("#webhook-secret").await;
+    assert!(rotated.starts_with("whsec_") && rotated != secret);
+    web.close().await;
 }

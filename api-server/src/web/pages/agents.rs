@@ -20,7 +20,10 @@ use crate::web::context::{check_form, Viewer};
 use crate::web::form::{errors_by_field, fields, input, submitted};
 use crate::web::{error_page, render_status, see_other};
 
-async fn agents_of(state: &AppState, p: &Principal) -> Result<Vec<AgentSummary>, DomainError> {
+pub(super) async fn agents_of(
+    state: &AppState,
+    p: &Principal,
+) -> Result<Vec<AgentSummary>, DomainError> {
     p.require_scope("agents:read")?;
     let app = p.app()?;
     let rows = state

@@ -1,9 +1,12 @@
 //! The dashboard's pages, one file per area.
 
 pub mod agents;
+pub mod api_keys;
 pub mod auth;
 pub mod members;
 pub mod runs;
+pub mod schedules;
+pub mod webhooks;
 
 use axum::http::HeaderMap;
 use axum::response::Response;
@@ -65,4 +68,27 @@ pub fn local_path(raw: Option<&str>) -> String {
         Some(p) if p.starts_with('/') && !p.starts_with("//") && !p.contains('\\') => p.to_string(),
         _ => "/agents".to_string(),
     }
+}
+
+/// An agent to choose in a form.
+#[derive(serde::Serialize)]
+pub struct AgentChoice {
+    pub id: String,
+    pub label: String,
+}
+
+/// The agents the viewer can see, for a select (empty when they cannot read agents).
+pub async fn agent_choices(state: &AppState, p: &crate::domain::Principal) -> Vec<AgentChoice> {
+    agents::agents_of(state, p)
+        .await
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| AgentChoice {
+            label: match &a.display_name {
+                Some(d) if !d.is_empty() => format!("{d} ({})", a.id),
+                _ => a.id.clone(),
+            },
+            id: a.id,
+        })
+        .collect()
 }
