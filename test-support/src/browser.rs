@@ -181,6 +181,22 @@ impl WebBrowser {
             .unwrap_or_else(|e| panic!("click {css}: {e}"));
     }
 
+    /// Clicks `css` (a submit button or link) and waits until the next page has replaced this one, so
+    /// that what is read next is the answer, not the page the form was on.
+    pub async fn submit(&self, css: &str) {
+        self.eval("window.__appstrateOldPage = true; return true")
+            .await;
+        self.click(css).await;
+        self.wait_until(30, &format!("the page after {css}"), || async {
+            self.eval(
+                "return document.readyState === 'complete' && window.__appstrateOldPage === undefined",
+            )
+            .await
+                == serde_json::Value::Bool(true)
+        })
+        .await;
+    }
+
     /// The full address of the current page.
     pub async fn url(&self) -> String {
         self.client

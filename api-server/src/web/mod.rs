@@ -40,7 +40,7 @@ pub use context::CONTEXT_COOKIE;
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                        connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-const TEMPLATES: [(&str, &str); 16] = [
+const TEMPLATES: [(&str, &str); 17] = [
     ("base.html", include_str!("../../web/templates/base.html")),
     (
         "sign_in.html",
@@ -89,6 +89,10 @@ const TEMPLATES: [(&str, &str); 16] = [
     (
         "api_keys.html",
         include_str!("../../web/templates/api_keys.html"),
+    ),
+    (
+        "models.html",
+        include_str!("../../web/templates/models.html"),
     ),
 ];
 
@@ -244,5 +248,10 @@ pub fn router() -> Router<AppState> {
             get(pages::api_keys::list).post(pages::api_keys::create),
         )
         .route("/api-keys/{id}/revoke", post(pages::api_keys::revoke))
+        .route("/models", get(pages::models::list))
+        .route("/models/credentials", post(pages::models::add_key))
+        .route("/models/models", post(pages::models::add_model))
+        .route("/models/default", post(pages::models::set_default))
+        .route("/models/agent", post(pages::models::set_agent))
         .route_layer(from_fn(security_headers))
 }

@@ -264,7 +264,7 @@ async fn an_invited_viewer_reads_but_cannot_run() {
 }
 
 /// Signs up on a fresh instance and imports the example agent; the browser is on its page.
-async fn owner_with_agent(web: &WebBrowser, base: &str) {
+pub(crate) async fn owner_with_agent(web: &WebBrowser, base: &str) {
     web.goto(&format!("{base}/sign-up")).await;
     web.fill("#name", "Ada").await;
     web.fill("#email", "ada@example.com").await;

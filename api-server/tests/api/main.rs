@@ -29,6 +29,7 @@ mod conventions;
 mod crash;
 mod dashboard;
 mod dashboard_forms;
+mod dashboard_models;
 mod database;
 mod docker;
 mod docker_slots;

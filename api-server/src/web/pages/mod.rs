@@ -4,6 +4,7 @@ pub mod agents;
 pub mod api_keys;
 pub mod auth;
 pub mod members;
+pub mod models;
 pub mod runs;
 pub mod schedules;
 pub mod webhooks;
