@@ -40,7 +40,7 @@ pub use context::CONTEXT_COOKIE;
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                        connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-const TEMPLATES: [(&str, &str); 17] = [
+const TEMPLATES: [(&str, &str); 19] = [
     ("base.html", include_str!("../../web/templates/base.html")),
     (
         "sign_in.html",
@@ -93,6 +93,14 @@ const TEMPLATES: [(&str, &str); 17] = [
     (
         "models.html",
         include_str!("../../web/templates/models.html"),
+    ),
+    (
+        "profile.html",
+        include_str!("../../web/templates/profile.html"),
+    ),
+    (
+        "instance.html",
+        include_str!("../../web/templates/instance.html"),
     ),
 ];
 
@@ -248,6 +256,13 @@ pub fn router() -> Router<AppState> {
             get(pages::api_keys::list).post(pages::api_keys::create),
         )
         .route("/api-keys/{id}/revoke", post(pages::api_keys::revoke))
+        .route("/profile", get(pages::account::profile))
+        .route(
+            "/profile/sessions/{id}/revoke",
+            post(pages::account::revoke_session),
+        )
+        .route("/profile/password", post(pages::account::change_password))
+        .route("/instance", get(pages::account::instance))
         .route("/models", get(pages::models::list))
         .route("/models/credentials", post(pages::models::add_key))
         .route("/models/models", post(pages::models::add_model))

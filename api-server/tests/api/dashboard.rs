@@ -421,5 +421,20 @@ async fn schedules_webhooks_and_api_keys_from_the_dashboard() {
     web.click("#rotate").await;
     let rotated = web.text("#webhook-secret").await;
     assert!(rotated.starts_with("whsec_") && rotated != secret);
+
+    // The account page lists this browser's session; the instance page what /health knows.
+    web.click("header a[href='/profile']").await;
+    assert!(web.text("#sessions").await.contains("this browser"));
+    web.screenshot("profile").await;
+    web.assert_clean("/profile").await;
+    web.click("nav.main a[href='/instance']").await;
+    let adapters = web.text("#instance-adapters").await;
+    assert!(
+        adapters.contains("sqlite") && adapters.contains("process"),
+        "{adapters}"
+    );
+    assert_eq!(web.text("#instance-status").await, "healthy");
+    web.screenshot("instance").await;
+    web.assert_clean("/instance").await;
     web.close().await;
 }

@@ -1,5 +1,6 @@
 //! The dashboard's pages, one file per area.
 
+pub mod account;
 pub mod agents;
 pub mod api_keys;
 pub mod auth;
