@@ -60,3 +60,35 @@ pub async fn request(
         body,
     })
 }
+
+/// Sends one body-less request on a fresh connection with extra headers.
+pub async fn request_with(
+    addr: SocketAddr,
+    method: Method,
+    path: &str,
+    headers: &[(hyper::header::HeaderName, &str)],
+) -> anyhow::Result<Answer> {
+    let stream = TcpStream::connect(addr)
+        .await
+        .with_context(|| format!("connect {addr}"))?;
+    let (mut sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+    tokio::spawn(conn);
+    let mut req = Request::builder()
+        .method(method)
+        .uri(path)
+        .header(hyper::header::HOST, addr.to_string());
+    for (name, value) in headers {
+        req = req.header(name, *value);
+    }
+    let res = sender
+        .send_request(req.body(Full::new(Bytes::new()))?)
+        .await?;
+    let status = res.status();
+    let headers = res.headers().clone();
+    let body = res.into_body().collect().await?.to_bytes();
+    Ok(Answer {
+        status,
+        headers,
+        body,
+    })
+}

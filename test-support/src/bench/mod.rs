@@ -15,6 +15,7 @@
 //! - [`history`]: a long history seeded in SQLite and PostgreSQL, measured against an empty one.
 
 pub mod client;
+pub mod dashboard;
 pub mod docker;
 pub mod fixtures;
 pub mod history;

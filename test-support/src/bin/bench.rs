@@ -33,7 +33,9 @@ sub-benchmarks (default: all)
   http   req/s, p50/p99 for GET /health and GET /api/end-users (20 rows, API key) per concurrency
          (target at c=16 for the list: ≥ 5,000 req/s, p99 < 20 ms, no errors)
   agents req/s, p50/p99 for GET /api/agents (API key, one imported agent) per concurrency
-         (target at c=16: ≥ 5,000 req/s, p99 < 20 ms, no errors)
+         (target at c=16: ≥ 5,000 req/s, p99 < 20 ms, no errors); sign-in and the same list with
+         a session cookie; the dashboard's render time per page (target p50 ≤ 5 ms at c=1) and the
+         bytes of a first load of a run page (target ≤ 150 KB, request chain depth ≤ 2)
   runs   process mode against an in-process fake LLM, release appstrate-runner:
          POST /api/agents/@examples/hello/run → first runner event persisted, sequential (target
          p50 ≤ 30 ms); runner peak RSS (VmHWM, target ≤ 15 MB); N concurrent inline runs whose model
@@ -620,7 +622,8 @@ fn run_server_benches(
 ) -> anyhow::Result<()> {
     let runner = match &opts.runner {
         Some(r) => r.clone(),
-        None if opts.runs => server::locate_or_build_runner()?,
+        // The agents bench ends with the dashboard's run page, which needs one real run.
+        None if opts.runs || opts.agents => server::locate_or_build_runner()?,
         None => server::repo_root().join("target/release/appstrate-runner"),
     };
     let fake = rt.block_on(FakeLlm::start(Script::default()));
@@ -659,7 +662,7 @@ fn run_server_benches(
     let outcome = (|| -> anyhow::Result<()> {
         let creds = server.bootstrap()?;
         if opts.agents {
-            rt.block_on(agents_bench(opts, &server, &creds, summary))?;
+            rt.block_on(agents_bench(opts, &server, &creds, Some(&fake), summary))?;
         }
         if opts.runs {
             rt.block_on(runs_bench(
@@ -697,6 +700,7 @@ async fn agents_bench(
     opts: &Opts,
     server: &Server,
     creds: &server::Credentials,
+    fake: Option<&FakeLlm>,
     summary: &mut Summary,
 ) -> anyhow::Result<()> {
     let addr = server.addr();
@@ -769,7 +773,82 @@ async fn agents_bench(
     for r in &reports {
         add_load_figures(summary, "GET /api/agents", r, true);
     }
-    sessions_bench(opts, server, creds, &reports, summary).await
+    let cookie = sessions_bench(opts, server, creds, &reports, summary).await?;
+    match fake {
+        Some(fake) => dashboard_bench(opts, server, creds, fake, &cookie, summary).await,
+        None => Ok(()),
+    }
+}
+
+/// Render time of the dashboard's pages and the first load of a run page, as the member of the
+/// sessions bench, after one finished run.
+async fn dashboard_bench(
+    opts: &Opts,
+    server: &Server,
+    creds: &server::Credentials,
+    fake: &FakeLlm,
+    cookie: &str,
+    summary: &mut Summary,
+) -> anyhow::Result<()> {
+    let addr = server.addr();
+    fake.push(Turn::tool_call(
+        "output",
+        serde_json::json!({"data": {"greeting": "Hello, bench!", "language": "en"}}),
+    ));
+    let started = client::request(
+        addr,
+        Method::POST,
+        RUN_START_PATH,
+        Some(&creds.api_key),
+        Some(&serde_json::json!({"input": {"name": "bench"}})),
+    )
+    .await?;
+    let run_id = started.json()?["id"]
+        .as_str()
+        .with_context(|| {
+            format!(
+                "starting a run for the run page: {} {}",
+                started.status,
+                String::from_utf8_lossy(&started.body)
+            )
+        })?
+        .to_string();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let r = client::request(
+            addr,
+            Method::GET,
+            &format!("/api/runs/{run_id}"),
+            Some(&creds.api_key),
+            None,
+        )
+        .await?
+        .json()?;
+        let status = r["status"].as_str().unwrap_or("");
+        if !matches!(status, "pending" | "running") {
+            println!("\nrun {run_id} for the run page ended {status}");
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("run {run_id} still {status} after 60 s");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let duration = opts.duration.min(Duration::from_secs(3));
+    test_support::bench::dashboard::run(
+        &test_support::bench::dashboard::DashboardBench {
+            addr,
+            server_pid: server.pid(),
+            cookie,
+            run_id: &run_id,
+            agent: "@examples/hello",
+            concurrency: &opts.concurrency,
+            duration,
+            warmup: opts.warmup.min(Duration::from_millis(500)),
+        },
+        summary,
+    )
+    .await
 }
 
 /// Sign-in p50 (argon2id dominates) and `GET /api/agents` with a session cookie, compared with the API
@@ -780,7 +859,7 @@ async fn sessions_bench(
     creds: &server::Credentials,
     key_reports: &[LoadReport],
     summary: &mut Summary,
-) -> anyhow::Result<()> {
+) -> anyhow::Result<String> {
     let addr = server.addr();
     println!("\n== sessions: sign-in and GET /api/agents with a session cookie ==");
     let email = format!("bench-{}@example.com", uuid::Uuid::new_v4());
@@ -846,6 +925,7 @@ async fn sessions_bench(
             Target::None,
         );
     }
+    let cookie_text = cookie.clone();
     let cookie = HeaderValue::from_str(&cookie)?;
     let app = HeaderValue::from_str(&creds.application_id)?;
     let mut reports = Vec::new();
@@ -894,7 +974,7 @@ async fn sessions_bench(
             );
         }
     }
-    Ok(())
+    Ok(cookie_text)
 }
 
 /// Run start latency, runner peak RSS and N concurrent runs.
@@ -1559,6 +1639,7 @@ fn tier2_bench(
             },
             &a,
             &creds,
+            None,
             &mut t2_summary,
         ))?;
         let c = TARGET_CONCURRENCY;
