@@ -21,9 +21,9 @@ pub struct Workspace {
 }
 
 impl Workspace {
-    /// Opens (creating when missing) the workspace directory.
+    /// Opens the workspace directory, which the platform made (a tmpfs in Docker mode, a private
+    /// temporary directory in process mode).
     pub fn open(dir: &str) -> Result<Workspace, String> {
-        std::fs::create_dir_all(dir).map_err(|e| format!("workspace {dir}: {e}"))?;
         let root = std::fs::canonicalize(dir).map_err(|e| format!("workspace {dir}: {e}"))?;
         Ok(Workspace {
             root,
@@ -63,10 +63,12 @@ impl Workspace {
                 .or_else(|_| raw.strip_prefix(&self.root))
             {
                 Ok(r) => r,
-                Err(_) => return Err(format!(
+                Err(_) => {
+                    return Err(format!(
                     "`{path}` is outside the workspace; use a path relative to {} (or under it)",
                     self.shown.display()
-                )),
+                ))
+                }
             }
         } else {
             raw
