@@ -61,3 +61,4 @@ mod traces;
 mod uploads;
 mod webhook_cap;
 mod webhooks;
+mod workspace;

@@ -61,6 +61,7 @@ pub async fn health(State(state): State<AppState>) -> Response {
         "uptime_ms": state.started_at.elapsed().as_millis() as u64,
         "tier": state.config.tier(),
         "isolation": if docker { "container" } else { "none" },
+        "bash": state.runs.adapter.bash(),
         "adapters": {
             "database": infra.db.kind(),
             "queue": infra.queue.kind(),
