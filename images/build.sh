@@ -124,7 +124,7 @@ agent_rootfs() {
     local t0
     t0=$(date +%s)
     # Documentation, man pages and translations are left out; nothing else is changed.
-    mmdebstrap --quiet --variant=essential --include="$AGENT_PACKAGES" \
+    mmdebstrap --quiet --format=tar --variant=essential --include="$AGENT_PACKAGES" \
       --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
       --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
       --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
