@@ -343,7 +343,12 @@ pub fn validate_manifest(v: &Value) -> Result<Manifest, Vec<FieldError>> {
     if let Some(meta) = obj.get("_meta") {
         if let Some(meta) = c.object(meta, "_meta") {
             if let Some(ws) = meta.get("dev.appstrate/workspace") {
-                validate_workspace_files(&mut c, ws);
+                let path = "_meta.dev.appstrate/workspace";
+                if c.object(ws, path).is_some() {
+                    for (at, code, message) in super::workspace_meta::file_problems(ws) {
+                        c.err(&format!("{path}.{at}"), code, message);
+                    }
+                }
             }
             if let Some(res) = meta.get("dev.appstrate/resources") {
                 let path = "_meta.dev.appstrate/resources";
@@ -375,42 +380,6 @@ pub fn validate_manifest(v: &Value) -> Result<Manifest, Vec<FieldError>> {
             description,
         }),
         _ => Err(c.errors),
-    }
-}
-
-/// `_meta["dev.appstrate/workspace"].files`: globs of the package's own files that a run copies into
-/// its workspace (relative, no `..`, valid glob syntax).
-fn validate_workspace_files(c: &mut Check, ws: &Value) {
-    let path = "_meta.dev.appstrate/workspace";
-    let Some(ws) = c.object(ws, path) else {
-        return;
-    };
-    let Some(files) = ws.get("files") else {
-        return;
-    };
-    let Some(list) = files.as_array() else {
-        c.err(
-            &format!("{path}.files"),
-            "invalid_type",
-            "must be an array of globs such as \"data/**\"",
-        );
-        return;
-    };
-    for (i, g) in list.iter().enumerate() {
-        let at = format!("{path}.files.{i}");
-        let Some(g) = g.as_str() else {
-            c.err(&at, "invalid_type", "must be a string (a glob)");
-            continue;
-        };
-        if g.is_empty() || g.starts_with('/') || g.split('/').any(|s| s == "..") {
-            c.err(
-                &at,
-                "invalid_value",
-                "must be a relative glob inside the package, without `..` (e.g. \"data/**\")",
-            );
-        } else if let Err(e) = globset::Glob::new(g) {
-            c.err(&at, "invalid_format", format!("not a valid glob: {e}"));
-        }
     }
 }
 
@@ -587,43 +556,6 @@ mod tests {
         ] {
             assert!(PackageId::parse(bad).is_none(), "{bad}");
         }
-    }
-
-    #[test]
-    fn workspace_files_are_relative_globs() {
-        let m = |files: Value| {
-            json!({"schema_version": "0.1", "name": "@a/b", "version": "1.0.0", "type": "agent",
-                   "display_name": "B", "_meta": {"dev.appstrate/workspace": {"files": files}}})
-        };
-        assert!(validate_manifest(&m(json!(["data/**", "run.sh"]))).is_ok());
-        assert_eq!(
-            fields(m(json!(["/etc/*", "../x", "[", 3]))),
-            vec![
-                (
-                    "manifest._meta.dev.appstrate/workspace.files.0".into(),
-                    "invalid_value"
-                ),
-                (
-                    "manifest._meta.dev.appstrate/workspace.files.1".into(),
-                    "invalid_value"
-                ),
-                (
-                    "manifest._meta.dev.appstrate/workspace.files.2".into(),
-                    "invalid_format"
-                ),
-                (
-                    "manifest._meta.dev.appstrate/workspace.files.3".into(),
-                    "invalid_type"
-                ),
-            ]
-        );
-        assert_eq!(
-            fields(m(json!("data/**"))),
-            vec![(
-                "manifest._meta.dev.appstrate/workspace.files".into(),
-                "invalid_type"
-            )]
-        );
     }
 
     #[test]
