@@ -167,3 +167,53 @@ async fn bash_in_the_agent_image_runs_times_out_truncates_and_reaches_only_its_s
         .unwrap()
         .contains(super::docker::CANARY));
 }
+
+/// An agent package declares files for its workspace: a bad glob is refused at import naming the
+/// field; the declared files (and only those) are in the run's workspace, where the file tools use them.
+#[tokio::test]
+async fn a_package_declares_the_files_its_runs_find_in_the_workspace() {
+    let llm = FakeLlm::start(vec![
+        Turn::tool_call("find", json!({"pattern": "**"})),
+        Turn::tool_call("read", json!({"path": "data/cities.csv", "offset": 2})),
+        Turn::tool_call("grep", json!({"pattern": "Lyon", "glob": "*.csv"})),
+        Turn::text("done"),
+    ])
+    .await;
+    let app = llm_app(&llm, &[]).await;
+    let create = |files: Value| {
+        let manifest = json!({"schema_version": "0.1", "name": "@tests/with-files", "version": "1.0.0",
+            "type": "agent", "display_name": "With files",
+            "_meta": {"dev.appstrate/workspace": {"files": files}}});
+        app.key(Method::POST, "/api/packages")
+            .json(&json!({"manifest": manifest, "files": {
+                "prompt.md": "Look at the data.\n",
+                "data/cities.csv": "name\nParis\nLyon\n",
+                "data/raw/big.json": "{}",
+                "notes/internal.md": "not for the run",
+            }}))
+    };
+    let r = create(json!(["../secrets/*"])).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let body: Value = r.json().await.unwrap();
+    let err = &body["errors"][0];
+    assert_eq!(
+        err["field"], "manifest._meta.dev.appstrate/workspace.files.0",
+        "{body}"
+    );
+    assert_eq!(err["code"], "invalid_value", "{body}");
+    let r = create(json!(["data/*.csv"])).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.text().await.unwrap());
+
+    let run = start(&app, "/api/agents/@tests/with-files/run", json!({})).await;
+    let run = wait_terminal(&app, run["id"].as_str().unwrap()).await;
+    assert_eq!(run["status"], "success", "{run}");
+    let r = tool_results(&llm);
+    assert_eq!(r[0], "data/\ndata/cities.csv");
+    assert_eq!(r[1], "     2\tParis\n     3\tLyon\n[Lines 2-3 of 3.]\n");
+    assert_eq!(r[2], "data/cities.csv:3: Lyon");
+    let system = test_support::fake_llm::system_prompt(&llm.requests()[0]).unwrap();
+    assert!(
+        system.contains("Files of your package in it:\n- data/cities.csv\n"),
+        "{system}"
+    );
+}
