@@ -87,6 +87,10 @@ async fn write_edit_read_find_and_grep_work_on_the_workspace() {
             ("grep", json!({"pattern": "^[A-Z]+$"})),
             ("ls", json!({})),
             ("bash", json!({"command": "id"})),
+            (
+                "write",
+                json!({"path": "big.txt", "content": "z".repeat(5000)}),
+            ),
         ]),
     )
     .await;
@@ -140,7 +144,21 @@ async fn write_edit_read_find_and_grep_work_on_the_workspace() {
     let flags: Vec<bool> = result_events(&s).into_iter().map(|(_, e)| e).collect();
     assert_eq!(
         flags,
-        vec![false, true, true, false, false, false, false, false, true]
+        vec![false, true, true, false, false, false, false, false, true, false]
+    );
+    // A large argument is cut in the log (the file itself is whole).
+    assert_eq!(std::fs::read(ws.join("big.txt")).unwrap().len(), 5000);
+    let call = s
+        .sink
+        .events_of("appstrate.progress")
+        .into_iter()
+        .rev()
+        .find(|e| e["data"]["message"] == "tool_call" && e["data"]["data"]["tool"] == "write")
+        .unwrap();
+    let logged = call["data"]["data"]["args"]["content"].as_str().unwrap();
+    assert!(
+        logged.starts_with(&"z".repeat(1000)) && logged.ends_with("… [4000 more characters]"),
+        "{logged}"
     );
     let logged = s
         .sink
