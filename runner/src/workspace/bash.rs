@@ -146,10 +146,19 @@ fn protect_runner() {
     }
 }
 
-fn kill_group(pgid: u32) {
-    // SAFETY: kill(2) with a negative pid signals the process group; no memory is involved.
-    unsafe {
-        libc::kill(-(pgid as i32), libc::SIGKILL);
+/// Kills a command's process group when dropped: at the end of the call, and also when the call is
+/// abandoned (the run's timeout or SIGTERM drop the agent loop), so nothing a command started outlives
+/// the runner, even in process mode where no container goes away with it.
+struct GroupGuard(u32);
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        if self.0 != 0 {
+            // SAFETY: kill(2) with a negative pid signals the process group; no memory is involved.
+            unsafe {
+                libc::kill(-(self.0 as i32), libc::SIGKILL);
+            }
+        }
     }
 }
 
@@ -181,7 +190,7 @@ impl Bash {
             .kill_on_drop(true)
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", self.shell.display()))?;
-        let pgid = child.id().unwrap_or(0);
+        let group = GroupGuard(child.id().unwrap_or(0));
         let out = tokio::spawn(drain(child.stdout.take().expect("piped stdout")));
         let err = tokio::spawn(drain(child.stderr.take().expect("piped stderr")));
         let (exit_code, timed_out) = match tokio::time::timeout(timeout, child.wait()).await {
@@ -195,9 +204,7 @@ impl Bash {
             Err(_) => (None, true),
         };
         // Whatever the command left running (background jobs) goes with it; then the pipes close.
-        if pgid != 0 {
-            kill_group(pgid);
-        }
+        drop(group);
         let _ = child.wait().await;
         let grace = Duration::from_secs(2);
         let stdout = tokio::time::timeout(grace, out)
@@ -297,5 +304,22 @@ mod tests {
         assert!(r
             .render(Duration::from_secs(1))
             .starts_with("timed out after 1s"));
+        // An abandoned call (the run's own timeout) still kills what the command started.
+        let marker = dir.path().join("pid");
+        let cmd = format!("sleep 30 & echo $! > {}; wait", marker.display());
+        let _ = tokio::time::timeout(
+            Duration::from_millis(500),
+            b.run(&cmd, Duration::from_secs(60)),
+        )
+        .await;
+        let pid: i32 = std::fs::read_to_string(&marker)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let state = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // Gone, or a zombie waiting for its reaper.
+        assert!(state.is_empty() || state.contains(") Z "), "{state}");
     }
 }
