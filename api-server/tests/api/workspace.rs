@@ -108,7 +108,11 @@ async fn bash_in_the_agent_image_runs_times_out_truncates_and_reaches_only_its_s
            then echo \"$t open\"; else echo \"$t closed\"; fi; done"
     );
     for t in [
-        bash("echo hello > hi.txt && cat hi.txt && id -u && git --version && node -e 'console.log(6*7)'"),
+        bash(
+            "echo hello > hi.txt && cat hi.txt && id -u && git --version && node -e 'console.log(6*7)' \
+             && git init -q repo && cd repo && git -c user.email=a@example.com -c user.name=a \
+                commit -q --allow-empty -m first && echo \"commits: $(git rev-list --count HEAD)\"",
+        ),
         Turn::tool_call("bash", json!({"command": "sleep 30", "timeout_seconds": 2})),
         bash("head -c 200000 /dev/zero | tr '\\0' y; exit 3"),
         bash(&probe),
@@ -127,7 +131,7 @@ async fn bash_in_the_agent_image_runs_times_out_truncates_and_reaches_only_its_s
     let r = tool_results(&d.fake);
     assert_eq!(r.len(), 8, "{r:?}");
     assert!(r[0].starts_with("exit code: 0\n"), "{}", r[0]);
-    for want in ["hello\n", "65534\n", "git version", "42\n"] {
+    for want in ["hello\n", "65534\n", "git version", "42\n", "commits: 1\n"] {
         assert!(r[0].contains(want), "{want} in {}", r[0]);
     }
     assert!(r[1].starts_with("timed out after 2s"), "{}", r[1]);
