@@ -4,7 +4,12 @@
 # then one `FROM scratch` image per Dockerfile in images/, from a small build context holding only the
 # binaries (never the whole repository).
 #
-# usage: images/build.sh [runner] [sidecar] [api-server] [operator]     (default: all four)
+# usage: images/build.sh [runner] [sidecar] [api-server] [operator] [agent]   (default: the first four)
+#
+# `agent` is the runner with a userland for the workspace tools (bash, coreutils, git,
+# ca-certificates, Bun as `bun` and `node`): a Debian root filesystem made by mmdebstrap from Debian
+# packages (cached under $TARGET_DIR/agent-image/, keyed by the suite and package list), Bun's binary
+# from its npm package, and the static runner, joined into one tar and loaded with `docker import`.
 #
 # Environment:
 #   PROFILE       cargo profile: release (default) or image-dev (quick, for tests and CI)
@@ -13,6 +18,10 @@
 #   SIDECAR_IMAGE full name of the sidecar image  (default appstrate-sidecar:$TAG)
 #   API_IMAGE     full name of the API image      (default appstrate:$TAG)
 #   OPERATOR_IMAGE full name of the operator image (default appstrate-operator:$TAG)
+#   AGENT_USERLAND_IMAGE full name of the agent image (default appstrate-agent:$TAG); point AGENT_IMAGE
+#                 of the server at it to give agents a shell
+#   DEBIAN_SUITE / DEBIAN_MIRROR  for the agent image (default bookworm / mmdebstrap's default mirror)
+#   BUN_VERSION   Bun for the agent image (default 1.4.5, npm package @oven/bun-linux-x64)
 #   CARGO_TARGET_DIR  honoured as usual
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -26,6 +35,12 @@ AGENT_IMAGE=${AGENT_IMAGE:-appstrate-runner:$TAG}
 SIDECAR_IMAGE=${SIDECAR_IMAGE:-appstrate-sidecar:$TAG}
 API_IMAGE=${API_IMAGE:-appstrate:$TAG}
 OPERATOR_IMAGE=${OPERATOR_IMAGE:-appstrate-operator:$TAG}
+AGENT_USERLAND_IMAGE=${AGENT_USERLAND_IMAGE:-appstrate-agent:$TAG}
+DEBIAN_SUITE=${DEBIAN_SUITE:-bookworm}
+DEBIAN_MIRROR=${DEBIAN_MIRROR:-}
+BUN_VERSION=${BUN_VERSION:-1.4.5}
+# The agent image's Debian packages (with the `essential` set: dash, coreutils, tar, grep, sed, …).
+AGENT_PACKAGES=bash,coreutils,git,ca-certificates,procps
 
 step() { printf '==> images: %s\n' "$*" >&2; }
 
@@ -39,7 +54,8 @@ for img in "${images[@]}"; do
     sidecar) bins+=(sidecar:appstrate-sidecar) ;;
     api-server) bins+=(api-server:appstrate runner:appstrate-runner sidecar:appstrate-sidecar) ;;
     operator) bins+=(operator:appstrate-operator) ;;
-    *) echo "images/build.sh: unknown image '$img' (runner, sidecar, api-server, operator)" >&2; exit 2 ;;
+    agent) bins+=(runner:appstrate-runner) ;;
+    *) echo "images/build.sh: unknown image '$img' (runner, sidecar, api-server, operator, agent)" >&2; exit 2 ;;
   esac
 done
 args=()
@@ -89,8 +105,88 @@ build_image() {
   step "$name: $((size / 1024 / 1024)) MiB ($size bytes)"
 }
 
+# The agent image's root filesystem: built once per suite + package list, then reused.
+agent_rootfs() {
+  local cache="$TARGET_DIR/agent-image"
+  local key
+  key=$(printf '%s\n' "v1" "$DEBIAN_SUITE" "$DEBIAN_MIRROR" "$AGENT_PACKAGES" | sha256sum | cut -c1-16)
+  local tarball="$cache/rootfs-$DEBIAN_SUITE-$key.tar"
+  if [ -f "$tarball" ]; then
+    step "agent root filesystem: cached $tarball" 
+  else
+    if ! command -v mmdebstrap >/dev/null 2>&1; then
+      echo "images/build.sh: mmdebstrap is missing (apt-get install mmdebstrap)" >&2
+      exit 1
+    fi
+    mkdir -p "$cache"
+    rm -f "$cache"/rootfs-*.tar
+    step "agent root filesystem: mmdebstrap $DEBIAN_SUITE essential + $AGENT_PACKAGES"
+    local t0
+    t0=$(date +%s)
+    # Documentation, man pages and translations are left out; nothing else is changed.
+    mmdebstrap --quiet --format=tar --variant=essential --include="$AGENT_PACKAGES" \
+      --dpkgopt='path-exclude=/usr/share/man/*' --dpkgopt='path-exclude=/usr/share/doc/*' \
+      --dpkgopt='path-exclude=/usr/share/locale/*' --dpkgopt='path-exclude=/usr/share/info/*' \
+      --customize-hook='rm -rf "$1"/var/cache/apt/* "$1"/var/lib/apt/lists/*' \
+      "$DEBIAN_SUITE" "$tarball.tmp" ${DEBIAN_MIRROR:+"$DEBIAN_MIRROR"} >&2
+    mv "$tarball.tmp" "$tarball"
+    step "agent root filesystem built in $(($(date +%s) - t0))s"
+  fi
+  AGENT_ROOTFS=$tarball
+}
+
+# Bun's binary from its npm package (registry.npmjs.org), cached next to the root filesystem.
+agent_bun() {
+  local cache="$TARGET_DIR/agent-image"
+  local tgz="$cache/bun-linux-x64-$BUN_VERSION.tgz"
+  if [ ! -f "$tgz" ]; then
+    mkdir -p "$cache"
+    step "Bun $BUN_VERSION: @oven/bun-linux-x64 from registry.npmjs.org"
+    local dl
+    dl=$(mktemp -d)
+    if command -v npm >/dev/null 2>&1; then
+      (cd "$dl" && npm pack --silent "@oven/bun-linux-x64@$BUN_VERSION" >/dev/null)
+      mv "$dl"/oven-bun-linux-x64-"$BUN_VERSION".tgz "$tgz"
+    else
+      curl -fsSL -o "$tgz" \
+        "https://registry.npmjs.org/@oven/bun-linux-x64/-/bun-linux-x64-$BUN_VERSION.tgz"
+    fi
+    rm -rf "$dl"
+  fi
+  AGENT_BUN=$tgz
+}
+
+build_agent_image() {
+  local name=$1 runner=$2
+  agent_rootfs
+  agent_bun
+  local extra="$ctx_root/agent-extra"
+  mkdir -p "$extra/usr/local/bin"
+  cp "$runner" "$extra/appstrate-runner"
+  tar -xzf "$AGENT_BUN" -C "$ctx_root" package/bin/bun
+  install -m 0755 "$ctx_root/package/bin/bun" "$extra/usr/local/bin/bun"
+  # Bun runs `node`-type scripts when called as node.
+  ln -s bun "$extra/usr/local/bin/node"
+  local tarball="$ctx_root/agent.tar"
+  cp "$AGENT_ROOTFS" "$tarball"
+  tar --append -f "$tarball" --owner=0 --group=0 -C "$extra" ./appstrate-runner ./usr/local/bin/bun ./usr/local/bin/node
+  step "importing $name"
+  docker import \
+    --change 'ENTRYPOINT ["/appstrate-runner"]' \
+    --change 'USER 65534:65534' \
+    --change 'WORKDIR /workspace' \
+    --change 'ENV PATH=/usr/local/bin:/usr/bin:/bin' \
+    --change 'LABEL org.opencontainers.image.title=appstrate-agent' \
+    "$tarball" "$name" >/dev/null
+  rm -f "$tarball"
+  local size
+  size=$(docker image inspect -f '{{.Size}}' "$name")
+  step "$name: $((size / 1024 / 1024)) MiB ($size bytes)"
+}
+
 for img in "${images[@]}"; do
   case "$img" in
+    agent) build_agent_image "$AGENT_USERLAND_IMAGE" "$out/appstrate-runner" ;;
     runner) build_image images/runner.Dockerfile "$AGENT_IMAGE" "$out/appstrate-runner" ;;
     sidecar) build_image images/sidecar.Dockerfile "$SIDECAR_IMAGE" "$out/appstrate-sidecar" ;;
     api-server)

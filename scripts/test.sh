@@ -51,11 +51,24 @@ log "services"
 services_start
 
 # Docker-mode tests need the runner and sidecar images: static binaries in the quick image-dev profile
-# (no release build in CI), FROM scratch images tagged :test. Nothing is pulled.
+# (no release build in CI), FROM scratch images tagged :test, and the agent image (a Debian userland
+# made by mmdebstrap, cached under target/agent-image/ by package list, plus Bun from npm). Nothing is
+# pulled from a registry of images.
 if [ "${DOCKER_HOST_AVAILABLE:-}" = 1 ]; then
+  if ! command -v mmdebstrap >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+      log "apt-get install mmdebstrap"
+      apt-get update -qq
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mmdebstrap
+    else
+      echo "mmdebstrap is missing: install it (apt install mmdebstrap)" >&2
+      exit 1
+    fi
+  fi
   log "images for the Docker tests"
-  PROFILE=image-dev AGENT_IMAGE=appstrate-runner:${APPSTRATE_TEST_IMAGE_TAG:-test} SIDECAR_IMAGE=appstrate-sidecar:${APPSTRATE_TEST_IMAGE_TAG:-test} \
-    bash images/build.sh runner sidecar
+  tag=${APPSTRATE_TEST_IMAGE_TAG:-test}
+  PROFILE=image-dev AGENT_IMAGE=appstrate-runner:$tag SIDECAR_IMAGE=appstrate-sidecar:$tag \
+    AGENT_USERLAND_IMAGE=appstrate-agent:$tag bash images/build.sh runner sidecar agent
   export APPSTRATE_TEST_IMAGES_BUILT=1
 fi
 

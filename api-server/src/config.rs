@@ -190,6 +190,9 @@ pub struct Config {
     /// Number of trusted proxy hops in front of the server (0 = use the socket address).
     pub trust_proxy_hops: u32,
     pub workspace_tmpfs_size_mb: u32,
+    /// `ALLOW_UNISOLATED_BASH`: offer agents the `bash` tool in process mode, where nothing isolates
+    /// their commands from the host (Docker mode always offers it).
+    pub allow_unisolated_bash: bool,
     pub shutdown_grace_seconds: u64,
     /// Connections served at once; one more is answered 503 (`HTTP_MAX_CONNECTIONS`).
     pub http_max_connections: u64,
@@ -715,6 +718,16 @@ impl Config {
                 }),
             },
         };
+        let allow_unisolated_bash = match r.get("ALLOW_UNISOLATED_BASH") {
+            None => false,
+            Some(raw) => parse_bool(raw).unwrap_or_else(|| {
+                r.fail(
+                    "ALLOW_UNISOLATED_BASH",
+                    format!("must be true or false, got {raw:?}"),
+                );
+                false
+            }),
+        };
         let workspace_tmpfs_size_mb = match r.get("WORKSPACE_TMPFS_SIZE_MB") {
             None => 512,
             Some(raw) => match raw.trim().parse::<u32>() {
@@ -793,6 +806,7 @@ impl Config {
             api_body_limit_bytes,
             trust_proxy_hops,
             workspace_tmpfs_size_mb,
+            allow_unisolated_bash,
             shutdown_grace_seconds,
             http_max_connections,
             http_header_read_timeout_seconds,

@@ -48,6 +48,7 @@ pub async fn health(state: &AppState) -> (bool, Value) {
         "uptime_ms": state.started_at.elapsed().as_millis() as u64,
         "tier": state.config.tier(),
         "isolation": if docker { "container" } else { "none" },
+        "bash": state.runs.adapter.bash(),
         "adapters": {
             "database": infra.db.kind(),
             "queue": infra.queue.kind(),

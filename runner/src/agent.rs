@@ -6,8 +6,10 @@ use crate::config::Config;
 use crate::llm::{retry_delay, LlmClient, LlmError, ModelResponse, Msg, ToolSpec, Usage};
 use crate::mustache;
 use crate::platform::{Platform, PlatformTools};
+use crate::redact::Redactor;
 use crate::sink::{BundleFetchError, Delivery, Sink};
 use crate::tools::Tools;
+use crate::workspace::{tools::WorkspaceTools, Workspace};
 use serde_json::{json, Value};
 use std::time::{Duration, Instant};
 
@@ -131,11 +133,29 @@ async fn execute(
         Ok(b) => b,
         Err(e) => return Ok(failed(format!("Invalid run bundle: {e}"), "invalid_bundle")),
     };
+    // The workspace, with the bundle files the agent declares.
+    let workspace = match Workspace::open(&cfg.workspace_dir) {
+        Ok(w) => Some(w),
+        Err(e) => {
+            eprintln!("[runner] no workspace, so no file tools: {e}");
+            None
+        }
+    };
+    let mut bundle_files = Vec::new();
+    if let Some(ws) = &workspace {
+        match bundle::extract_files(&bytes, &bundle.workspace_files(), ws) {
+            Ok(f) => bundle_files = f,
+            Err(e) => return Ok(failed(format!("Invalid run bundle: {e}"), "invalid_bundle")),
+        }
+    }
     drop(bytes);
     progress(
         sink,
         "bundle loaded",
-        Some(json!({"skills": bundle.skills.iter().map(|s| s.0.as_str()).collect::<Vec<_>>()})),
+        Some(json!({
+            "skills": bundle.skills.iter().map(|s| s.0.as_str()).collect::<Vec<_>>(),
+            "files": bundle_files.len(),
+        })),
     )
     .await?;
 
@@ -183,7 +203,17 @@ async fn execute(
             checkpoint: Default::default(),
         });
     }
-    let system = system_prompt(&bundle, cfg, context.as_ref());
+    let mut system = system_prompt(&bundle, cfg, context.as_ref());
+    if let Some(ws) = workspace {
+        let bash = crate::workspace::bash::for_run(cfg, &ws);
+        system.push_str(&crate::workspace::prompt_section(
+            &ws,
+            &bundle_files,
+            bash.is_some(),
+        ));
+        tools = tools.with_workspace(WorkspaceTools { ws, bash });
+    }
+    let redactor = Redactor::new([cfg.sink_secret.as_str(), cfg.model_api_key.as_str()]);
     let llm = LlmClient {
         http: http.clone(),
         api: cfg.model_api,
@@ -251,11 +281,11 @@ async fn execute(
             progress(
                 sink,
                 "tool_call",
-                Some(json!({"tool": call.name, "args": args})),
+                Some(json!({"tool": call.name, "args": redactor.loggable(&args)})),
             )
             .await?;
             let offered = specs.iter().any(|s| s.name == call.name);
-            let outcome = if offered {
+            let mut outcome = if offered {
                 tools.call(call).await
             } else {
                 crate::tools::ToolOutcome {
@@ -268,12 +298,13 @@ async fn execute(
             if let Some((ty, data)) = outcome.event.clone() {
                 emit(sink, ty, data).await?;
             }
-            progress(
-                sink,
-                "tool_result",
-                Some(json!({"tool": call.name, "isError": outcome.is_error})),
-            )
-            .await?;
+            // A command may print what the runner holds; neither the model nor the log sees it.
+            outcome.content = redactor.text(&outcome.content);
+            let mut result = json!({"tool": call.name, "isError": outcome.is_error});
+            if crate::workspace::tools::is_workspace_tool(&call.name) {
+                result["result"] = json!(redactor.summary(&outcome.content));
+            }
+            progress(sink, "tool_result", Some(result)).await?;
             if let Some(out) = outcome.output {
                 state.output = Some(out);
             }

@@ -17,6 +17,20 @@ pub struct Bundle {
 }
 
 impl Bundle {
+    /// The globs of `_meta["dev.appstrate/workspace"].files`: the bundle files the agent wants in its
+    /// workspace.
+    pub fn workspace_files(&self) -> Vec<String> {
+        self.manifest["_meta"]["dev.appstrate/workspace"]["files"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(Value::as_str)
+                    .map(str::to_string)
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
     pub fn output_schema(&self) -> Option<&Value> {
         self.manifest
             .get("output")
@@ -121,6 +135,57 @@ pub fn read(bytes: &[u8]) -> Result<Bundle, String> {
     })
 }
 
+/// Copies the agent's entries matching `patterns` (globs on the entry path; `*` stays within a path
+/// segment, `**` crosses them) into the workspace; skills are not part of the agent's files. Returns
+/// the relative paths written.
+pub fn extract_files(
+    bytes: &[u8],
+    patterns: &[String],
+    ws: &crate::workspace::Workspace,
+) -> Result<Vec<String>, String> {
+    if patterns.is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut set = globset::GlobSetBuilder::new();
+    for p in patterns {
+        set.add(
+            globset::GlobBuilder::new(p)
+                .literal_separator(true)
+                .build()
+                .map_err(|e| format!("_meta.dev.appstrate/workspace.files: `{p}`: {e}"))?,
+        );
+    }
+    let set = set.build().map_err(|e| e.to_string())?;
+    let mut zip =
+        zip::ZipArchive::new(Cursor::new(bytes)).map_err(|e| format!("not a ZIP: {e}"))?;
+    let mut written = Vec::new();
+    for i in 0..zip.len() {
+        let mut f = zip.by_index(i).map_err(|e| format!("entry {i}: {e}"))?;
+        if f.is_dir() {
+            continue;
+        }
+        let Ok(name) = String::from_utf8(f.name_raw().to_vec()) else {
+            continue;
+        };
+        if name.starts_with("skills/") || !set.is_match(&name) {
+            continue;
+        }
+        let dest = ws.resolve(&name).map_err(|e| format!("{name}: {e}"))?;
+        if let Some(parent) = dest.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("{name}: {e}"))?;
+        }
+        let mut out = std::fs::File::create(&dest).map_err(|e| format!("{name}: {e}"))?;
+        let n = std::io::copy(&mut (&mut f).take(MAX_ENTRY_BYTES + 1), &mut out)
+            .map_err(|e| format!("{name}: {e}"))?;
+        if n > MAX_ENTRY_BYTES {
+            return Err(format!("{name} is larger than 10 MiB"));
+        }
+        written.push(name);
+    }
+    written.sort();
+    Ok(written)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +254,33 @@ mod tests {
         assert_eq!(renamed, 2);
         assert!(read(&dup).unwrap_err().contains("same name"));
         assert_eq!(read(&bytes).unwrap().prompt, "validated");
+    }
+
+    #[test]
+    fn declared_files_land_in_the_workspace() {
+        let bytes = zip_of(&[
+            (
+                "manifest.json",
+                r#"{"_meta":{"dev.appstrate/workspace":{"files":["data/**","run.sh"]}}}"#,
+            ),
+            ("prompt.md", "hi"),
+            ("data/a.csv", "1,2"),
+            ("data/deep/b.txt", "b"),
+            ("run.sh", "echo hi"),
+            ("notes/private.md", "not declared"),
+            ("skills/x/SKILL.md", "S"),
+        ]);
+        let b = read(&bytes).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let ws = crate::workspace::Workspace::open(dir.path().to_str().unwrap()).unwrap();
+        let written = extract_files(&bytes, &b.workspace_files(), &ws).unwrap();
+        assert_eq!(written, vec!["data/a.csv", "data/deep/b.txt", "run.sh"]);
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("data/deep/b.txt")).unwrap(),
+            "b"
+        );
+        assert!(!dir.path().join("notes").exists());
+        assert!(extract_files(&bytes, &["[".into()], &ws).is_err());
     }
 
     #[test]

@@ -47,6 +47,9 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Where input files are placed and `publish_document` paths are resolved.
     pub workspace_dir: String,
+    /// `AGENT_BASH`: the platform runs this runner where commands are isolated (Docker), or the
+    /// operator enabled unisolated commands; the `bash` tool is offered when a shell exists.
+    pub bash: bool,
 }
 
 impl Config {
@@ -159,6 +162,15 @@ impl Config {
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| "/workspace".into());
 
+        let bash = match get("AGENT_BASH").as_deref().map(str::trim) {
+            None | Some("") | Some("false") | Some("0") => false,
+            Some("true") | Some("1") => true,
+            Some(other) => {
+                errs.push(format!("AGENT_BASH must be true or false, got {other:?}"));
+                false
+            }
+        };
+
         if !errs.is_empty() {
             return Err(errs.join("; "));
         }
@@ -185,6 +197,7 @@ impl Config {
             max_turns,
             heartbeat_interval: Duration::from_secs(heartbeat),
             workspace_dir,
+            bash,
         })
     }
 
@@ -296,6 +309,10 @@ pub(crate) mod tests {
         assert_eq!(c.max_turns, 25);
         assert_eq!(c.heartbeat_interval, Duration::from_secs(15));
         assert_eq!(c.workspace_dir, "/workspace");
+        assert!(
+            !c.bash,
+            "bash is off unless the platform says commands are isolated"
+        );
         assert!(c.integrations.is_empty());
         assert_eq!(c.input["topic"], "rust");
         assert_eq!(

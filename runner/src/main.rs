@@ -11,10 +11,12 @@ mod llm;
 mod mustache;
 mod platform;
 mod probe;
+mod redact;
 mod sink;
 mod sse;
 mod tools;
 mod trace;
+mod workspace;
 
 use std::time::Duration;
 

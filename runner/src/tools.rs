@@ -1,5 +1,6 @@
 //! The agent's tools (§15.3): `output`, `log`, with integrations `api_call` through the sidecar, and the
-//! platform's memory and document tools (`platform.rs`). There are deliberately no shell or code tools.
+//! platform's memory and document tools (`platform.rs`), and the workspace's file tools and `bash`
+//! (`workspace/`). Each group lists its definitions and answers the calls addressed to it by name.
 
 use crate::config::Integration;
 use crate::llm::{parse_args, ToolCall, ToolSpec};
@@ -44,6 +45,8 @@ pub struct Tools {
     http: reqwest::Client,
     /// Memory and document tools, when the platform answered the run's context.
     platform: Option<crate::platform::PlatformTools>,
+    /// File tools and `bash` on the run's workspace.
+    workspace: Option<crate::workspace::tools::WorkspaceTools>,
 }
 
 impl Tools {
@@ -69,12 +72,19 @@ impl Tools {
             sidecar_token,
             http,
             platform: None,
+            workspace: None,
         })
     }
 
     /// Adds the memory and document tools.
     pub fn with_platform(mut self, platform: crate::platform::PlatformTools) -> Tools {
         self.platform = Some(platform);
+        self
+    }
+
+    /// Adds the workspace tools.
+    pub fn with_workspace(mut self, workspace: crate::workspace::tools::WorkspaceTools) -> Tools {
+        self.workspace = Some(workspace);
         self
     }
 
@@ -121,6 +131,9 @@ impl Tools {
         if let Some(p) = &self.platform {
             specs.extend(p.specs());
         }
+        if let Some(w) = &self.workspace {
+            specs.extend(w.specs());
+        }
         if !self.integrations.is_empty() {
             let list: Vec<String> = self
                 .integrations
@@ -166,13 +179,19 @@ impl Tools {
             "output" => self.output(&args),
             "log" => log(&args),
             "api_call" if !self.integrations.is_empty() => self.api_call(&args).await,
-            other => match &self.platform {
-                Some(p) => match p.call(other, &args).await {
-                    Some(outcome) => outcome,
-                    None => ToolOutcome::err(format!("Unknown tool `{other}`")),
-                },
-                None => ToolOutcome::err(format!("Unknown tool `{other}`")),
-            },
+            other => {
+                if let Some(p) = &self.platform {
+                    if let Some(outcome) = p.call(other, &args).await {
+                        return outcome;
+                    }
+                }
+                if let Some(w) = &self.workspace {
+                    if let Some(outcome) = w.call(other, &args).await {
+                        return outcome;
+                    }
+                }
+                ToolOutcome::err(format!("Unknown tool `{other}`"))
+            }
         }
     }
 

@@ -8,8 +8,23 @@ use test_support::fake_llm::{offered_tools, system_prompt, FakeLlm, Turn};
 use test_support::fake_sink::{bundle_zip, FakeSink};
 use test_support::fake_upstream::{FakeUpstream, UpstreamResponse};
 
+#[path = "runner/workspace.rs"]
+mod workspace;
+
 const SECRET: &str = "sink-secret-for-tests-0123456789abcdef";
 const PLACEHOLDER: &str = "sk-appstrate-placeholder";
+/// What every run with a workspace is offered besides `output` and `log`.
+const FILE_TOOLS: [&str; 6] = ["read", "write", "edit", "ls", "find", "grep"];
+
+/// `output`, `log`, the file tools, then `extra`.
+fn tools_with(extra: &[&str]) -> Vec<String> {
+    ["output", "log"]
+        .iter()
+        .chain(FILE_TOOLS.iter())
+        .chain(extra.iter())
+        .map(|s| s.to_string())
+        .collect()
+}
 
 fn briefing_bundle() -> Vec<u8> {
     std::fs::read(concat!(
@@ -47,6 +62,8 @@ struct Setup {
     sink: FakeSink,
     llm: FakeLlm,
     env: Vec<(String, String)>,
+    /// The run's `WORKSPACE_DIR`.
+    workspace: tempfile::TempDir,
 }
 
 async fn setup(bundle: Vec<u8>, turns: Vec<Turn>) -> Setup {
@@ -54,6 +71,11 @@ async fn setup(bundle: Vec<u8>, turns: Vec<Turn>) -> Setup {
     let sink = FakeSink::start(&run_id, SECRET, bundle).await;
     let llm = FakeLlm::start(turns).await;
     let mut env = sink.runner_env();
+    let workspace = tempfile::tempdir().expect("workspace directory");
+    env.push((
+        "WORKSPACE_DIR".into(),
+        workspace.path().to_string_lossy().into_owned(),
+    ));
     for (k, v) in [
         ("AGENT_INPUT", briefing_input().to_string()),
         ("AGENT_TIMEOUT_SECONDS", "30".into()),
@@ -71,7 +93,12 @@ async fn setup(bundle: Vec<u8>, turns: Vec<Turn>) -> Setup {
     ] {
         env.push((k.into(), v));
     }
-    Setup { sink, llm, env }
+    Setup {
+        sink,
+        llm,
+        env,
+        workspace,
+    }
 }
 
 impl Setup {
@@ -182,7 +209,7 @@ async fn briefing_agent_runs_to_success() {
     assert_eq!(body["model"], "fake-model");
     assert_eq!(body["stream"], true);
     assert_eq!(body["stream_options"]["include_usage"], true);
-    assert_eq!(offered_tools(first), vec!["output", "log"]);
+    assert_eq!(offered_tools(first), tools_with(&[]));
     let system = system_prompt(first).unwrap();
     assert!(
         system.contains("You are producing a briefing for: **Quantum networking**."),
@@ -343,7 +370,7 @@ async fn missing_output_gets_one_corrective_turn_then_fails() {
     assert_eq!(code, 0, "{stderr}");
     let reqs = s.llm.requests();
     assert_eq!(reqs.len(), 2, "exactly one corrective turn");
-    assert_eq!(offered_tools(&reqs[0]), vec!["output", "log"]);
+    assert_eq!(offered_tools(&reqs[0]), tools_with(&[]));
     assert_eq!(offered_tools(&reqs[1]), vec!["output"]);
     let msgs = reqs[1].json()["messages"].as_array().unwrap().clone();
     let last = msgs.last().unwrap();
@@ -648,7 +675,7 @@ async fn api_call_goes_through_the_sidecar_proxy() {
     assert_eq!(auth, vec![format!("Bearer {PLACEHOLDER}").as_str()]);
 
     let reqs = s.llm.requests();
-    assert_eq!(offered_tools(&reqs[0]), vec!["output", "log", "api_call"]);
+    assert_eq!(offered_tools(&reqs[0]), tools_with(&["api_call"]));
     let msgs = reqs[1].json()["messages"].as_array().unwrap().clone();
     let seen: Value =
         serde_json::from_str(msgs.last().unwrap()["content"].as_str().unwrap()).unwrap();

@@ -31,6 +31,12 @@ pub fn agent_image() -> &'static str {
     NAME.get_or_init(|| format!("appstrate-runner:{}", image_tag()))
 }
 
+/// The agent image with a userland (bash, git, Bun) the Docker tests use (`appstrate-agent:<tag>`).
+pub fn agent_userland_image() -> &'static str {
+    static NAME: OnceLock<String> = OnceLock::new();
+    NAME.get_or_init(|| format!("appstrate-agent:{}", image_tag()))
+}
+
 /// The sidecar image the Docker tests use (`appstrate-sidecar:<tag>`).
 pub fn sidecar_image() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
@@ -44,8 +50,9 @@ fn repo_root() -> PathBuf {
         .to_path_buf()
 }
 
-/// Builds the runner and sidecar images once per test binary (`PROFILE=image-dev TAG=test
-/// images/build.sh runner sidecar`), unless `APPSTRATE_TEST_IMAGES_BUILT=1` says scripts/test.sh did.
+/// Builds the runner, sidecar and agent images once per test binary (`PROFILE=image-dev TAG=test
+/// images/build.sh runner sidecar agent`), unless `APPSTRATE_TEST_IMAGES_BUILT=1` says scripts/test.sh
+/// did.
 pub fn ensure_images() {
     static BUILT: OnceLock<Result<(), String>> = OnceLock::new();
     let r = BUILT.get_or_init(|| {
@@ -55,10 +62,11 @@ pub fn ensure_images() {
         let root = repo_root();
         let status = Command::new("bash")
             .arg(root.join("images/build.sh"))
-            .args(["runner", "sidecar"])
+            .args(["runner", "sidecar", "agent"])
             .env("PROFILE", "image-dev")
             .env("AGENT_IMAGE", agent_image())
             .env("SIDECAR_IMAGE", sidecar_image())
+            .env("AGENT_USERLAND_IMAGE", agent_userland_image())
             .current_dir(&root)
             .status()
             .map_err(|e| format!("cannot run images/build.sh: {e}"))?;

@@ -342,6 +342,14 @@ pub fn validate_manifest(v: &Value) -> Result<Manifest, Vec<FieldError>> {
 
     if let Some(meta) = obj.get("_meta") {
         if let Some(meta) = c.object(meta, "_meta") {
+            if let Some(ws) = meta.get("dev.appstrate/workspace") {
+                let path = "_meta.dev.appstrate/workspace";
+                if c.object(ws, path).is_some() {
+                    for (at, code, message) in super::workspace_meta::file_problems(ws) {
+                        c.err(&format!("{path}.{at}"), code, message);
+                    }
+                }
+            }
             if let Some(res) = meta.get("dev.appstrate/resources") {
                 let path = "_meta.dev.appstrate/resources";
                 if let Some(res) = c.object(res, path) {

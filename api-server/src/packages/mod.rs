@@ -22,6 +22,7 @@ pub mod connections;
 pub mod manifest;
 pub mod run;
 pub mod store;
+pub mod workspace_meta;
 
 use crate::domain::{DomainError, ErrorKind, FieldError};
 use serde_json::Value;

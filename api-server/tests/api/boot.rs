@@ -182,6 +182,7 @@ fn tier0_boot_debug_logs_and_sigterm() {
     assert_eq!(health["status"], "healthy");
     assert_eq!(health["tier"], 0);
     assert_eq!(health["isolation"], "none");
+    assert_eq!(health["bash"], "off");
     assert_eq!(
         health["adapters"],
         serde_json::json!({"database":"sqlite","queue":"local","pubsub":"local","rate_limiter":"memory","storage":"fs","run_adapter":"process"})

@@ -62,3 +62,4 @@ mod traces;
 mod uploads;
 mod webhook_cap;
 mod webhooks;
+mod workspace;

@@ -362,6 +362,9 @@ pub struct Health {
     tier: u8,
     /// `none` (processes) or `container`
     isolation: String,
+    /// Where agents' `bash` commands run: `container`, `unisolated` (process mode with
+    /// `ALLOW_UNISOLATED_BASH`) or `off`
+    bash: String,
     #[schema(value_type = Object)]
     adapters: Value,
     #[schema(value_type = Object)]

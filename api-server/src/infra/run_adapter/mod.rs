@@ -88,6 +88,11 @@ pub trait RunAdapter: Send + Sync {
     fn pool_status(&self) -> PoolStatus {
         PoolStatus::default()
     }
+    /// Where agents' `bash` commands run, as `/health.bash` reports it: `container` (Docker mode, when
+    /// the agent image has a shell), `unisolated` (process mode with `ALLOW_UNISOLATED_BASH`) or `off`.
+    fn bash(&self) -> &'static str {
+        "off"
+    }
     /// How the workload is called in an exit message: `process` or `container`.
     fn workload_noun(&self) -> &'static str {
         "process"
@@ -107,10 +112,17 @@ pub async fn select(
                 r#impl = "process",
                 "adapter selected"
             );
-            Ok(Arc::new(ProcessAdapter::new(
-                config.runner_bin.as_deref(),
-                &config.data_dir,
-            )))
+            if config.allow_unisolated_bash {
+                tracing::warn!(
+                    "ALLOW_UNISOLATED_BASH=true: agents get a `bash` tool that runs commands on this \
+                     host with the server's user and no isolation (process mode); use RUN_ADAPTER=docker \
+                     for untrusted agents"
+                );
+            }
+            Ok(Arc::new(
+                ProcessAdapter::new(config.runner_bin.as_deref(), &config.data_dir)
+                    .with_unisolated_bash(config.allow_unisolated_bash),
+            ))
         }
         RunAdapterKind::Docker => {
             let settings = docker::DockerSettings::from_config(config);

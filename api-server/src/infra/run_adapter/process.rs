@@ -21,6 +21,8 @@ const DRAIN_TIMEOUT: Duration = Duration::from_secs(2);
 pub struct ProcessAdapter {
     runner_bin: Option<PathBuf>,
     data_dir: PathBuf,
+    /// `ALLOW_UNISOLATED_BASH`: runners get `AGENT_BASH=true`.
+    bash: bool,
 }
 
 /// `RUNNER_BIN`, else `appstrate-runner` next to the current executable, else on `PATH`.
@@ -48,7 +50,14 @@ impl ProcessAdapter {
         Self {
             runner_bin: locate_binary(runner_bin, "appstrate-runner"),
             data_dir: data_dir.to_path_buf(),
+            bash: false,
         }
+    }
+
+    /// Offers agents `bash` on this host, without isolation (`ALLOW_UNISOLATED_BASH`).
+    pub fn with_unisolated_bash(mut self, enabled: bool) -> Self {
+        self.bash = enabled;
+        self
     }
 
     fn runs_dir(&self) -> PathBuf {
@@ -163,6 +172,14 @@ impl RunAdapter for ProcessAdapter {
         "process"
     }
 
+    fn bash(&self) -> &'static str {
+        if self.bash {
+            "unisolated"
+        } else {
+            "off"
+        }
+    }
+
     fn available(&self) -> Result<(), String> {
         match &self.runner_bin {
             Some(_) => Ok(()),
@@ -208,6 +225,7 @@ impl RunAdapter for ProcessAdapter {
                 "MODEL_BASE_URL",
                 format!("{sidecar_url}/llm/{}", spec.llm_provider),
             )
+            .env("AGENT_BASH", if self.bash { "true" } else { "false" })
             .env("WORKSPACE_DIR", &ws)
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", &ws)

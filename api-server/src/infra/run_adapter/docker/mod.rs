@@ -298,6 +298,10 @@ impl RunAdapter for DockerAdapter {
         "docker"
     }
 
+    fn bash(&self) -> &'static str {
+        "container"
+    }
+
     fn available(&self) -> Result<(), String> {
         match &*self
             .inner

@@ -55,6 +55,8 @@ fn run_env(spec: &WorkloadSpec) -> Vec<(String, String)> {
             ("WORKSPACE_DIR", "/workspace".to_string()),
             ("HOME", "/workspace".to_string()),
             ("TMPDIR", "/tmp".to_string()),
+            // Commands are isolated in the agent container: `bash` is offered when the image has one.
+            ("AGENT_BASH", "true".to_string()),
         ]
         .map(|(k, v)| (k.to_string(), v)),
     );
