@@ -47,6 +47,8 @@ pub struct Config {
     pub heartbeat_interval: Duration,
     /// Where input files are placed and `publish_document` paths are resolved.
     pub workspace_dir: String,
+    /// `AGENT_MCP_SERVERS`: the run's MCP servers, served by the sidecar.
+    pub mcp_servers: Vec<crate::mcp::ServerRef>,
 }
 
 impl Config {
@@ -155,6 +157,13 @@ impl Config {
             }),
             _ => Vec::new(),
         };
+        let mcp_servers = match get("AGENT_MCP_SERVERS") {
+            Some(v) if !v.trim().is_empty() => crate::mcp::parse_servers(&v).unwrap_or_else(|e| {
+                errs.push(e);
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        };
         let workspace_dir = get("WORKSPACE_DIR")
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| "/workspace".into());
@@ -185,6 +194,7 @@ impl Config {
             max_turns,
             heartbeat_interval: Duration::from_secs(heartbeat),
             workspace_dir,
+            mcp_servers,
         })
     }
 

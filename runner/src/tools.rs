@@ -44,6 +44,8 @@ pub struct Tools {
     http: reqwest::Client,
     /// Memory and document tools, when the platform answered the run's context.
     platform: Option<crate::platform::PlatformTools>,
+    /// The tools of the run's MCP servers (`mcp.rs`).
+    mcp: Option<crate::mcp::McpTools>,
 }
 
 impl Tools {
@@ -69,12 +71,19 @@ impl Tools {
             sidecar_token,
             http,
             platform: None,
+            mcp: None,
         })
     }
 
     /// Adds the memory and document tools.
     pub fn with_platform(mut self, platform: crate::platform::PlatformTools) -> Tools {
         self.platform = Some(platform);
+        self
+    }
+
+    /// Adds the tools of the run's MCP servers.
+    pub fn with_mcp(mut self, mcp: crate::mcp::McpTools) -> Tools {
+        self.mcp = Some(mcp);
         self
     }
 
@@ -121,6 +130,9 @@ impl Tools {
         if let Some(p) = &self.platform {
             specs.extend(p.specs());
         }
+        if let Some(m) = &self.mcp {
+            specs.extend(m.specs());
+        }
         if !self.integrations.is_empty() {
             let list: Vec<String> = self
                 .integrations
@@ -166,6 +178,12 @@ impl Tools {
             "output" => self.output(&args),
             "log" => log(&args),
             "api_call" if !self.integrations.is_empty() => self.api_call(&args).await,
+            other if self.mcp.is_some() && other.contains("__") => {
+                match self.mcp.as_ref().expect("checked").call(other, &args).await {
+                    Some(outcome) => outcome,
+                    None => ToolOutcome::err(format!("Unknown tool `{other}`")),
+                }
+            }
             other => match &self.platform {
                 Some(p) => match p.call(other, &args).await {
                     Some(outcome) => outcome,
