@@ -38,6 +38,7 @@ mod idempotency;
 mod installer;
 mod lag;
 mod layering;
+mod mcp;
 mod memory;
 mod migrate_data;
 mod models;

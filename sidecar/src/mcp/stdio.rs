@@ -67,8 +67,8 @@ pub(crate) async fn start(
         }
         (false, _) => dir,
     };
-    let mut cmd = Command::new(program(command, dir));
     let dirname = dir.unwrap_or(".");
+    let mut cmd = Command::new(program(&command.replace("${__dirname}", dirname), dir));
     cmd.args(args.iter().map(|a| a.replace("${__dirname}", dirname)))
         .env_clear()
         .env("PATH", PATH)
