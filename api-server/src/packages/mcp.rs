@@ -48,6 +48,20 @@ pub(crate) fn validate_server(c: &mut Check, obj: &Map<String, Value>) {
         Some(server) => {
             if let Some(server) = c.object(server, "server") {
                 validate_launch(c, server);
+                let remote = server.get("type").and_then(Value::as_str) == Some("remote");
+                let has_integration = obj
+                    .get("dependencies")
+                    .and_then(|d| d.get("integrations"))
+                    .and_then(Value::as_object)
+                    .is_some_and(|m| !m.is_empty());
+                if remote && !has_integration {
+                    c.err(
+                        "dependencies.integrations",
+                        "required",
+                        "a remote server needs its companion integration: its credential is injected \
+                         and its authorized_uris must allow server.url",
+                    );
+                }
             }
         }
     }
@@ -395,12 +409,29 @@ pub async fn run_mcp_servers(
         if server["type"] == "remote" {
             config.url = server["url"].as_str().map(str::to_string);
             // The companion integration's header, rendered like an agent's integration.
-            let mut integs = super::run_integrations(state, auth, m).await?;
-            if !integs.is_empty() {
-                let i = integs.remove(0);
-                config.integration = Some(format!("{}#{}", i.id, i.auth_key));
-                integration = Some(i);
-            }
+            let url = server["url"].as_str().unwrap_or_default();
+            let integs = super::run_integrations(state, auth, m).await?;
+            // The sidecar refuses a URL outside the integration's allowlist; say so before the run.
+            let allowed = |i: &RunIntegration| {
+                i.allow_all_uris
+                    || url::Url::parse(url).is_ok_and(|u| {
+                        i.authorized_uris.iter().any(|p| {
+                            sidecar::allowlist::UriPattern::parse(p)
+                                .is_ok_and(|p| sidecar::allowlist::any_matches(&[p], &u))
+                        })
+                    })
+            };
+            let Some(i) = integs.into_iter().find(allowed) else {
+                return Err(unprocessable(
+                    "dependency_unresolved",
+                    format!(
+                        "MCP server {id}: server.url {url} is not in the authorized_uris of a connected \
+                         auth of its integration"
+                    ),
+                ));
+            };
+            config.integration = Some(format!("{}#{}", i.id, i.auth_key));
+            integration = Some(i);
         } else {
             config.command = server
                 .pointer("/mcp_config/command")
@@ -492,7 +523,12 @@ mod tests {
                            "env": {"GITHUB_TOKEN": "{$credential.access_token}"}}}));
         let ok = validate_manifest(&m).unwrap();
         assert_eq!(ok.kind.as_str(), "mcp-server");
-        let remote = manifest(json!({"type": "remote", "url": "https://mcp.example.com/mcp"}));
+        let mut remote = manifest(json!({"type": "remote", "url": "https://mcp.example.com/mcp"}));
+        assert_eq!(
+            fields(remote.clone()),
+            vec![("manifest.dependencies.integrations".to_string(), "required")]
+        );
+        remote["dependencies"] = json!({"integrations": {"@t/api": "^1"}});
         assert!(validate_manifest(&remote).is_ok());
     }
 

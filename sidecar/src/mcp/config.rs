@@ -43,8 +43,8 @@ pub struct McpServerConfig {
     /// remote: the server's Streamable HTTP URL (`https`, or `http` for an exempt host).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub url: Option<String>,
-    /// remote: `@scope/name[#authKey]` of a run integration whose credential header is injected; the
-    /// URL must then match its `authorizedUris` (or the integration allows all URIs).
+    /// remote (required): `@scope/name[#authKey]` of a run integration whose credential header is
+    /// injected; the URL must match its `authorizedUris` (or the integration allows all URIs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub integration: Option<String>,
 }
@@ -62,8 +62,8 @@ pub(crate) enum Transport {
     },
     Remote {
         url: Url,
-        /// Index in `Validated::integrations`.
-        integration: Option<usize>,
+        /// Index in `Validated::integrations`: the header injected and the allowlist applied.
+        integration: usize,
     },
 }
 
@@ -164,31 +164,30 @@ pub(crate) fn compile(
                 }
                 ssrf::check_url_literal(&url, policy)
                     .map_err(|e| at("url", &format!("is blocked: {e}")))?;
-                let integration = match &s.integration {
-                    None => None,
-                    Some(spec) => {
-                        let (id, key) = match spec.split_once('#') {
-                            Some((id, key)) => (id, Some(key)),
-                            None => (spec.as_str(), None),
-                        };
-                        let idx = integrations
-                            .iter()
-                            .position(|g| g.id == id && key.is_none_or(|k| g.auth_key == k))
-                            .ok_or_else(|| {
-                                at("integration", "is not one of the run's integrations")
-                            })?;
-                        let integ = &integrations[idx];
-                        if !integ.allow_all_uris
-                            && !crate::allowlist::any_matches(&integ.patterns, &url)
-                        {
-                            return Err(at(
-                                "url",
-                                &format!("is not in authorizedUris of {}", integ.id),
-                            ));
-                        }
-                        Some(idx)
-                    }
+                // Like `/proxy`: a remote server is reached with an integration's credential and under its
+                // allowlist, never as an open door.
+                let Some(spec) = &s.integration else {
+                    return Err(at(
+                        "integration",
+                        "is required for a remote server (its credential and allowlist apply)",
+                    ));
                 };
+                let (id, key) = match spec.split_once('#') {
+                    Some((id, key)) => (id, Some(key)),
+                    None => (spec.as_str(), None),
+                };
+                let idx = integrations
+                    .iter()
+                    .position(|g| g.id == id && key.is_none_or(|k| g.auth_key == k))
+                    .ok_or_else(|| at("integration", "is not one of the run's integrations"))?;
+                let integ = &integrations[idx];
+                if !integ.allow_all_uris && !crate::allowlist::any_matches(&integ.patterns, &url) {
+                    return Err(at(
+                        "url",
+                        &format!("is not in authorizedUris of {}", integ.id),
+                    ));
+                }
+                let integration = idx;
                 Transport::Remote { url, integration }
             }
             _ => return Err(at("command", "or url is required (exactly one of them)")),
@@ -207,6 +206,17 @@ mod tests {
     use super::*;
     use serde_json::json;
 
+    fn remote_integration(pattern: &str) -> Integration {
+        Integration {
+            id: "@t/api".into(),
+            auth_key: "primary".into(),
+            patterns: vec![crate::allowlist::UriPattern::parse(pattern).unwrap()],
+            allow_all_uris: false,
+            header_name: http::HeaderName::from_static("authorization"),
+            header_value: http::HeaderValue::from_static("Bearer x"),
+        }
+    }
+
     fn server(v: serde_json::Value) -> McpServerConfig {
         serde_json::from_value(v).unwrap()
     }
@@ -218,9 +228,10 @@ mod tests {
             &[
                 server(json!({"name": "files", "id": "@t/files", "command": "./srv", "args": ["--stdio"],
                               "env": {"API_TOKEN": "secret-CANARY"}, "shareWorkspace": true})),
-                server(json!({"name": "remote", "id": "@t/remote", "url": "http://127.0.0.1:9/mcp"})),
+                server(json!({"name": "remote", "id": "@t/remote", "url": "http://127.0.0.1:9/mcp",
+                              "integration": "@t/api#primary"})),
             ],
-            &[],
+            &[remote_integration("http://127.0.0.1:9/**")],
             &policy,
         )
         .unwrap();

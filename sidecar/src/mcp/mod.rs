@@ -172,7 +172,7 @@ pub(crate) async fn serve(
             }
         }
         Transport::Remote { url, integration } => {
-            let integ = integration.and_then(|i| active.integrations.get(i));
+            let integ = active.integrations.get(*integration);
             remote::forward(&st, &active, &slot.server, url, integ, req).await
         }
     }
