@@ -72,7 +72,8 @@ fn agent_package() -> Vec<u8> {
 async fn an_mcp_server_package_runs_beside_its_credential() {
     let secret = "tok-mcp-CANARY-e41a";
     let fake = FakeLlm::start(vec![
-        Turn::tool_call("fake_mcp__echo", json!({"text": "hi"})),
+        // The delay keeps the runner alive while its environment is read.
+        Turn::tool_call("fake_mcp__echo", json!({"text": "hi"})).with_delay(1500),
         Turn::tool_call(
             "fake_mcp__write_file",
             json!({"path": "report.txt", "content": "from the server"}),
@@ -114,6 +115,24 @@ async fn an_mcp_server_package_runs_beside_its_credential() {
 
     let run = start(&app, "/api/agents/@tests/mcp-user/run", json!({})).await;
     let id = run["id"].as_str().unwrap().to_string();
+    // The runner knows the server by name only; the credential is in the sidecar's child alone.
+    let pid_file = app.data_dir.join(format!("runs/{id}/runner.pid"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let pid = loop {
+        if let Some(pid) = std::fs::read_to_string(&pid_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+        {
+            break pid;
+        }
+        assert!(std::time::Instant::now() < deadline, "runner never started");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let environ =
+        String::from_utf8_lossy(&std::fs::read(format!("/proc/{pid}/environ")).unwrap_or_default())
+            .into_owned();
+    assert!(environ.contains("AGENT_MCP_SERVERS="), "{environ}");
+    assert!(!environ.contains(secret));
     let done = wait_terminal(&app, &id).await;
     assert_eq!(done["status"], "success", "{done}");
 
