@@ -122,7 +122,7 @@ impl Hub {
         Hub { slots }
     }
 
-    /// Kills every stdio server (teardown).
+    /// Kills every stdio server and its process group (teardown).
     pub fn stop(&self) {
         for slot in self.slots.values() {
             if let Some(child) = slot
@@ -131,7 +131,7 @@ impl Hub {
                 .unwrap_or_else(|e| e.into_inner())
                 .as_mut()
             {
-                let _ = child.start_kill();
+                stdio::kill(child);
             }
         }
     }

@@ -30,6 +30,17 @@ fn program(command: &str, dir: Option<&str>) -> PathBuf {
     }
 }
 
+/// Kills a server and its process group (it leads one: see `process_group(0)` below).
+pub(crate) fn kill(child: &mut tokio::process::Child) {
+    if let Some(pid) = child.id().and_then(|p| i32::try_from(p).ok()) {
+        // SAFETY: a plain signal to the group the server leads (its pid is the group id).
+        unsafe {
+            libc::kill(-pid, libc::SIGKILL);
+        }
+    }
+    let _ = child.start_kill();
+}
+
 /// Replaces every secret value with `[redacted]` (a server may print its environment).
 pub(crate) fn scrub(text: &str, secrets: &[String]) -> String {
     let mut out = text.to_string();
@@ -78,6 +89,9 @@ pub(crate) async fn start(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
+        // Its own process group, so that teardown also ends what it started (a `node` server's
+        // children, a wrapper script's program).
+        .process_group(0)
         .kill_on_drop(true);
     if *share_workspace {
         if let Some(ws) = workspace {
@@ -122,9 +136,7 @@ pub(crate) async fn start(
         match guard.as_mut() {
             Some(c) => {
                 let status = c.try_wait().ok().flatten();
-                if status.is_none() {
-                    let _ = c.start_kill();
-                }
+                kill(c);
                 status
             }
             None => None,

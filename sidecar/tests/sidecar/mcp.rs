@@ -146,3 +146,53 @@ async fn a_remote_mcp_server_gets_the_integration_header_and_never_the_run_token
     );
     sc.shutdown().await;
 }
+
+/// Whether a process still runs (a zombie has exited).
+fn running(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| s.split_whitespace().nth(2).is_some_and(|st| st != "Z"))
+        .unwrap_or(false)
+}
+
+#[tokio::test]
+async fn a_server_that_hangs_is_killed_with_what_it_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let marker = dir.path().join("grandchild");
+    let sc = start_with(Timeouts {
+        mcp_start: Duration::from_secs(1),
+        ..Timeouts::default()
+    })
+    .await;
+    let mut cfg = base_config("https://api.openai.com/v1", json!([]), &[]);
+    cfg.mcp_servers = vec![serde_json::from_value(json!({
+        "name": "hangs", "id": "@tests/hangs", "command": "/bin/sh",
+        "args": ["-c", format!("sleep 300 & echo $! > {}; exec sleep 300", marker.display())],
+    }))
+    .unwrap()];
+    sc.configure(cfg).unwrap();
+    let (_, list) = rpc(
+        &http(),
+        &format!("{}/mcp/hangs", sc.api_url()),
+        json!({"jsonrpc": "2.0", "id": 2, "method": "tools/list"}),
+    )
+    .await;
+    assert!(
+        list.to_string()
+            .contains("did not complete the MCP handshake within 1 s"),
+        "{list}"
+    );
+    let grandchild: i32 = std::fs::read_to_string(&marker)
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while running(grandchild) && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        !running(grandchild),
+        "the server's child {grandchild} survived"
+    );
+    sc.shutdown().await;
+}
