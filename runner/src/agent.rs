@@ -203,6 +203,18 @@ async fn execute(
             checkpoint: Default::default(),
         });
     }
+    // The run's MCP servers, in the sidecar: their tools are listed before the first model call.
+    if !cfg.mcp_servers.is_empty() {
+        match crate::mcp::McpTools::connect(&cfg.mcp_servers, &cfg.sidecar_url, &cfg.model_api_key)
+            .await
+        {
+            Ok((mcp, summary)) => {
+                progress(sink, "mcp servers ready", Some(summary)).await?;
+                tools = tools.with_mcp(mcp);
+            }
+            Err(e) => return Ok(failed(e, "mcp_unavailable")),
+        }
+    }
     let mut system = system_prompt(&bundle, cfg, context.as_ref());
     if let Some(ws) = workspace {
         let bash = crate::workspace::bash::for_run(cfg, &ws);

@@ -50,6 +50,8 @@ pub struct Config {
     /// `AGENT_BASH`: the platform runs this runner where commands are isolated (Docker), or the
     /// operator enabled unisolated commands; the `bash` tool is offered when a shell exists.
     pub bash: bool,
+    /// `AGENT_MCP_SERVERS`: the run's MCP servers, served by the sidecar.
+    pub mcp_servers: Vec<crate::mcp::ServerRef>,
 }
 
 impl Config {
@@ -158,6 +160,13 @@ impl Config {
             }),
             _ => Vec::new(),
         };
+        let mcp_servers = match get("AGENT_MCP_SERVERS") {
+            Some(v) if !v.trim().is_empty() => crate::mcp::parse_servers(&v).unwrap_or_else(|e| {
+                errs.push(e);
+                Vec::new()
+            }),
+            _ => Vec::new(),
+        };
         let workspace_dir = get("WORKSPACE_DIR")
             .filter(|v| !v.is_empty())
             .unwrap_or_else(|| "/workspace".into());
@@ -198,6 +207,7 @@ impl Config {
             heartbeat_interval: Duration::from_secs(heartbeat),
             workspace_dir,
             bash,
+            mcp_servers,
         })
     }
 

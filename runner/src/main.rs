@@ -8,6 +8,7 @@ mod bundle;
 mod config;
 mod handover;
 mod llm;
+mod mcp;
 mod mustache;
 mod platform;
 mod probe;

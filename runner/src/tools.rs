@@ -47,6 +47,8 @@ pub struct Tools {
     platform: Option<crate::platform::PlatformTools>,
     /// File tools and `bash` on the run's workspace.
     workspace: Option<crate::workspace::tools::WorkspaceTools>,
+    /// The tools of the run's MCP servers (`mcp.rs`).
+    mcp: Option<crate::mcp::McpTools>,
 }
 
 impl Tools {
@@ -73,6 +75,7 @@ impl Tools {
             http,
             platform: None,
             workspace: None,
+            mcp: None,
         })
     }
 
@@ -85,6 +88,12 @@ impl Tools {
     /// Adds the workspace tools.
     pub fn with_workspace(mut self, workspace: crate::workspace::tools::WorkspaceTools) -> Tools {
         self.workspace = Some(workspace);
+        self
+    }
+
+    /// Adds the tools of the run's MCP servers.
+    pub fn with_mcp(mut self, mcp: crate::mcp::McpTools) -> Tools {
+        self.mcp = Some(mcp);
         self
     }
 
@@ -134,6 +143,9 @@ impl Tools {
         if let Some(w) = &self.workspace {
             specs.extend(w.specs());
         }
+        if let Some(m) = &self.mcp {
+            specs.extend(m.specs());
+        }
         if !self.integrations.is_empty() {
             let list: Vec<String> = self
                 .integrations
@@ -179,6 +191,12 @@ impl Tools {
             "output" => self.output(&args),
             "log" => log(&args),
             "api_call" if !self.integrations.is_empty() => self.api_call(&args).await,
+            other if self.mcp.is_some() && other.contains("__") => {
+                match self.mcp.as_ref().expect("checked").call(other, &args).await {
+                    Some(outcome) => outcome,
+                    None => ToolOutcome::err(format!("Unknown tool `{other}`")),
+                }
+            }
             other => {
                 if let Some(p) = &self.platform {
                     if let Some(outcome) = p.call(other, &args).await {

@@ -10,6 +10,8 @@ use test_support::fake_upstream::{FakeUpstream, UpstreamResponse};
 
 #[path = "runner/workspace.rs"]
 mod workspace;
+#[path = "runner/mcp.rs"]
+mod mcp;
 
 const SECRET: &str = "sink-secret-for-tests-0123456789abcdef";
 const PLACEHOLDER: &str = "sk-appstrate-placeholder";

@@ -21,6 +21,8 @@ use crate::http_util::ct_eq;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
     Llm,
+    /// `/mcp/<name>`: the MCP client sends the token as `Authorization: Bearer`, like a model SDK.
+    Mcp,
     Proxy,
     Forward,
 }
@@ -53,7 +55,7 @@ pub(crate) fn authorized(headers: &HeaderMap, route: Route, token: &[u8]) -> boo
         .filter_map(|v| v.to_str().ok())
         .filter_map(|v| credential(v, route == Route::Forward))
         .collect();
-    if route == Route::Llm {
+    if matches!(route, Route::Llm | Route::Mcp) {
         presented.extend(
             headers
                 .get_all(header::AUTHORIZATION)

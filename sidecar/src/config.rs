@@ -121,6 +121,13 @@ pub struct SidecarConfig {
     /// `GET /agent-config` to `agent.address` only, then forgotten.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent: Option<AgentConfig>,
+    /// The run's MCP servers (see [`crate::mcp`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mcp_servers: Vec<crate::mcp::McpServerConfig>,
+    /// The run workspace as the sidecar sees it: the working directory of the stdio MCP servers that
+    /// share it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub workspace_dir: Option<String>,
 }
 
 /// The run configuration of a waiting runner (a run slot's agent): its environment contract
@@ -176,6 +183,8 @@ pub(crate) struct Validated {
     pub policy: Policy,
     /// `agent.address`, parsed (the agent part itself is kept by the handover, not here).
     pub agent_address: Option<IpAddr>,
+    pub mcp: Vec<crate::mcp::config::McpServer>,
+    pub workspace_dir: Option<String>,
 }
 
 impl SidecarConfig {
@@ -283,8 +292,11 @@ impl SidecarConfig {
                 Some(ip.to_canonical())
             }
         };
+        let mcp = crate::mcp::config::compile(&self.mcp_servers, &integrations, &policy)?;
         Ok(Validated {
             agent_address,
+            mcp,
+            workspace_dir: self.workspace_dir.clone().filter(|w| !w.is_empty()),
             run_id: self.run_id.clone(),
             run_token: self.run_token.clone(),
             platform,

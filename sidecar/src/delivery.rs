@@ -91,6 +91,15 @@ pub fn render_header(
     Ok((name.to_string(), value))
 }
 
+/// Replaces every `{$credential.<field>}` of `template` (an MCP server's environment value, for
+/// instance); other text is kept as is. The result is a secret when a placeholder was replaced.
+pub fn render_template(
+    template: &str,
+    credentials: &Map<String, Value>,
+) -> Result<String, DeliveryError> {
+    substitute(template, credentials)
+}
+
 /// Replaces every `{$credential.<field>}`; other text is kept as is.
 fn substitute(template: &str, credentials: &Map<String, Value>) -> Result<String, DeliveryError> {
     let mut out = String::with_capacity(template.len());

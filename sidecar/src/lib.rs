@@ -4,7 +4,8 @@
 //! headers) so that the agent never sees them. It serves:
 //! * an HTTP API (`/health`, `/configure`, `/llm/{provider}/…`, `/proxy`), see [`server`];
 //! * a forward proxy restricted to the run's egress allowlist, see [`server::Sidecar`];
-//! * the SSRF guard shared with the API server, see [`ssrf`].
+//! * the SSRF guard shared with the API server, see [`ssrf`];
+//! * the run's MCP servers at `/mcp/<name>`, see [`mcp`].
 //!
 //! In process mode the API server runs it in-process ([`Sidecar::start`] on `127.0.0.1:0`, then
 //! [`RunningSidecar::configure`]); in Docker mode it is the `appstrate-sidecar` binary.
@@ -16,6 +17,7 @@ pub mod delivery;
 mod forward;
 mod handover;
 mod http_util;
+pub mod mcp;
 pub mod server;
 pub mod ssrf;
 mod trace;
@@ -24,4 +26,5 @@ pub use config::{
     AgentConfig, HeaderConfig, IntegrationConfig, LlmConfig, LlmProvider, Secret, SidecarConfig,
 };
 pub use delivery::render_header;
+pub use mcp::McpServerConfig;
 pub use server::{ConfigureError, RunningSidecar, Sidecar, SidecarOptions, Timeouts};

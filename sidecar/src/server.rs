@@ -50,6 +50,8 @@ pub struct Timeouts {
     pub idle: Duration,
     /// How long [`RunningSidecar::shutdown`] lets in-flight connections finish (5 s).
     pub shutdown_grace: Duration,
+    /// How long a stdio MCP server has to complete the MCP handshake (30 s).
+    pub mcp_start: Duration,
 }
 
 impl Default for Timeouts {
@@ -60,6 +62,7 @@ impl Default for Timeouts {
             connect: Duration::from_secs(10),
             idle: Duration::from_secs(120),
             shutdown_grace: Duration::from_secs(5),
+            mcp_start: Duration::from_secs(30),
         }
     }
 }
@@ -167,11 +170,23 @@ pub(crate) struct Shared {
     clients: Mutex<HashMap<(Purpose, String, SocketAddr), reqwest::Client>>,
     pub(crate) shutdown: watch::Receiver<bool>,
     pub(crate) handover: Handover,
+    /// The run's MCP servers, started at configure.
+    mcp: OnceLock<crate::mcp::Hub>,
 }
 
 impl Shared {
     pub(crate) fn active(&self) -> Option<Arc<Validated>> {
         self.active.get().cloned()
+    }
+
+    pub(crate) fn mcp(&self) -> Option<&crate::mcp::Hub> {
+        self.mcp.get()
+    }
+
+    fn stop_mcp(&self) {
+        if let Some(hub) = self.mcp.get() {
+            hub.stop();
+        }
     }
 
     fn configure(&self, cfg: &SidecarConfig) -> Result<(), ConfigureError> {
@@ -182,9 +197,15 @@ impl Shared {
         let run_id = validated.run_id.clone();
         let integrations = validated.integrations.len();
         let agent_address = validated.agent_address;
+        let mcp_servers = validated.mcp.clone();
+        let workspace = validated.workspace_dir.clone();
         self.active
             .set(Arc::new(validated))
             .map_err(|_| ConfigureError::AlreadyConfigured)?;
+        if !mcp_servers.is_empty() {
+            let hub = crate::mcp::Hub::start(&mcp_servers, workspace, self.timeouts.mcp_start);
+            let _ = self.mcp.set(hub);
+        }
         self.handover.configured(agent_address, cfg.agent.as_ref());
         tracing::info!(run_id = %run_id, provider = cfg.llm.provider.as_str(), integrations, "sidecar configured");
         Ok(())
@@ -236,6 +257,7 @@ impl Sidecar {
             clients: Mutex::new(HashMap::new()),
             shutdown: rx.clone(),
             handover: Handover::new(),
+            mcp: OnceLock::new(),
         });
         let router = router(shared.clone());
         let grace = opts.timeouts.shutdown_grace;
@@ -379,6 +401,7 @@ impl RunningSidecar {
     /// Stops accepting, lets in-flight connections finish within the shutdown grace, then aborts them.
     pub async fn shutdown(mut self) {
         let _ = self.stop.send(true);
+        self.shared.stop_mcp();
         for task in self.tasks.drain(..) {
             let _ = task.await;
         }
@@ -389,6 +412,7 @@ impl RunningSidecar {
 impl Drop for RunningSidecar {
     fn drop(&mut self) {
         let _ = self.stop.send(true);
+        self.shared.stop_mcp();
         for task in &self.tasks {
             task.abort();
         }
@@ -404,6 +428,7 @@ fn router(shared: Arc<Shared>) -> Router {
         .route("/llm/{provider}/", any(llm))
         .route("/llm/{provider}/{*rest}", any(llm))
         .route("/proxy", any(proxy))
+        .route("/mcp/{name}", any(mcp))
         .route_layer(axum::middleware::from_fn(crate::trace::traced))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "not_found", "no such route") })
         .method_not_allowed_fallback(|| async {
@@ -663,6 +688,28 @@ fn find_integration<'a>(active: &'a Validated, spec: &str) -> Option<&'a Integra
         .integrations
         .iter()
         .find(|i| i.id == id && key.is_none_or(|k| i.auth_key == k))
+}
+
+/// `ANY /mcp/{name}`: the run's MCP server `name` over Streamable HTTP (see [`crate::mcp`]).
+async fn mcp(
+    State(st): State<Arc<Shared>>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    req: Request,
+) -> Response {
+    if let Some(r) = host_check(&req) {
+        return r;
+    }
+    let Some(active) = st.active() else {
+        return error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not_configured",
+            "sidecar is not configured",
+        );
+    };
+    if let Some(r) = token_check(&active, req.headers(), Route::Mcp) {
+        return r;
+    }
+    crate::mcp::serve(st.clone(), active, &name, req).await
 }
 
 enum ProxyFailure {

@@ -20,6 +20,9 @@ use sidecar::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+#[path = "sidecar/mcp.rs"]
+mod mcp;
+
 const SECRET: &str = "0123456789abcdef-config-secret";
 const LLM_CANARY: &str = "sk-real-CANARY-7f3a9";
 /// The run token of every test configuration; [`http`] presents it on every request.

@@ -415,6 +415,13 @@ pub fn parse(bytes: &[u8]) -> Result<AfpsPackage, AfpsError> {
             "required",
             "skill packages need a SKILL.md at the archive root",
         )),
+        Some("mcp-server") => {
+            if let Some(e) =
+                super::mcp::entry_point_missing(&value, files.iter().map(|(_, n)| n.as_str()))
+            {
+                errors.push(e);
+            }
+        }
         _ => {}
     }
     match manifest {

@@ -7,12 +7,13 @@ use serde_json::{Map, Value};
 
 use crate::domain::FieldError;
 
-/// `agent`, `skill` or `integration`.
+/// `agent`, `skill`, `integration` or `mcp-server`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum PackageType {
     Agent,
     Skill,
     Integration,
+    McpServer,
 }
 
 impl PackageType {
@@ -21,6 +22,7 @@ impl PackageType {
             PackageType::Agent => "agent",
             PackageType::Skill => "skill",
             PackageType::Integration => "integration",
+            PackageType::McpServer => "mcp-server",
         }
     }
 
@@ -29,6 +31,7 @@ impl PackageType {
             "agent" => Some(PackageType::Agent),
             "skill" => Some(PackageType::Skill),
             "integration" => Some(PackageType::Integration),
+            "mcp-server" => Some(PackageType::McpServer),
             _ => None,
         }
     }
@@ -105,12 +108,12 @@ pub struct Manifest {
     pub description: Option<String>,
 }
 
-struct Check {
+pub(crate) struct Check {
     errors: Vec<FieldError>,
 }
 
 impl Check {
-    fn err(&mut self, path: &str, code: &'static str, message: impl Into<String>) {
+    pub(crate) fn err(&mut self, path: &str, code: &'static str, message: impl Into<String>) {
         let field = if path.is_empty() {
             "manifest".to_string()
         } else {
@@ -119,7 +122,7 @@ impl Check {
         self.errors.push(FieldError::new(field, code, message));
     }
 
-    fn type_name(v: &Value) -> &'static str {
+    pub(crate) fn type_name(v: &Value) -> &'static str {
         match v {
             Value::Null => "null",
             Value::Bool(_) => "a boolean",
@@ -131,7 +134,7 @@ impl Check {
     }
 
     /// A required or optional string.
-    fn string<'v>(
+    pub(crate) fn string<'v>(
         &mut self,
         obj: &'v Map<String, Value>,
         key: &str,
@@ -156,7 +159,11 @@ impl Check {
         }
     }
 
-    fn object<'v>(&mut self, v: &'v Value, path: &str) -> Option<&'v Map<String, Value>> {
+    pub(crate) fn object<'v>(
+        &mut self,
+        v: &'v Value,
+        path: &str,
+    ) -> Option<&'v Map<String, Value>> {
         match v {
             Value::Object(o) => Some(o),
             other => {
@@ -267,19 +274,11 @@ pub fn validate_manifest(v: &Value) -> Result<Manifest, Vec<FieldError>> {
         .string(obj, "type", "type", true)
         .and_then(|t| match PackageType::parse(t) {
             Some(k) => Some(k),
-            None if t == "mcp-server" => {
-                c.err(
-                    "type",
-                    "unsupported_type",
-                    "mcp-server packages are not supported in this version",
-                );
-                None
-            }
             None => {
                 c.err(
                     "type",
                     "invalid_value",
-                    "must be one of agent, skill, integration",
+                    "must be one of agent, skill, integration, mcp-server",
                 );
                 None
             }
@@ -312,7 +311,7 @@ pub fn validate_manifest(v: &Value) -> Result<Manifest, Vec<FieldError>> {
 
     if let Some(deps) = obj.get("dependencies") {
         if let Some(deps) = c.object(deps, "dependencies") {
-            for key in ["skills", "integrations"] {
+            for key in ["skills", "integrations", "mcp_servers"] {
                 let path = format!("dependencies.{key}");
                 let Some(map) = deps.get(key) else { continue };
                 let Some(map) = c.object(map, &path) else {
@@ -338,6 +337,10 @@ pub fn validate_manifest(v: &Value) -> Result<Manifest, Vec<FieldError>> {
                 validate_auth(&mut c, key, auth);
             }
         }
+    }
+
+    if kind == Some(PackageType::McpServer) {
+        super::mcp::validate_server(&mut c, obj);
     }
 
     if let Some(meta) = obj.get("_meta") {
@@ -564,7 +567,7 @@ mod tests {
             "schema_version": "1.0",
             "name": "acme/x",
             "version": "1.0",
-            "type": "mcp-server",
+            "type": "plugin",
             "timeout": 0,
             "input": {"schema": {"type": "nope"}},
         }));
@@ -572,7 +575,7 @@ mod tests {
             ("manifest.schema_version", "unsupported_schema_version"),
             ("manifest.name", "invalid_format"),
             ("manifest.version", "invalid_format"),
-            ("manifest.type", "unsupported_type"),
+            ("manifest.type", "invalid_value"),
             ("manifest.timeout", "invalid_value"),
             ("manifest.input.schema", "invalid_schema"),
         ] {

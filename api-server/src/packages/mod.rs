@@ -20,6 +20,7 @@ pub mod afps;
 pub mod authoring;
 pub mod connections;
 pub mod manifest;
+pub mod mcp;
 pub mod run;
 pub mod store;
 pub mod workspace_meta;

@@ -47,7 +47,7 @@ fn dependency_unresolved(detail: String) -> DomainError {
 /// Resolves a version of a visible package of `kind`: an exact match first, else the highest version
 /// satisfying `req` (a semver range); `None` is the latest. `Ok(None)` when the package is not visible
 /// or not of that kind; `Err(Some)`-style misses are reported by the callers.
-async fn resolve_version(
+pub(super) async fn resolve_version(
     state: &AppState,
     application_id: &str,
     id: &str,
@@ -122,7 +122,7 @@ pub async fn resolve_agent(
     })
 }
 
-async fn load_archive(state: &AppState, key: &str) -> Result<Bytes, DomainError> {
+pub(super) async fn load_archive(state: &AppState, key: &str) -> Result<Bytes, DomainError> {
     state
         .infra
         .storage

@@ -165,6 +165,7 @@ pub async fn create_run(
 
     // 8. Integrations and their connections.
     let integrations = packages::run_integrations(state, auth, &manifest).await?;
+    let mcp_servers = packages::mcp::run_mcp_servers(state, auth, &manifest).await?;
 
     // 9. Org gates.
     let limits = &config.platform_run_limits;
@@ -328,6 +329,7 @@ pub async fn create_run(
             model,
             memory_mb,
             cpus,
+            mcp_servers,
         }
     });
     Ok(run)

@@ -154,6 +154,8 @@ pub struct LaunchContext {
     /// Agent memory (MiB) and CPUs: `_meta["dev.appstrate/resources"]`, clamped by the ceilings.
     pub memory_mb: u64,
     pub cpus: f64,
+    /// The run's MCP servers (`dependencies.mcp_servers`), launched by the sidecar.
+    pub mcp_servers: Vec<crate::packages::mcp::RunMcpServer>,
 }
 
 /// The agent's resources from the manifest's `_meta["dev.appstrate/resources"].{memory_mb,cpu}`
@@ -250,6 +252,26 @@ fn workload_spec(
             Value::Array(agent_integrations).to_string(),
         ));
     }
+    if !ctx.mcp_servers.is_empty() {
+        // Names and descriptions only: the servers and their credentials live in the sidecar.
+        let servers: Vec<Value> = ctx
+            .mcp_servers
+            .iter()
+            .map(|s| json!({"name": s.name, "id": s.id, "description": s.description}))
+            .collect();
+        env.push(("AGENT_MCP_SERVERS", Value::Array(servers).to_string()));
+    }
+    let mut sidecar_integrations: Vec<_> = ctx.integrations.iter().map(|i| i.to_config()).collect();
+    for s in &ctx.mcp_servers {
+        if let Some(i) = &s.integration {
+            if !sidecar_integrations
+                .iter()
+                .any(|c| c.id == i.id && c.auth_key == i.auth_key)
+            {
+                sidecar_integrations.push(i.to_config());
+            }
+        }
+    }
     let sidecar = sidecar::config::SidecarConfig {
         run_id: run.id.clone(),
         run_token: sidecar::config::Secret::new(run_token),
@@ -262,9 +284,11 @@ fn workload_spec(
             base_url: llm.base_url.clone(),
             api_key: sidecar::config::Secret::new(llm.api_key.expose().clone()),
         },
-        integrations: ctx.integrations.iter().map(|i| i.to_config()).collect(),
+        integrations: sidecar_integrations,
         allow_internal_hosts: config.egress_allow_internal_hosts.clone(),
         agent: None,
+        mcp_servers: ctx.mcp_servers.iter().map(|s| s.config.clone()).collect(),
+        workspace_dir: None,
     };
     Ok(WorkloadSpec {
         run_id: run.id.clone(),
@@ -273,6 +297,17 @@ fn workload_spec(
         sidecar,
         memory_mb: ctx.memory_mb,
         cpus: ctx.cpus,
+        mcp_files: ctx
+            .mcp_servers
+            .iter()
+            .filter_map(|s| {
+                Some(crate::infra::run_adapter::McpFiles {
+                    name: s.name.clone(),
+                    archive: s.archive.clone()?,
+                    entry_point: s.entry_point.clone(),
+                })
+            })
+            .collect(),
     })
 }
 

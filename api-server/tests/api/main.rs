@@ -39,6 +39,7 @@ mod idempotency;
 mod installer;
 mod lag;
 mod layering;
+mod mcp;
 mod memory;
 mod migrate_data;
 mod models;

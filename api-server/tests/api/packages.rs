@@ -268,7 +268,7 @@ async fn import_reimport_conflict_and_versions(backend: Backend) {
     assert_eq!(b["data"].as_array().unwrap().len(), 1);
     assert_eq!(b["data"][0]["latestVersion"], "1.10.0");
     let r = app
-        .key(Method::GET, "/api/packages?type=mcp-server")
+        .key(Method::GET, "/api/packages?type=plugin")
         .send()
         .await
         .unwrap();
@@ -480,11 +480,18 @@ async fn every_rejection_names_the_problem() {
     )
     .await;
     bad["version"] = json!("1.0.0");
-    bad["type"] = json!("mcp-server");
+    bad["type"] = json!("plugin");
     assert_invalid(
         imp.import(agent_zip(&bad, "x")).await,
         "manifest.type",
-        "unsupported_type",
+        "invalid_value",
+    )
+    .await;
+    bad["type"] = json!("mcp-server");
+    assert_invalid(
+        imp.import(agent_zip(&bad, "x")).await,
+        "manifest.server",
+        "required",
     )
     .await;
     bad["type"] = json!("agent");

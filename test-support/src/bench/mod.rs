@@ -12,7 +12,8 @@
 //!   runner peak memory;
 //! - [`docker`]: Docker mode: run start with and without run slots, image sizes, engine floor;
 //! - [`fixtures`]: rows inserted straight into the server's SQLite database (e.g. many API keys);
-//! - [`history`]: a long history seeded in SQLite and PostgreSQL, measured against an empty one.
+//! - [`history`]: a long history seeded in SQLite and PostgreSQL, measured against an empty one;
+//! - [`mcp`]: listing the tools of a stdio MCP server through the sidecar at run start.
 
 pub mod client;
 pub mod dashboard;
@@ -20,6 +21,7 @@ pub mod docker;
 pub mod fixtures;
 pub mod history;
 pub mod load;
+pub mod mcp;
 pub mod proc;
 pub mod report;
 pub mod runs;

@@ -1,4 +1,4 @@
-//! `cargo run --release -p test-support --bin bench [all|boot|rss|http|agents|runs|tier2|docker|history]... [options]`
+//! `cargo run --release -p test-support --bin bench [all|boot|rss|http|agents|runs|tier2|docker|history|mcp]... [options]`
 //!
 //! Starts the release `appstrate` binary at Tier 0 and prints the figures of SPEC §23.3 with their
 //! targets. A report, not a test: it exits 0 whether the targets are met or missed, 1 when the
@@ -24,7 +24,7 @@ use test_support::bench::{client, cores, fixtures, min_median_max, ms, runs};
 use test_support::fake_llm::{FakeLlm, Script, Turn};
 
 const USAGE: &str = "\
-usage: bench [all|boot|rss|http|agents|runs|tier2|docker|history]... [options]
+usage: bench [all|boot|rss|http|agents|runs|tier2|docker|history|mcp]... [options]
 
 sub-benchmarks (default: all)
   boot   spawn → first GET /health 200 on a fresh ./data, repeated (target ≤ 300 ms)
@@ -48,6 +48,9 @@ sub-benchmarks (default: all)
          run start → first runner event with RUN_SLOT_POOL_SIZE=2 and 0 (target slot p50 ≤ 60 ms and
          ≥ 8× faster than fresh), load average; the API runs in-process, the images are built by
          images/build.sh
+  mcp    not part of all: an in-process sidecar launching the stdio fake-mcp-stdio (built next to
+         the bench), configure → tools listed over Streamable HTTP as the runner does at run start,
+         --mcp-rounds rounds (default 20)
   history not part of all: --history-runs finished runs (default 1,000,000) with
          --history-logs-per-run log rows each (default 10) seeded straight into SQLite and, with
          TEST_DATABASE_URL, PostgreSQL; boot, one watchdog sweep, GET /api/runs?limit=50 at c=16, the
@@ -68,6 +71,7 @@ options
                        they are alive together (default 3000)
   --runs-timeout SECS  global limit of the concurrent-runs scenario (default 300)
   --docker-runs N      sequential runs per pool setting in the docker bench (default 50)
+  --mcp-rounds N       rounds of the mcp bench (default 20)
   --history-runs N     runs of the long history (default 1000000)
   --history-logs-per-run N  log rows per run (default 10)
   --history-backends LIST   sqlite,postgres (default both; postgres needs TEST_DATABASE_URL)";
@@ -106,6 +110,8 @@ struct Opts {
     tier2: bool,
     docker: bool,
     docker_runs: usize,
+    mcp: bool,
+    mcp_rounds: usize,
     history: bool,
     history_runs: usize,
     history_logs_per_run: usize,
@@ -134,6 +140,8 @@ impl Opts {
             tier2: false,
             docker: false,
             docker_runs: 50,
+            mcp: false,
+            mcp_rounds: 20,
             history: false,
             history_runs: 1_000_000,
             history_logs_per_run: 10,
@@ -191,6 +199,8 @@ impl Opts {
                 "tier2" => (o.tier2, any) = (true, true),
                 "docker" => (o.docker, any) = (true, true),
                 "history" => (o.history, any) = (true, true),
+                "mcp" => (o.mcp, any) = (true, true),
+                "--mcp-rounds" => o.mcp_rounds = count(value(), "--mcp-rounds", 10_000)?,
                 "--history-runs" => {
                     o.history_runs = count(value(), "--history-runs", 10_000_000)?;
                     if o.history_runs <= test_support::bench::history::BASELINE_RUNS as usize {
@@ -320,6 +330,12 @@ fn run(opts: &Opts, summary: &mut Summary) -> anyhow::Result<()> {
     if opts.docker {
         rt.block_on(test_support::bench::docker::docker_bench(
             opts.docker_runs,
+            summary,
+        ))?;
+    }
+    if opts.mcp {
+        rt.block_on(test_support::bench::mcp::mcp_bench(
+            opts.mcp_rounds,
             summary,
         ))?;
     }

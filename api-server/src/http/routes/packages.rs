@@ -290,7 +290,7 @@ pub async fn delete_package(
 
 #[utoipa::path(get, path = "/api/packages", tag = "packages",
     operation_id = "listPackages", summary = "List packages",
-    params(("type" = Option<String>, Query, description = "agent, skill or integration"),
+    params(("type" = Option<String>, Query, description = "agent, skill, integration or mcp-server"),
            ("limit" = Option<u32>, Query), ("startingAfter" = Option<String>, Query)),
     responses((status = 200, description = "List of packages: system packages plus those installed in the application", body = crate::http::openapi::PackageList),
               (status = 400)))]
@@ -305,7 +305,7 @@ pub async fn list(
     if let Some(k) = &kind {
         if packages::PackageType::parse(k).is_none() {
             return Err(ApiError::invalid_request(format!(
-                "type must be agent, skill or integration, got {k:?}"
+                "type must be agent, skill, integration or mcp-server, got {k:?}"
             ))
             .with_param("type"));
         }

@@ -2,6 +2,7 @@
 //! Local processes by default (§13.1); Docker containers with `RUN_ADAPTER=docker`.
 
 pub mod docker;
+mod mcp_files;
 mod process;
 
 use std::sync::Arc;
@@ -27,6 +28,19 @@ pub struct WorkloadSpec {
     /// Agent memory limit in MiB and CPUs (`_meta["dev.appstrate/resources"]`, clamped); Docker only.
     pub memory_mb: u64,
     pub cpus: f64,
+    /// The files of the run's stdio MCP servers, one archive per `sidecar.mcp_servers` entry of the same
+    /// name: the adapter unpacks them where the sidecar runs and sets each entry's `dir` (and the
+    /// sidecar's `workspace_dir`).
+    pub mcp_files: Vec<McpFiles>,
+}
+
+/// An `mcp-server` package archive to unpack for the sidecar.
+pub struct McpFiles {
+    /// The server's name (`sidecar.mcp_servers[].name`).
+    pub name: String,
+    pub archive: bytes::Bytes,
+    /// `server.entry_point`, made executable once unpacked.
+    pub entry_point: Option<String>,
 }
 
 impl WorkloadSpec {

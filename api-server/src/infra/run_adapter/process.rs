@@ -190,7 +190,7 @@ impl RunAdapter for ProcessAdapter {
         }
     }
 
-    async fn start(&self, spec: WorkloadSpec) -> Result<Box<dyn Workload>, String> {
+    async fn start(&self, mut spec: WorkloadSpec) -> Result<Box<dyn Workload>, String> {
         let runner = self
             .runner_bin
             .clone()
@@ -203,6 +203,21 @@ impl RunAdapter for ProcessAdapter {
         }
         let pid_dir = self.runs_dir().join(&spec.run_id);
         std::fs::create_dir_all(&pid_dir).map_err(|e| format!("run directory: {e}"))?;
+        // The stdio MCP servers' files, for the in-process sidecar that launches them.
+        for files in &spec.mcp_files {
+            let dir = pid_dir.join("mcp").join(&files.name);
+            super::mcp_files::unpack(&files.archive, &dir, files.entry_point.as_deref())
+                .map_err(|e| format!("MCP server {}: {e}", files.name))?;
+            if let Some(s) = spec
+                .sidecar
+                .mcp_servers
+                .iter_mut()
+                .find(|s| s.name == files.name)
+            {
+                s.dir = Some(dir.to_string_lossy().into_owned());
+            }
+        }
+        spec.sidecar.workspace_dir = Some(workspace.to_string_lossy().into_owned());
 
         let sidecar = sidecar::Sidecar::start(sidecar::SidecarOptions::loopback())
             .await

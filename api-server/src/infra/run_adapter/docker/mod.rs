@@ -335,6 +335,19 @@ impl RunAdapter for DockerAdapter {
 
     async fn start(&self, spec: WorkloadSpec) -> Result<Box<dyn Workload>, String> {
         self.available()?;
+        if let Some(s) = spec
+            .sidecar
+            .mcp_servers
+            .iter()
+            .find(|s| s.command.is_some())
+        {
+            // The sidecar image holds only the sidecar: a stdio server has nothing to run there yet.
+            return Err(format!(
+                "MCP server {} is a stdio server, which runs in process mode only in this version \
+                 (remote MCP servers work in Docker mode)",
+                s.id
+            ));
+        }
         let mut w = DockerWorkload::new(self.inner.clone());
         match w.launch(spec).await {
             Ok(()) => Ok(Box::new(w)),
