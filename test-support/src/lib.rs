@@ -5,6 +5,7 @@ pub mod bench;
 pub mod browser;
 pub mod docker;
 pub mod fake_llm;
+pub mod fake_oauth;
 pub mod fake_oidc;
 pub mod fake_sink;
 pub mod fake_smtp;
