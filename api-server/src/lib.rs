@@ -11,6 +11,7 @@ pub mod documents;
 pub mod domain;
 pub mod http;
 pub mod infra;
+pub mod integrations;
 pub mod memory;
 pub mod metrics;
 pub mod models;

@@ -250,6 +250,23 @@ fn workload_spec(
             Value::Array(agent_integrations).to_string(),
         ));
     }
+    // OAuth connections: where the sidecar asks for a fresh token after a 401 (bound to this run).
+    let integrations = ctx
+        .integrations
+        .iter()
+        .map(|i| {
+            let refresh =
+                i.oauth_connection_id
+                    .as_ref()
+                    .map(|cid| sidecar::config::RefreshConfig {
+                        url: format!("{platform}/internal/oauth-token/{cid}/refresh"),
+                        token: sidecar::config::Secret::new(
+                            crate::integrations::refresh::sidecar_token(state, &run.id, cid),
+                        ),
+                    });
+            i.to_config(refresh)
+        })
+        .collect();
     let sidecar = sidecar::config::SidecarConfig {
         run_id: run.id.clone(),
         run_token: sidecar::config::Secret::new(run_token),
@@ -262,7 +279,7 @@ fn workload_spec(
             base_url: llm.base_url.clone(),
             api_key: sidecar::config::Secret::new(llm.api_key.expose().clone()),
         },
-        integrations: ctx.integrations.iter().map(|i| i.to_config()).collect(),
+        integrations,
         allow_internal_hosts: config.egress_allow_internal_hosts.clone(),
         agent: None,
     };
