@@ -41,6 +41,7 @@ mod layering;
 mod memory;
 mod migrate_data;
 mod models;
+mod oauth;
 mod openapi;
 mod overload;
 mod package_visibility;
