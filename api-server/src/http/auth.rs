@@ -279,11 +279,13 @@ fn impersonation_allowed(path: &str) -> bool {
         return true;
     }
     // An end-user connecting its own account: /api/integrations/{packageId}/auths/{authKey}/connect/oauth2
-    // and /api/integrations/{packageId}/connections.
+    // (or …/connect/session for a hosted link) and /api/integrations/{packageId}/connections.
     segs.len() >= 4
         && segs[0] == "api"
         && segs[1] == "integrations"
-        && (segs[3] == "connections" || path.ends_with("/connect/oauth2"))
+        && (segs[3] == "connections"
+            || path.ends_with("/connect/oauth2")
+            || path.ends_with("/connect/session"))
 }
 
 /// Middleware for every authenticated `/api` route.

@@ -69,7 +69,7 @@ use crate::state::AppState;
         routes::integrations::delete_client, routes::integrations::list_clients,
         routes::integrations::set_default_client, routes::integrations::connect_oauth2,
         routes::integrations::list_connections, routes::integrations::callback,
-        routes::integrations::sidecar_refresh,
+        routes::integrations::sidecar_refresh, routes::integrations::connect_session,
     ),
     components(schemas(applications::ApplicationDto, api_keys::ApiKeyDto, end_users::EndUserDto,
         packages::PackageDto, packages::VersionDto, crate::packages::ConnectionView,
@@ -78,7 +78,8 @@ use crate::state::AppState;
         crate::models::ProviderKind, crate::models::TestResult, crate::models::usage::UsageReport,
         crate::models::usage::UsageTotals, crate::integrations::clients::OAuthClientView,
         crate::integrations::connect::ConnectStarted, crate::integrations::connect::Connected,
-        crate::integrations::status::ConnectionStatusView)),
+        crate::integrations::status::ConnectionStatusView,
+        crate::integrations::session::ConnectSession)),
     modifiers(&Conventions),
     security(("apiKey" = []), ("adminToken" = []))
 )]

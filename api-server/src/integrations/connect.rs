@@ -74,12 +74,44 @@ pub async fn start(
     body: &Value,
 ) -> Result<ConnectStarted, DomainError> {
     let app = auth.app()?;
-    let package_id = id.to_string();
     let mut f = Fields::new(body, "");
     let asked = f.string_array("scopes");
     let client_ref = f.string("clientId", false, 1, 100);
     f.finish()?;
-    let def = auth_def_for_app(state, &app.id, &package_id, auth_key).await?;
+    begin(
+        state,
+        Begin {
+            org_id: &auth.org_id,
+            application_id: &app.id,
+            end_user_id: auth.end_user.as_ref().map(|e| e.id.as_str()),
+            actor: auth.identity(),
+            package_id: id.to_string(),
+            auth_key,
+            scopes: asked,
+            client_ref,
+        },
+    )
+    .await
+}
+
+/// Who starts a connection, for what.
+pub(crate) struct Begin<'a> {
+    pub org_id: &'a str,
+    pub application_id: &'a str,
+    pub end_user_id: Option<&'a str>,
+    /// `apikey:<id>`, `user:<id>`, `connect-session:<end-user>`
+    pub actor: String,
+    pub package_id: String,
+    pub auth_key: &'a str,
+    pub scopes: Option<Vec<String>>,
+    pub client_ref: Option<String>,
+}
+
+/// The authorization URL for `b`, its state stored.
+pub(crate) async fn begin(state: &AppState, b: Begin<'_>) -> Result<ConnectStarted, DomainError> {
+    let (package_id, auth_key, asked, client_ref) =
+        (b.package_id, b.auth_key, b.scopes, b.client_ref);
+    let def = auth_def_for_app(state, b.application_id, &package_id, auth_key).await?;
     let spec = oauth_spec(&def, &package_id, auth_key)?;
     let scopes = match asked {
         Some(list) => {
@@ -108,7 +140,14 @@ pub async fn start(
         }
         None => spec.default_scopes.clone(),
     };
-    let client = pick_client(state, &app.id, &package_id, auth_key, client_ref.as_deref()).await?;
+    let client = pick_client(
+        state,
+        b.application_id,
+        &package_id,
+        auth_key,
+        client_ref.as_deref(),
+    )
+    .await?;
     let creds = creds(state, &client)?;
     let endpoints = provider::endpoints(state, &spec)
         .await
@@ -137,10 +176,10 @@ pub async fn start(
         .db
         .insert_connect_state(&ConnectStateRow {
             state_hash: sha256_hex(csrf.secret()),
-            org_id: auth.org_id.clone(),
-            application_id: app.id.clone(),
-            end_user_id: auth.end_user.as_ref().map(|e| e.id.clone()),
-            actor: auth.identity(),
+            org_id: b.org_id.to_string(),
+            application_id: b.application_id.to_string(),
+            end_user_id: b.end_user_id.map(str::to_string),
+            actor: b.actor,
             package_id,
             auth_key: auth_key.to_string(),
             oauth_client_id: client.id.clone(),

@@ -11,6 +11,7 @@ pub mod clients;
 pub mod connect;
 pub mod provider;
 pub mod refresh;
+pub mod session;
 pub mod spec;
 pub mod status;
 

@@ -662,3 +662,89 @@ async fn every_fixture_oauth2_auth_builds_an_authorization_url_and_bad_ones_are_
         assert!(fields.contains(&want), "{want} in {fields:?}");
     }
 }
+
+#[tokio::test]
+async fn an_end_user_connects_through_a_hosted_link_and_its_runs_use_its_connection() {
+    let oauth = FakeOAuth::start().await;
+    let fake = FakeLlm::start(vec![api_call(&oauth.base), output()]).await;
+    let app = llm_app(&fake, &[]).await;
+    install(&app, &oauth, json!({})).await;
+    register_client(&app, &oauth).await;
+    let r = app
+        .key(Method::POST, "/api/end-users")
+        .json(&json!({"name": "Grace"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let eu = r.json::<Value>().await.unwrap()["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let session_path = format!("/api/integrations/{API_PATH}/auths/primary/connect/session");
+
+    // A link is for one end-user.
+    let r = app.key(Method::POST, &session_path).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<Value>().await.unwrap()["code"],
+        "end_user_required"
+    );
+
+    let r = app
+        .key(Method::POST, &session_path)
+        .header("Appstrate-User", eu.as_str())
+        .json(&json!({"expiresIn": 600}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let link: Value = r.json().await.unwrap();
+    assert_eq!(link["endUserId"], eu.as_str());
+    let url = link["url"].as_str().unwrap();
+    assert!(url.starts_with(&format!(
+        "{}/api/integrations/connect/start?session=cs_",
+        app.address
+    )));
+
+    // The end-user's browser: no API key, through the provider and back.
+    let r = reqwest::Client::new()
+        .get(url)
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let done: Value = r.json().await.unwrap();
+    assert_eq!(done["endUserId"], eu.as_str(), "{done}");
+
+    // An altered link is refused with a page.
+    let r = browser().get(format!("{url}x")).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("not valid"));
+
+    // The application itself has no connection; the end-user's runs use the end-user's.
+    let run_path = format!("/api/agents/{AGENT}/run");
+    let r = app
+        .key(Method::POST, &run_path)
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 412);
+    let r = app
+        .key(Method::POST, &run_path)
+        .header("Appstrate-User", eu.as_str())
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let run: Value = r.json().await.unwrap();
+    let done = wait_terminal(&app, run["id"].as_str().unwrap()).await;
+    assert_eq!(done["status"], "success", "{done}");
+    assert_eq!(oauth.counters().api_ok, 1);
+    let list = connections(&app).await;
+    assert_eq!(list.len(), 1);
+    assert_eq!(list[0]["endUserId"], eu.as_str());
+}

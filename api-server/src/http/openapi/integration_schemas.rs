@@ -65,3 +65,13 @@ pub struct ConnectionStatusList {
     data: Vec<crate::integrations::status::ConnectionStatusView>,
     hasMore: bool,
 }
+
+/// `POST /api/integrations/{packageId}/auths/{authKey}/connect/session` (with `Appstrate-User`)
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectSessionRequest {
+    /// Scopes from the auth's `scope_catalog`; the defaults when absent
+    scopes: Option<Vec<String>>,
+    /// Seconds the link is valid, 60 to 3600 (default 900)
+    expires_in: Option<i64>,
+}

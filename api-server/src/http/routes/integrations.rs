@@ -16,7 +16,7 @@ use crate::http::auth::Auth;
 use crate::http::error::{status_of, ApiError};
 use crate::http::json::JsonBody;
 use crate::integrations::connect::CallbackQuery;
-use crate::integrations::{clients, connect, parse_package_id, refresh, status};
+use crate::integrations::{clients, connect, parse_package_id, refresh, session, status};
 use crate::state::AppState;
 
 /// The authenticated routes.
@@ -43,6 +43,10 @@ pub fn router() -> Router<AppState> {
             post(connect_oauth2),
         )
         .route(
+            "/api/integrations/{package_id}/auths/{auth_key}/connect/session",
+            post(connect_session),
+        )
+        .route(
             "/api/integrations/{package_id}/connections",
             get(list_connections),
         )
@@ -53,6 +57,7 @@ pub fn router() -> Router<AppState> {
 pub fn public_router() -> Router<AppState> {
     Router::new()
         .route("/api/integrations/callback", get(callback))
+        .route("/api/integrations/connect/start", get(connect_start))
         .route(
             "/internal/oauth-token/{connection_id}/refresh",
             post(sidecar_refresh),
@@ -158,6 +163,51 @@ pub async fn connect_oauth2(
     let id = parse_package_id(&package_id)?;
     let started = connect::start(&state, &auth, &id, &auth_key, &body).await?;
     Ok(Json(started).into_response())
+}
+
+#[utoipa::path(post, path = "/api/integrations/{packageId}/auths/{authKey}/connect/session", tag = "integrations",
+    operation_id = "createConnectSession", summary = "A short-lived connect link for an end-user (Appstrate-User)",
+    params(("packageId" = String, Path), ("authKey" = String, Path), ("Appstrate-User" = String, Header, description = "eu_…")),
+    request_body(content = crate::http::openapi::ConnectSessionRequest),
+    responses((status = 201, body = session::ConnectSession), (status = 400, description = "end_user_required"), (status = 404),
+              (status = 422, description = "unsupported_oauth")))]
+pub async fn connect_session(
+    State(state): State<AppState>,
+    Extension(auth): Extension<Auth>,
+    Path((package_id, auth_key)): Path<(String, String)>,
+    JsonBody(body): JsonBody,
+) -> Result<Response, ApiError> {
+    auth.require_scope("packages:write")?;
+    let id = parse_package_id(&package_id)?;
+    let created = session::create(&state, &auth, &id, &auth_key, &body).await?;
+    Ok((StatusCode::CREATED, Json(created)).into_response())
+}
+
+/// `?session=cs_…`
+#[derive(Debug, serde::Deserialize)]
+pub struct StartQuery {
+    session: Option<String>,
+}
+
+/// `GET /api/integrations/connect/start?session=cs_…`: the end-user's browser opens the link and is
+/// redirected to the provider (302), or shown a page saying why not. A browser route, like
+/// `/api/auth/sign-in/{provider}`, so not an operation of the JSON API's document.
+pub async fn connect_start(State(state): State<AppState>, Query(q): Query<StartQuery>) -> Response {
+    match session::open(&state, q.session.as_deref().unwrap_or("")).await {
+        Ok(started) => {
+            let mut res = StatusCode::FOUND.into_response();
+            if let Ok(v) = HeaderValue::from_str(&started.authorization_url) {
+                res.headers_mut().insert(axum::http::header::LOCATION, v);
+            }
+            res.headers_mut()
+                .insert(CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            res
+        }
+        Err(e) => {
+            tracing::info!(code = %e.code, "connect link refused");
+            page(&state, status_of(e.kind), "Connection failed", &e.detail)
+        }
+    }
 }
 
 #[utoipa::path(get, path = "/api/integrations/{packageId}/connections", tag = "integrations",
