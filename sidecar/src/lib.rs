@@ -16,6 +16,7 @@ pub mod delivery;
 mod forward;
 mod handover;
 mod http_util;
+mod refresh;
 pub mod server;
 pub mod ssrf;
 mod trace;

@@ -764,7 +764,7 @@ async fn proxy(State(st): State<Arc<Shared>>, req: Request) -> Response {
         // An expired OAuth token: ask the platform once for a fresh one, then retry once.
         match first {
             Ok(r) if r.status() == StatusCode::UNAUTHORIZED && integ.refresh.is_some() => {
-                if refresh_credential(&active, integ).await {
+                if crate::refresh::refresh_credential(&active, integ).await {
                     proxy_exchange(
                         &st,
                         &active,
@@ -801,58 +801,6 @@ async fn proxy(State(st): State<Arc<Shared>>, req: Request) -> Response {
         "proxy call"
     );
     response
-}
-
-/// Asks the platform for a fresh credential of `integ` (its `refresh` endpoint) and swaps the header
-/// in; false when the platform has none (the connection needs a reconnect) or cannot be reached.
-async fn refresh_credential(active: &Validated, integ: &Integration) -> bool {
-    let Some((url, token)) = &integ.refresh else {
-        return false;
-    };
-    let client = match reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .timeout(Duration::from_secs(20))
-        .build()
-    {
-        Ok(c) => c,
-        Err(_) => return false,
-    };
-    let resp = client
-        .post(url.clone())
-        .bearer_auth(token.expose())
-        .header("x-run-id", &active.run_id)
-        .send()
-        .await;
-    let fresh = match resp {
-        Ok(r) if r.status().is_success() => r.json::<serde_json::Value>().await.ok(),
-        Ok(r) => {
-            tracing::info!(run_id = %active.run_id, integration = %integ.id, status = r.status().as_u16(), "the platform has no fresh credential");
-            None
-        }
-        Err(e) => {
-            tracing::warn!(run_id = %active.run_id, integration = %integ.id, error = %describe(&e), "credential refresh request failed");
-            None
-        }
-    };
-    let Some(value) = fresh
-        .as_ref()
-        .filter(|v| {
-            v.get("name")
-                .and_then(|n| n.as_str())
-                .is_some_and(|n| n.eq_ignore_ascii_case(integ.header_name.as_str()))
-        })
-        .and_then(|v| v.get("value"))
-        .and_then(|v| v.as_str())
-        .and_then(|v| http::HeaderValue::from_str(v).ok())
-    else {
-        return false;
-    };
-    let mut value = value;
-    value.set_sensitive(true);
-    *integ.header_value.write().expect("credential header lock") = value;
-    tracing::info!(run_id = %active.run_id, integration = %integ.id, "credential refreshed after a 401");
-    true
 }
 
 fn too_large() -> Response {
