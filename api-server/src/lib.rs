@@ -12,6 +12,7 @@ pub mod domain;
 pub mod http;
 pub mod infra;
 pub mod instance;
+pub mod integrations;
 pub mod memory;
 pub mod metrics;
 pub mod models;

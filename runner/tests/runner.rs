@@ -8,10 +8,10 @@ use test_support::fake_llm::{offered_tools, system_prompt, FakeLlm, Turn};
 use test_support::fake_sink::{bundle_zip, FakeSink};
 use test_support::fake_upstream::{FakeUpstream, UpstreamResponse};
 
-#[path = "runner/workspace.rs"]
-mod workspace;
 #[path = "runner/mcp.rs"]
 mod mcp;
+#[path = "runner/workspace.rs"]
+mod workspace;
 
 const SECRET: &str = "sink-secret-for-tests-0123456789abcdef";
 const PLACEHOLDER: &str = "sk-appstrate-placeholder";

@@ -100,6 +100,20 @@ pub struct IntegrationConfig {
     #[serde(default)]
     pub allow_all_uris: bool,
     pub header: HeaderConfig,
+    /// Where to ask the platform for a fresh credential when the provider answers 401 (OAuth
+    /// connections). Absent: a 401 is passed to the agent as is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refresh: Option<RefreshConfig>,
+}
+
+/// The platform endpoint that re-renders an integration's credential header after a refresh.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RefreshConfig {
+    /// `POST` here (same origin as `platformUrl`); answers `{name, value}`.
+    pub url: String,
+    /// Presented as `Authorization: Bearer …`; bound to this run and connection.
+    pub token: Secret,
 }
 
 /// The body of `POST /configure`, also passed directly by the API server in process mode.
@@ -167,7 +181,9 @@ pub(crate) struct Integration {
     pub patterns: Vec<UriPattern>,
     pub allow_all_uris: bool,
     pub header_name: http::HeaderName,
-    pub header_value: http::HeaderValue,
+    /// Replaced in place when the platform hands a fresh credential after a 401.
+    pub header_value: std::sync::Arc<std::sync::RwLock<http::HeaderValue>>,
+    pub refresh: Option<(Url, Secret)>,
 }
 
 /// A validated configuration, ready to serve.
@@ -260,13 +276,27 @@ impl SidecarConfig {
             let mut header_value = http::HeaderValue::from_str(integ.header.value.expose())
                 .map_err(|_| ConfigError(format!("integrations[{i}].header.value is invalid")))?;
             header_value.set_sensitive(true);
+            let refresh = match &integ.refresh {
+                None => None,
+                Some(r) => {
+                    let url = ssrf::parse_url(&r.url)
+                        .map_err(|e| ConfigError(format!("integrations[{i}].refresh.url: {e}")))?;
+                    if url.origin() != platform.origin() {
+                        return Err(ConfigError(format!(
+                            "integrations[{i}].refresh.url must be on platformUrl's origin"
+                        )));
+                    }
+                    Some((url, r.token.clone()))
+                }
+            };
             integrations.push(Integration {
                 id: integ.id.clone(),
                 auth_key: integ.auth_key.clone(),
                 patterns,
                 allow_all_uris: integ.allow_all_uris,
                 header_name,
-                header_value,
+                header_value: std::sync::Arc::new(std::sync::RwLock::new(header_value)),
+                refresh,
             });
         }
         let agent_address = match &self.agent {

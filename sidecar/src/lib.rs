@@ -18,6 +18,7 @@ mod forward;
 mod handover;
 mod http_util;
 pub mod mcp;
+mod refresh;
 pub mod server;
 pub mod ssrf;
 mod trace;

@@ -797,18 +797,38 @@ async fn proxy(State(st): State<Arc<Shared>>, req: Request) -> Response {
     headers.remove(&integ.header_name);
     headers.remove(header::CONTENT_LENGTH);
     let started = Instant::now();
-    let outcome = tokio::time::timeout(
-        st.timeouts.proxy_upstream,
-        proxy_exchange(
+    let outcome = tokio::time::timeout(st.timeouts.proxy_upstream, async {
+        let first = proxy_exchange(
             &st,
             &active,
             integ,
             parts.method.clone(),
-            target,
-            headers,
-            body,
-        ),
-    )
+            target.clone(),
+            headers.clone(),
+            body.clone(),
+        )
+        .await;
+        // An expired OAuth token: ask the platform once for a fresh one, then retry once.
+        match first {
+            Ok(r) if r.status() == StatusCode::UNAUTHORIZED && integ.refresh.is_some() => {
+                if crate::refresh::refresh_credential(&active, integ).await {
+                    proxy_exchange(
+                        &st,
+                        &active,
+                        integ,
+                        parts.method.clone(),
+                        target,
+                        headers,
+                        body,
+                    )
+                    .await
+                } else {
+                    Ok(r)
+                }
+            }
+            other => other,
+        }
+    })
     .await;
     let response = match outcome {
         Ok(Ok(r)) => r,
@@ -872,7 +892,12 @@ async fn proxy_exchange(
         })?;
         let mut hop_headers = headers.clone();
         if inject {
-            hop_headers.insert(integ.header_name.clone(), integ.header_value.clone());
+            let value = integ
+                .header_value
+                .read()
+                .expect("credential header lock")
+                .clone();
+            hop_headers.insert(integ.header_name.clone(), value);
         }
         let mut rb = client
             .request(method.clone(), url.clone())

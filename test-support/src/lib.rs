@@ -6,6 +6,7 @@ pub mod browser;
 pub mod docker;
 pub mod fake_llm;
 pub mod fake_mcp;
+pub mod fake_oauth;
 pub mod fake_oidc;
 pub mod fake_sink;
 pub mod fake_smtp;

@@ -16,7 +16,7 @@ use crate::state::AppState;
 
 pub use crate::domain::{Credential, Principal as Auth, SCOPES};
 
-const APP_SCOPED: [&str; 10] = [
+const APP_SCOPED: [&str; 11] = [
     "/api/agents",
     "/api/runs",
     "/api/schedules",
@@ -27,6 +27,7 @@ const APP_SCOPED: [&str; 10] = [
     "/api/realtime",
     "/api/documents",
     "/api/uploads",
+    "/api/integrations",
 ];
 
 /// Routes that honour `Idempotency-Key` (§8); the header on any other mutating route is refused.
@@ -274,7 +275,17 @@ fn impersonation_allowed(path: &str) -> bool {
     }
     // /api/packages/{scope}/{name}/connections/...
     let segs: Vec<&str> = path.trim_start_matches('/').split('/').collect();
-    segs.len() >= 5 && segs[0] == "api" && segs[1] == "packages" && segs[4] == "connections"
+    if segs.len() >= 5 && segs[0] == "api" && segs[1] == "packages" && segs[4] == "connections" {
+        return true;
+    }
+    // An end-user connecting its own account: /api/integrations/{packageId}/auths/{authKey}/connect/oauth2
+    // (or …/connect/session for a hosted link) and /api/integrations/{packageId}/connections.
+    segs.len() >= 4
+        && segs[0] == "api"
+        && segs[1] == "integrations"
+        && (segs[3] == "connections"
+            || path.ends_with("/connect/oauth2")
+            || path.ends_with("/connect/session"))
 }
 
 /// Middleware for every authenticated `/api` route.

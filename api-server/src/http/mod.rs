@@ -65,13 +65,21 @@ use crate::state::AppState;
         models::refresh_models, models::list_models, models::create_model, models::set_default,
         models::update_model, models::delete_model, models::test_model, models::test_model_inline, models::get_agent_model,
         models::put_agent_model, routes::usage::usage,
+        routes::integrations::create_client, routes::integrations::update_client,
+        routes::integrations::delete_client, routes::integrations::list_clients,
+        routes::integrations::set_default_client, routes::integrations::connect_oauth2,
+        routes::integrations::list_connections, routes::integrations::callback,
+        routes::integrations::sidecar_refresh, routes::integrations::connect_session,
     ),
     components(schemas(applications::ApplicationDto, api_keys::ApiKeyDto, end_users::EndUserDto,
         packages::PackageDto, packages::VersionDto, crate::packages::ConnectionView,
         crate::packages::AgentSummary, openapi::Problem, openapi::ProblemFieldError,
         crate::models::CredentialView, crate::models::ModelView, crate::models::PricingView,
         crate::models::ProviderKind, crate::models::TestResult, crate::models::usage::UsageReport,
-        crate::models::usage::UsageTotals)),
+        crate::models::usage::UsageTotals, crate::integrations::clients::OAuthClientView,
+        crate::integrations::connect::ConnectStarted, crate::integrations::connect::Connected,
+        crate::integrations::status::ConnectionStatusView,
+        crate::integrations::session::ConnectSession)),
     modifiers(&Conventions),
     security(("apiKey" = []), ("adminToken" = []))
 )]
@@ -145,6 +153,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::persistence::router())
         .merge(routes::documents::router())
         .merge(routes::models::router(&state))
+        .merge(routes::integrations::router())
         .route_layer(from_fn_with_state(state.clone(), auth::require_auth))
         // Outside authentication: a mutating API request during shutdown is refused before any work.
         // The sink routes below are not gated (§5.3: runs may still finish during the grace).
@@ -163,6 +172,7 @@ pub fn router(state: AppState) -> Router {
         .merge(routes::people::router(&state))
         .merge(routes::orgs::router(&state))
         .merge(routes::sso::router())
+        .merge(routes::integrations::public_router())
         .merge(api)
         .merge(routes::sink::router())
         .merge(routes::run_tools::router())

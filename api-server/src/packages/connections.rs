@@ -224,6 +224,8 @@ pub async fn put_connection(
         updated_at: at,
     };
     let saved = state.infra.db.upsert_connection(&row).await?;
+    // Pasted credentials replace an OAuth grant: nothing to refresh any more.
+    state.infra.db.clear_connection_oauth(&saved.id).await?;
     Ok(saved.into())
 }
 
@@ -259,6 +261,15 @@ pub async fn delete_connection(
 ) -> Result<(), DomainError> {
     let app = auth.app()?;
     let eu = auth.end_user.as_ref().map(|e| e.id.as_str());
+    // Disconnecting an OAuth connection revokes the grant at the provider when it offers revocation.
+    if let Some(conn) = state
+        .infra
+        .db
+        .get_connection(&app.id, eu, &id.to_string(), auth_key)
+        .await?
+    {
+        crate::integrations::status::revoke_at_provider(state, &conn).await;
+    }
     state
         .infra
         .db

@@ -403,7 +403,17 @@ fn validate_auth(c: &mut Check, key: &str, auth: &Value) {
         return;
     };
     match c.string(auth, "type", &format!("{path}.type"), true) {
-        Some("oauth2" | "api_key" | "basic" | "custom") | None => {}
+        Some("oauth2") => {
+            // An oauth2 auth the connect flow could not serve is refused here, naming the field.
+            if let Err(problems) =
+                crate::integrations::OAuthSpec::parse(&Value::Object(auth.clone()))
+            {
+                for p in problems {
+                    c.err(&format!("{path}.{}", p.field), p.code, p.message);
+                }
+            }
+        }
+        Some("api_key" | "basic" | "custom") | None => {}
         Some(_) => c.err(
             &format!("{path}.type"),
             "invalid_value",
@@ -624,6 +634,8 @@ mod tests {
         }));
         for want in [
             ("manifest.auths.Bad", "invalid_format"),
+            ("manifest.auths.Bad.token_endpoint", "required"),
+            ("manifest.auths.Bad.authorization_endpoint", "required"),
             ("manifest.auths.k.type", "invalid_value"),
             ("manifest.auths.k.credentials.schema", "invalid_schema"),
             ("manifest.auths.k.delivery.http.in", "invalid_value"),

@@ -5,7 +5,7 @@ use std::io::Cursor;
 use crate::domain::{DomainError, ErrorKind, FieldError, Principal};
 use bytes::Bytes;
 use serde_json::{Map, Value};
-use sidecar::config::{HeaderConfig, IntegrationConfig, Secret};
+use sidecar::config::{HeaderConfig, IntegrationConfig, RefreshConfig, Secret};
 
 use super::afps::build_zip;
 use super::connections::{run_connection, schema_field_errors};
@@ -207,17 +207,22 @@ pub struct RunIntegration {
     pub allow_all_uris: bool,
     /// The rendered header; its value is a secret (`Debug` prints `[redacted]`).
     pub header: HeaderConfig,
+    /// The OAuth connection behind the header (its sidecar may ask for a fresh token); `None` for
+    /// pasted credentials.
+    pub oauth_connection_id: Option<String>,
 }
 
 impl RunIntegration {
-    /// The sidecar's `/configure` entry for this integration.
-    pub fn to_config(&self) -> IntegrationConfig {
+    /// The sidecar's `/configure` entry for this integration; `refresh` is where its sidecar asks for a
+    /// fresh credential after a 401 (OAuth connections only).
+    pub fn to_config(&self, refresh: Option<RefreshConfig>) -> IntegrationConfig {
         IntegrationConfig {
             id: self.id.clone(),
             auth_key: self.auth_key.clone(),
             authorized_uris: self.authorized_uris.clone(),
             allow_all_uris: self.allow_all_uris,
             header: self.header.clone(),
+            refresh,
         }
     }
 }
@@ -275,15 +280,34 @@ pub async fn run_integrations(
                 ));
             };
             let Some(connection) = connection else {
-                return Err(DomainError::new(
+                let e = DomainError::new(
                     ErrorKind::PreconditionFailed,
                     "missing_integration_connection",
                     format!(
                         "Integration {id} auth {auth_key} has no connection; create one with \
-                         PUT /api/packages/{id}/connections/{auth_key}"
+                         PUT /api/packages/{id}/connections/{auth_key} (or connect an oauth2 auth \
+                         with POST /api/integrations/{id}/auths/{auth_key}/connect/oauth2)"
                     ),
-                ));
+                );
+                connection_missing(state, auth, manifest, id, auth_key, &e).await;
+                return Err(e);
             };
+            // OAuth: refreshed before it expires; one that needs a reconnect stops the run here.
+            let connection = match crate::integrations::refresh::for_run(state, connection).await {
+                Ok(c) => c,
+                Err((e, reconnect)) => {
+                    if reconnect {
+                        connection_missing(state, auth, manifest, id, auth_key, &e).await;
+                    }
+                    return Err(e);
+                }
+            };
+            let oauth_connection_id = state
+                .infra
+                .db
+                .get_connection_oauth(&connection.id)
+                .await?
+                .map(|_| connection.id.clone());
             let creds = state
                 .keyring
                 .decrypt_json(&connection.credentials_encrypted)
@@ -335,10 +359,39 @@ pub async fn run_integrations(
                     name,
                     value: Secret::new(value),
                 },
+                oauth_connection_id,
             });
         }
     }
     Ok(out)
+}
+
+/// Emits `run.connection_missing` for the agent of `manifest` (the run is refused before it exists).
+async fn connection_missing(
+    state: &AppState,
+    auth: &Principal,
+    manifest: &Value,
+    integration: &str,
+    auth_key: &str,
+    error: &DomainError,
+) {
+    let Ok(app) = auth.app() else {
+        return;
+    };
+    let agent = manifest.get("name").and_then(Value::as_str);
+    crate::webhooks::emit_connection_missing(
+        state,
+        &crate::webhooks::ConnectionMissing {
+            application_id: &app.id,
+            agent_id: agent,
+            integration,
+            auth_key,
+            end_user_id: auth.end_user.as_ref().map(|e| e.id.as_str()),
+            code: &error.code,
+            message: &error.detail,
+        },
+    )
+    .await;
 }
 
 /// §11.1 step 6: applies the top-level `default`s of `manifest.input.schema` to `input` (null counts as

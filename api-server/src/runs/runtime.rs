@@ -261,14 +261,27 @@ fn workload_spec(
             .collect();
         env.push(("AGENT_MCP_SERVERS", Value::Array(servers).to_string()));
     }
-    let mut sidecar_integrations: Vec<_> = ctx.integrations.iter().map(|i| i.to_config()).collect();
+    // OAuth connections: where the sidecar asks for a fresh token after a 401 (bound to this run).
+    let to_config = |i: &crate::packages::RunIntegration| {
+        let refresh = i
+            .oauth_connection_id
+            .as_ref()
+            .map(|cid| sidecar::config::RefreshConfig {
+                url: format!("{platform}/internal/oauth-token/{cid}/refresh"),
+                token: sidecar::config::Secret::new(crate::integrations::refresh::sidecar_token(
+                    state, &run.id, cid,
+                )),
+            });
+        i.to_config(refresh)
+    };
+    let mut sidecar_integrations: Vec<_> = ctx.integrations.iter().map(to_config).collect();
     for s in &ctx.mcp_servers {
         if let Some(i) = &s.integration {
             if !sidecar_integrations
                 .iter()
                 .any(|c| c.id == i.id && c.auth_key == i.auth_key)
             {
-                sidecar_integrations.push(i.to_config());
+                sidecar_integrations.push(to_config(i));
             }
         }
     }

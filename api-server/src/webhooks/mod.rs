@@ -23,13 +23,15 @@ use crate::state::AppState;
 
 pub mod manage;
 
-/// The run events a webhook can subscribe to.
-pub const EVENTS: [&str; 5] = [
+/// The run events a webhook can subscribe to. `run.connection_missing` is emitted when a run is refused
+/// because a required connection is missing or needs a reconnect (no run exists then).
+pub const EVENTS: [&str; 6] = [
     "run.started",
     "run.success",
     "run.failed",
     "run.timeout",
     "run.cancelled",
+    "run.connection_missing",
 ];
 /// Webhooks per application.
 pub const MAX_PER_APPLICATION: i64 = 20;
@@ -41,6 +43,10 @@ pub const JOB_KIND: &str = "webhook.deliver";
 pub const DEFAULT_ROTATION_GRACE_SECONDS: i64 = 24 * 3600;
 /// The longest rotation window a request may ask for.
 pub const MAX_ROTATION_GRACE_SECONDS: i64 = 7 * 24 * 3600;
+
+mod connection_missing;
+
+pub use connection_missing::{emit_connection_missing, ConnectionMissing};
 
 type HmacSha256 = Hmac<Sha256>;
 

@@ -43,6 +43,7 @@ mod mcp;
 mod memory;
 mod migrate_data;
 mod models;
+mod oauth;
 mod openapi;
 mod overload;
 mod package_visibility;

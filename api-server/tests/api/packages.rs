@@ -963,7 +963,7 @@ async fn run_integrations_render_the_fixture_delivery() {
     // Twilio: "{sid}:{token}", base64, prefix Basic.
     assert_eq!(got[1].header.value.expose(), "Basic QUMxOnRvaw==");
     assert!(!format!("{:?}", got[1]).contains("QUMxOnRvaw"));
-    let cfg = got[1].to_config();
+    let cfg = got[1].to_config(None);
     assert_eq!(cfg.id, "@appstrate/twilio");
 
     // An end-user's own connection wins when the actor is that end-user; otherwise the application's.

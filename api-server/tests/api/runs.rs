@@ -21,7 +21,11 @@ pub(crate) async fn llm_app(fake: &FakeLlm, extra: &[(&str, &str)]) -> TestApp {
         .expect("SQLite is always available")
 }
 
-async fn llm_app_on(backend: Backend, fake: &FakeLlm, extra: &[(&str, &str)]) -> Option<TestApp> {
+pub(crate) async fn llm_app_on(
+    backend: Backend,
+    fake: &FakeLlm,
+    extra: &[(&str, &str)],
+) -> Option<TestApp> {
     let url = fake.url();
     let packages = system_packages_dir().to_string_lossy().into_owned();
     let mut env: Vec<(&str, &str)> = vec![

@@ -213,7 +213,10 @@ mod tests {
             patterns: vec![crate::allowlist::UriPattern::parse(pattern).unwrap()],
             allow_all_uris: false,
             header_name: http::HeaderName::from_static("authorization"),
-            header_value: http::HeaderValue::from_static("Bearer x"),
+            header_value: std::sync::Arc::new(std::sync::RwLock::new(
+                http::HeaderValue::from_static("Bearer x"),
+            )),
+            refresh: None,
         }
     }
 

@@ -55,7 +55,12 @@ pub(crate) async fn forward(
         }
     }
     if let Some(i) = integ {
-        headers.insert(i.header_name.clone(), i.header_value.clone());
+        let value = i
+            .header_value
+            .read()
+            .expect("credential header lock")
+            .clone();
+        headers.insert(i.header_name.clone(), value);
     }
     let body = match axum::body::to_bytes(body, MAX_BODY).await {
         Ok(b) => b,

@@ -1,9 +1,11 @@
 //! The OpenAPI document's shared parts: the security schemes, the conventions applied to every operation,
 //! the `/llms.txt` rendering of the document, and (in [`schemas`]) the documentation-only body types.
 
+mod integration_schemas;
 mod model_schemas;
 mod schemas;
 
+pub use integration_schemas::*;
 pub use model_schemas::*;
 pub use schemas::*;
 

@@ -2,6 +2,7 @@ pub mod api_keys;
 pub mod applications;
 pub mod documents;
 pub mod end_users;
+pub mod integrations;
 pub mod meta;
 pub mod models;
 pub mod orgs;

@@ -7,6 +7,7 @@ pub mod idempotency;
 pub mod memory;
 pub mod migrate_data;
 pub mod models;
+pub mod oauth;
 mod packages;
 pub mod people;
 pub mod runs;
@@ -27,6 +28,7 @@ pub use history::HistoryRepo;
 pub use idempotency::{IdempotencyRepo, IdempotencyScope, IdempotencyState};
 pub use memory::MemoryRepo;
 pub use models::ModelRepo;
+pub use oauth::OAuthRepo;
 pub use packages::{
     ConnectionRow, NewPackageVersion, PackageFilter, PackageRepo, PackageRow, PackageVersionRow,
     PackageWithManifest,
@@ -186,6 +188,7 @@ pub trait Database:
     + MemoryRepo
     + DocumentRepo
     + ModelRepo
+    + OAuthRepo
     + UsageRepo
     + Send
     + Sync

@@ -176,7 +176,8 @@ const PKG_COLS: &str = "p.id, p.org_id, p.package_id, p.scope, p.name, p.type, p
      p.latest_version, p.display_name, p.description, p.created_at, p.updated_at";
 const VERSION_COLS: &str =
     "id, package_pk, version, integrity, size, manifest, storage_key, created_at";
-const CONN_COLS: &str = "id, org_id, application_id, end_user_id, package_id, auth_key, \
+pub(super) const CONN_COLS: &str =
+    "id, org_id, application_id, end_user_id, package_id, auth_key, \
      credentials_encrypted, fields, created_at, updated_at";
 
 /// `WHERE` fragment: packages visible to application `$1` (system, or installed in it).
