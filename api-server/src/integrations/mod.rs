@@ -9,6 +9,7 @@
 
 pub mod clients;
 pub mod connect;
+pub mod overview;
 pub mod provider;
 pub mod refresh;
 pub mod session;

@@ -82,6 +82,19 @@ pub async fn serve(Path(file): Path<String>) -> Response {
     }
 }
 
+/// `GET /favicon.ico`: what browsers ask for on pages that name no icon (the OAuth callback page, JSON
+/// answers opened in a tab): a redirect to the hashed icon.
+pub async fn favicon() -> Response {
+    (
+        StatusCode::MOVED_PERMANENTLY,
+        [
+            (axum::http::header::LOCATION, url("favicon.svg")),
+            (CACHE_CONTROL, "public, max-age=86400".to_string()),
+        ],
+    )
+        .into_response()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

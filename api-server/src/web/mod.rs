@@ -40,7 +40,7 @@ pub use context::CONTEXT_COOKIE;
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                        connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-const TEMPLATES: [(&str, &str); 19] = [
+const TEMPLATES: [(&str, &str); 21] = [
     ("base.html", include_str!("../../web/templates/base.html")),
     (
         "sign_in.html",
@@ -101,6 +101,14 @@ const TEMPLATES: [(&str, &str); 19] = [
     (
         "instance.html",
         include_str!("../../web/templates/instance.html"),
+    ),
+    (
+        "connections.html",
+        include_str!("../../web/templates/connections.html"),
+    ),
+    (
+        "connect.html",
+        include_str!("../../web/templates/connect.html"),
     ),
 ];
 
@@ -208,6 +216,7 @@ pub fn router() -> Router<AppState> {
     Router::new()
         .route("/", get(pages::auth::home))
         .route("/assets/{file}", get(assets::serve))
+        .route("/favicon.ico", get(assets::favicon))
         .route(
             "/sign-in",
             get(pages::auth::sign_in_page).post(pages::auth::sign_in),
@@ -263,6 +272,23 @@ pub fn router() -> Router<AppState> {
         )
         .route("/profile/password", post(pages::account::change_password))
         .route("/instance", get(pages::account::instance))
+        .route("/connections", get(pages::connections::list))
+        .route(
+            "/connections/{scope}/{name}/{auth}/client",
+            post(pages::connections::add_client),
+        )
+        .route(
+            "/connections/{scope}/{name}/{auth}/connect",
+            post(pages::connections::connect),
+        )
+        .route(
+            "/connections/{scope}/{name}/{auth}/credentials",
+            post(pages::connections::credentials),
+        )
+        .route(
+            "/connections/{scope}/{name}/{auth}/disconnect",
+            post(pages::connections::disconnect),
+        )
         .route("/models", get(pages::models::list))
         .route("/models/credentials", post(pages::models::add_key))
         .route("/models/models", post(pages::models::add_model))

@@ -973,8 +973,11 @@ async fn an_organization_key_reaches_the_provider_through_a_pooled_sidecar() {
     let containers = docker::containers(&d.docker, &[("appstrate.instance", &d.instance)]).await;
     assert!(containers.len() >= 2, "{containers:?}");
     for id in containers.values() {
-        let info = d.docker.inspect_container(id, None).await.unwrap();
-        assert!(!env_of(&info).join("\n").contains(ORG_KEY));
+        // A warm slot may be replaced between the listing and the inspection: a container that is gone
+        // holds no environment to check.
+        if let Ok(info) = d.docker.inspect_container(id, None).await {
+            assert!(!env_of(&info).join("\n").contains(ORG_KEY));
+        }
     }
     let done = wait_terminal(&d.app, &id).await;
     assert_eq!(done["status"], "success", "{done}");

@@ -28,6 +28,7 @@ mod conformance;
 mod conventions;
 mod crash;
 mod dashboard;
+mod dashboard_connections;
 mod dashboard_forms;
 mod dashboard_models;
 mod database;

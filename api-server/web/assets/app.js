@@ -12,6 +12,10 @@
     if (button) { button.hidden = true; }
   });
 
+  // The connect page: go on to the provider at once (the link stays for a browser without script).
+  var follow = document.querySelector("a[data-follow]");
+  if (follow) { window.location.assign(follow.href); }
+
   // Live run logs over the existing SSE stream (no polling).
   var logs = document.querySelector("ol.logs[data-stream]");
   if (!logs || typeof EventSource === "undefined") { return; }

@@ -237,7 +237,7 @@ fn page(state: &AppState, status: StatusCode, title: &str, text: &str) -> Respon
     let body = format!(
         "<!doctype html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>{title} · Appstrate</title>\
          </head><body><main><h1>{title}</h1><p id=\"message\">{}</p>\
-         <p>You can close this window.</p><p><a href=\"{}/\">Back to Appstrate</a></p></main></body></html>",
+         <p>You can close this window.</p><p><a id=\"back\" href=\"{}/connections\">Back to the connections</a></p></main></body></html>",
         escape(text),
         escape(&state.config.app_url),
     );

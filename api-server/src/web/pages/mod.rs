@@ -4,6 +4,7 @@ pub mod account;
 pub mod agents;
 pub mod api_keys;
 pub mod auth;
+pub mod connections;
 pub mod members;
 pub mod models;
 pub mod runs;

@@ -14,11 +14,11 @@ use test_support::app::TestApp;
 use test_support::fake_llm::Turn;
 use test_support::fake_oauth::FakeOAuth;
 
-const API: &str = "@tests/oauthapi";
+pub(crate) const API: &str = "@tests/oauthapi";
 const API_PATH: &str = "%40tests%2Foauthapi";
 const AGENT: &str = "@tests/oauthcaller";
 
-fn integration(base: &str, extra: Value) -> Value {
+pub(crate) fn integration(base: &str, extra: Value) -> Value {
     let mut auth = json!({
         "type": "oauth2",
         "authorization_endpoint": format!("{base}/authorize"),
