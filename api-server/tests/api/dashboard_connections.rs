@@ -19,6 +19,20 @@ async fn the_connect_button_connects_through_the_provider_and_disconnect_revokes
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("oauthapi.afps");
     std::fs::write(&file, build_zip(&[("manifest.json", manifest.as_bytes())])).unwrap();
+    let agent = json!({
+        "schema_version": "0.1", "name": "@tests/oauthcaller", "version": "1.0.0", "type": "agent",
+        "display_name": "Caller", "dependencies": {"integrations": {crate::oauth::API: "^1.0.0"}}
+    })
+    .to_string();
+    let agent_file = dir.path().join("caller.afps");
+    std::fs::write(
+        &agent_file,
+        build_zip(&[
+            ("manifest.json", agent.as_bytes()),
+            ("prompt.md", b"Call the API.".as_slice()),
+        ]),
+    )
+    .unwrap();
 
     web.goto(&format!("{base}/sign-up")).await;
     web.fill("#name", "Ada").await;
@@ -32,6 +46,19 @@ async fn the_connect_button_connects_through_the_provider_and_disconnect_revokes
         .await
         .unwrap();
     web.submit("#import").await;
+    web.find("#file")
+        .await
+        .send_keys(&agent_file.to_string_lossy())
+        .await
+        .unwrap();
+    web.submit("#import").await;
+    // The agent's page says what it needs and that it is not connected yet.
+    assert_eq!(web.path().await, "/agents/@tests/oauthcaller");
+    let requires = web.text("#requires").await;
+    assert!(
+        requires.contains("@tests/oauthapi") && requires.contains("not connected"),
+        "{requires}"
+    );
 
     web.click("nav.main a[href='/connections']").await;
     let card = "#integration-tests-oauthapi";
@@ -77,6 +104,14 @@ async fn the_connect_button_connects_through_the_provider_and_disconnect_revokes
     );
     web.screenshot("connections-connected").await;
     web.assert_clean("/connections").await;
+    web.goto(&format!("{base}/agents/@tests/oauthcaller")).await;
+    let requires = web.text("#requires").await;
+    assert!(
+        requires.contains("connected") && !requires.contains("not connected"),
+        "{requires}"
+    );
+    web.click("nav.main a[href='/connections']").await;
+    web.find(card).await;
 
     // Disconnect revokes the grant at the provider.
     web.submit(&format!("{card} button.danger")).await;

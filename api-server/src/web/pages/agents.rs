@@ -161,7 +161,7 @@ async fn agent(
     p: &Principal,
     scope: &str,
     name: &str,
-) -> Result<(AgentSummary, Value, Vec<String>), DomainError> {
+) -> Result<AgentData, DomainError> {
     p.require_scope("agents:read")?;
     let id = PackageId::from_parts(scope, name)
         .ok_or_else(|| DomainError::not_found(format!("No agent {scope}/{name}")))?;
@@ -186,24 +186,68 @@ async fn agent(
         &running,
     )
     .remove(0);
-    Ok((
+    let requires = requirements(state, p, &manifest).await;
+    Ok(AgentData {
         summary,
         manifest,
-        versions.into_iter().map(|v| v.version).collect(),
-    ))
+        versions: versions.into_iter().map(|v| v.version).collect(),
+        requires,
+    })
 }
 
-#[allow(clippy::too_many_arguments)]
+/// An agent with what its page shows besides the summary.
+struct AgentData {
+    summary: AgentSummary,
+    manifest: Value,
+    versions: Vec<String>,
+    requires: Vec<Requirement>,
+}
+
+/// An integration the agent depends on, and whether this application is connected to it.
+#[derive(serde::Serialize)]
+struct Requirement {
+    id: String,
+    /// `connected`, `expiring`, `needs_reconnect`, `revoked`, or `not connected`.
+    status: String,
+    message: Option<String>,
+}
+
+async fn requirements(state: &AppState, p: &Principal, manifest: &Value) -> Vec<Requirement> {
+    let Some(deps) = manifest
+        .pointer("/dependencies/integrations")
+        .and_then(Value::as_object)
+    else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for id in deps.keys() {
+        let conns = match PackageId::parse(id) {
+            Some(pid) => crate::integrations::status::list(state, p, &pid)
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let own = conns.into_iter().find(|c| c.end_user_id.is_none());
+        out.push(Requirement {
+            id: id.clone(),
+            status: own
+                .as_ref()
+                .map_or_else(|| "not connected".to_string(), |c| c.status.clone()),
+            message: own.and_then(|c| c.status_message),
+        });
+    }
+    out
+}
+
 fn agent_page(
     v: &Viewer,
     status: StatusCode,
-    summary: &AgentSummary,
-    manifest: &Value,
-    versions: &[String],
+    a: &AgentData,
     values: &HashMap<String, String>,
     errors: &HashMap<String, String>,
     error: Option<String>,
 ) -> Response {
+    let (summary, manifest, versions) = (&a.summary, &a.manifest, &a.versions);
     let schema = manifest.pointer("/input/schema");
     let pretty = |p: &str| {
         manifest
@@ -217,7 +261,8 @@ fn agent_page(
             title => summary.display_name.clone().unwrap_or_else(|| summary.id.clone()),
             section => "agents", ctx => &v.ctx, agent => summary, versions,
             fields => fields(schema, values, errors), error,
-            can_run => v.can("agents:run"),
+            can_run => v.can("agents:run"), requires => &a.requires,
+            requires_missing => a.requires.iter().any(|r| r.status != "connected"),
             input_schema => pretty("/input/schema"), output_schema => pretty("/output/schema"),
         },
     )
@@ -235,12 +280,10 @@ pub async fn detail(
         Err(res) => return res,
     };
     match agent(&state, &v.principal, &scope, &name).await {
-        Ok((summary, manifest, versions)) => agent_page(
+        Ok(a) => agent_page(
             &v,
             StatusCode::OK,
-            &summary,
-            &manifest,
-            &versions,
+            &a,
             &HashMap::new(),
             &HashMap::new(),
             None,
@@ -262,16 +305,14 @@ pub async fn run(
         Ok(v) => v,
         Err(res) => return res,
     };
-    let (summary, manifest, versions) = match agent(&state, &v.principal, &scope, &name).await {
+    let a = match agent(&state, &v.principal, &scope, &name).await {
         Ok(a) => a,
         Err(e) => return error_page(&e, Some(&v.ctx)),
     };
-    let schema = manifest.pointer("/input/schema");
+    let schema = a.manifest.pointer("/input/schema");
     let values = submitted(&pairs);
     let again = |errors: HashMap<String, String>, error: Option<String>, status: StatusCode| {
-        agent_page(
-            &v, status, &summary, &manifest, &versions, &values, &errors, error,
-        )
+        agent_page(&v, status, &a, &values, &errors, error)
     };
     let input = match input(schema, &values) {
         Ok(i) => i,
