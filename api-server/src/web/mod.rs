@@ -233,6 +233,8 @@ pub fn router() -> Router<AppState> {
         .route("/agents/{scope}/{name}/run", post(pages::agents::run))
         .route("/members", get(pages::members::list))
         .route("/members/invite", post(pages::members::invite))
+        .route("/members/{id}/role", post(pages::members::set_role))
+        .route("/members/{id}/remove", post(pages::members::remove))
         .route(
             "/invite/{token}",
             get(pages::members::invitation).post(pages::members::accept),

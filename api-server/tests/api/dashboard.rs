@@ -259,6 +259,24 @@ async fn an_invited_viewer_reads_but_cannot_run() {
     assert_eq!(status, 403);
     assert!(fake.requests().is_empty(), "no run reached the model");
     bob.console().await;
+
+    // The owner makes Bob a member: his next page offers the run form.
+    ada.goto(&format!("{base}/members")).await;
+    ada.find("form.member-role select option[value='member']")
+        .await
+        .click()
+        .await
+        .unwrap();
+    ada.submit("form.member-role button").await;
+    assert!(ada.text("#members").await.contains("bob@example.com"));
+    assert_eq!(
+        ada.eval("return document.querySelector('form.member-role select').value")
+            .await,
+        "member"
+    );
+    ada.assert_clean("/members").await;
+    bob.goto(&format!("{base}/agents/@examples/hello")).await;
+    bob.find("#run-form").await;
     ada.close().await;
     bob.close().await;
 }

@@ -17,9 +17,11 @@ use crate::web::{error_page, message_page, render, render_status, see_other};
 
 #[derive(Serialize)]
 struct Member {
+    id: String,
     name: String,
     email: String,
     role: String,
+    me: bool,
 }
 
 #[derive(Serialize)]
@@ -47,9 +49,11 @@ async fn page(state: &AppState, v: &Viewer, out: Outcome) -> Response {
         .members
         .iter()
         .map(|m| Member {
+            id: m.user_id.clone(),
             name: m.name.clone(),
             email: m.email.clone(),
             role: m.role.clone(),
+            me: m.user_id == v.user.id,
         })
         .collect();
     let invitations: Vec<Invitation> = detail
@@ -115,6 +119,61 @@ pub async fn invite(
         }
     };
     page(&state, &v, out).await
+}
+
+/// `POST /members/{id}/role` (`role`): changes a member's role (the domain decides who may assign what).
+pub async fn set_role(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(member): Path<String>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let v = match form_viewer(&state, &headers, "/members", &pairs).await {
+        Ok(v) => v,
+        Err(res) => return res,
+    };
+    let done = async {
+        let role = orgs::parse_role("role", value(&pairs, "role").unwrap_or(""))?;
+        orgs::set_member_role(&state, &v.user.id, &v.ctx.org_id, &member, role).await
+    };
+    match done.await {
+        Ok(()) => see_other("/members"),
+        Err(e) => {
+            let e = DomainError::from(e);
+            let out = Outcome {
+                status: Some(crate::web::status_for(&e)),
+                error: Some(e.detail),
+                ..Default::default()
+            };
+            page(&state, &v, out).await
+        }
+    }
+}
+
+/// `POST /members/{id}/remove`: removes a member (or, for oneself, leaves the organization).
+pub async fn remove(
+    State(state): State<AppState>,
+    headers: HeaderMap,
+    Path(member): Path<String>,
+    Form(pairs): Form<Vec<(String, String)>>,
+) -> Response {
+    let v = match form_viewer(&state, &headers, "/members", &pairs).await {
+        Ok(v) => v,
+        Err(res) => return res,
+    };
+    match orgs::remove_member(&state, &v.user.id, &v.ctx.org_id, &member).await {
+        Ok(()) if member == v.user.id => see_other("/agents"),
+        Ok(()) => see_other("/members"),
+        Err(e) => {
+            let e = DomainError::from(e);
+            let out = Outcome {
+                status: Some(crate::web::status_for(&e)),
+                error: Some(e.detail),
+                ..Default::default()
+            };
+            page(&state, &v, out).await
+        }
+    }
 }
 
 /// `GET /invite/{token}`: what the invitation is, and how to accept it.
