@@ -40,7 +40,7 @@ pub use context::CONTEXT_COOKIE;
 pub const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; \
                        connect-src 'self'; form-action 'self'; frame-ancestors 'none'; base-uri 'none'";
 
-const TEMPLATES: [(&str, &str); 21] = [
+const TEMPLATES: [(&str, &str); 22] = [
     ("base.html", include_str!("../../web/templates/base.html")),
     (
         "sign_in.html",
@@ -109,6 +109,10 @@ const TEMPLATES: [(&str, &str); 21] = [
     (
         "connect.html",
         include_str!("../../web/templates/connect.html"),
+    ),
+    (
+        "end_users.html",
+        include_str!("../../web/templates/end_users.html"),
     ),
 ];
 
@@ -274,6 +278,7 @@ pub fn router() -> Router<AppState> {
         )
         .route("/profile/password", post(pages::account::change_password))
         .route("/instance", get(pages::account::instance))
+        .route("/end-users", get(pages::end_users::list))
         .route("/connections", get(pages::connections::list))
         .route(
             "/connections/{scope}/{name}/{auth}/client",

@@ -440,6 +440,26 @@ async fn schedules_webhooks_and_api_keys_from_the_dashboard() {
     let rotated = web.text("#webhook-secret").await;
     assert!(rotated.starts_with("whsec_") && rotated != secret);
 
+    // An end-user a program creates with the key is listed, and found by email.
+    let r = app
+        .client
+        .post(format!("{base}/api/end-users"))
+        .bearer_auth(&key)
+        .json(&json!({"name": "Grace", "email": "grace@example.com", "externalId": "crm-42"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    web.click("nav.main a[href='/end-users']").await;
+    assert!(web.text("#end-users").await.contains("crm-42"));
+    web.fill("#eu-email", "nobody@example.com").await;
+    web.submit(".filters button").await;
+    web.find("#no-end-users").await;
+    web.fill("#eu-email", "grace@example.com").await;
+    web.submit(".filters button").await;
+    assert!(web.text("#end-users").await.contains("Grace"));
+    web.assert_clean("/end-users").await;
+
     // The account page lists this browser's session; the instance page what /health knows.
     web.click("header a[href='/profile']").await;
     assert!(web.text("#sessions").await.contains("this browser"));

@@ -5,6 +5,7 @@ pub mod agents;
 pub mod api_keys;
 pub mod auth;
 pub mod connections;
+pub mod end_users;
 pub mod members;
 pub mod models;
 pub mod runs;
