@@ -199,9 +199,14 @@ impl DockerWorkload {
         }
     }
 
-    /// A ready slot when one fits the run's limits, else the fresh path.
-    pub(super) async fn launch(&mut self, spec: WorkloadSpec) -> Result<(), String> {
+    /// A ready slot when one fits the run's limits, else the fresh path. A run with stdio MCP servers
+    /// always takes the fresh path: its sidecar comes from `SIDECAR_MCP_IMAGE` with the servers' files.
+    pub(super) async fn launch(&mut self, mut spec: WorkloadSpec) -> Result<(), String> {
         let inner = self.inner.clone();
+        if super::mcp::has_stdio(&spec) {
+            let tar = super::mcp::prepare(&mut spec)?;
+            return self.launch_fresh(spec, Some(&tar)).await;
+        }
         if let Some(slot) = inner.slots.take(spec.memory_mb, spec.cpus) {
             inner.publish_slot_state();
             match self.launch_in_slot(&slot, &spec).await {
@@ -216,7 +221,7 @@ impl DockerWorkload {
                 }
             }
         }
-        self.launch_fresh(spec).await
+        self.launch_fresh(spec, None).await
     }
 
     /// The slot's sidecar is configured with the run, including the agent's part, which its waiting
@@ -262,7 +267,7 @@ impl DockerWorkload {
     }
 
     /// Steps 1–4 of §13.2 on the hot path; what was created so far is recorded for teardown.
-    async fn launch_fresh(&mut self, spec: WorkloadSpec) -> Result<(), String> {
+    async fn launch_fresh(&mut self, spec: WorkloadSpec, mcp: Option<&[u8]>) -> Result<(), String> {
         let inner = self.inner.clone();
         let run_id = spec.run_id.clone();
         let mut labels = inner.base_labels();
@@ -272,7 +277,7 @@ impl DockerWorkload {
         let net = format!("{EXEC_PREFIX}{run_id}");
         let (net_res, sc_res) = tokio::join!(
             inner.create_run_network(&net, labels.clone()),
-            inner.fresh_sidecar(&run_id, &spec.sidecar)
+            inner.fresh_sidecar(&run_id, &spec.sidecar, mcp)
         );
         if net_res.is_ok() {
             self.network = Some(net.clone());
