@@ -175,7 +175,7 @@ impl Inner {
         &self,
         run_id: &str,
         config: &::sidecar::SidecarConfig,
-        mcp: Option<&[u8]>,
+        mcp: Option<&mcp::McpSidecar<'_>>,
     ) -> Result<SidecarHandle, String> {
         let started = Instant::now();
         let name = format!("appstrate-sidecar-{run_id}");
@@ -240,6 +240,7 @@ impl Inner {
             .filter(|n| n.starts_with(EXEC_PREFIX))
             .collect();
         futures::future::join_all(names.iter().map(|n| self.remove_network(n))).await;
+        self.sweep_volumes().await;
         (ids.len(), names.len())
     }
 }
@@ -342,20 +343,6 @@ impl RunAdapter for DockerAdapter {
 
     async fn start(&self, spec: WorkloadSpec) -> Result<Box<dyn Workload>, String> {
         self.available()?;
-        if let Some(s) = spec
-            .sidecar
-            .mcp_servers
-            .iter()
-            .find(|s| s.command.is_some() && s.share_workspace)
-        {
-            // The run workspace is the agent container's own tmpfs: the sidecar container cannot see it.
-            return Err(format!(
-                "MCP server {} asks for the run workspace (_meta \"dev.appstrate/workspace\"), which \
-                 stdio servers get in process mode only in this version; remove it from the manifest \
-                 or use RUN_ADAPTER=process",
-                s.id
-            ));
-        }
         let mut w = DockerWorkload::new(self.inner.clone());
         match w.launch(spec).await {
             Ok(()) => Ok(Box::new(w)),

@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use bollard::models::{ContainerCreateBody, HostConfig, Mount, MountType, PortBinding};
+use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
 use bollard::query_parameters::{
     CreateContainerOptions, RemoveContainerOptions, UploadToContainerOptions,
 };
@@ -47,7 +47,7 @@ impl Inner {
         &self,
         name: &str,
         mut labels: HashMap<String, String>,
-        mcp: Option<&[u8]>,
+        mcp: Option<&super::mcp::McpSidecar<'_>>,
     ) -> Result<SidecarHandle, String> {
         let mut raw = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut raw);
@@ -72,13 +72,7 @@ impl Inner {
             )])),
             extra_hosts: Some(vec!["host.docker.internal:host-gateway".into()]),
             network_mode: Some(EGRESS_NETWORK.into()),
-            mounts: mcp.map(|_| {
-                vec![Mount {
-                    target: Some(super::mcp::MCP_DIR.into()),
-                    typ: Some(MountType::VOLUME),
-                    ..Default::default()
-                }]
-            }),
+            mounts: mcp.map(|m| m.mounts()),
             ..Default::default()
         };
         let image = match mcp {
@@ -126,7 +120,7 @@ impl Inner {
             secret: secret.clone(),
         };
         let result = async {
-            if let Some(tar) = mcp {
+            if let Some(tar) = mcp.map(|m| m.tar) {
                 self.docker
                     .upload_to_container(
                         &created.id,

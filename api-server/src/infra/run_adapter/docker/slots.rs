@@ -207,6 +207,7 @@ async fn create_slot(inner: &Inner) -> Result<Slot, String> {
                 slot_agent_env(wait_secs),
                 (inner.slots.memory_mb, inner.slots.cpus),
                 labels.clone(),
+                None,
             )
         );
         if let Ok(a) = &created {
