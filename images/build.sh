@@ -9,7 +9,9 @@
 # `agent` is the runner with a userland for the workspace tools (bash, coreutils, git,
 # ca-certificates, Bun as `bun` and `node`): a Debian root filesystem made by mmdebstrap from Debian
 # packages (cached under $TARGET_DIR/agent-image/, keyed by the suite and package list), Bun's binary
-# from its npm package, and the static runner, joined into one tar and loaded with `docker import`.
+# from its npm package, and the static runner and sidecar, joined into one tar and loaded with
+# `docker import`. Its entry point is the runner; the server starts the sidecar of runs with stdio MCP
+# servers from it too (`SIDECAR_MCP_IMAGE`, entry point /appstrate-sidecar).
 #
 # Environment:
 #   PROFILE       cargo profile: release (default) or image-dev (quick, for tests and CI)
@@ -54,7 +56,7 @@ for img in "${images[@]}"; do
     sidecar) bins+=(sidecar:appstrate-sidecar) ;;
     api-server) bins+=(api-server:appstrate runner:appstrate-runner sidecar:appstrate-sidecar) ;;
     operator) bins+=(operator:appstrate-operator) ;;
-    agent) bins+=(runner:appstrate-runner) ;;
+    agent) bins+=(runner:appstrate-runner sidecar:appstrate-sidecar) ;;
     *) echo "images/build.sh: unknown image '$img' (runner, sidecar, api-server, operator, agent)" >&2; exit 2 ;;
   esac
 done
@@ -157,19 +159,20 @@ agent_bun() {
 }
 
 build_agent_image() {
-  local name=$1 runner=$2
+  local name=$1 runner=$2 sidecar=$3
   agent_rootfs
   agent_bun
   local extra="$ctx_root/agent-extra"
   mkdir -p "$extra/usr/local/bin"
   cp "$runner" "$extra/appstrate-runner"
+  cp "$sidecar" "$extra/appstrate-sidecar"
   tar -xzf "$AGENT_BUN" -C "$ctx_root" package/bin/bun
   install -m 0755 "$ctx_root/package/bin/bun" "$extra/usr/local/bin/bun"
   # Bun runs `node`-type scripts when called as node.
   ln -s bun "$extra/usr/local/bin/node"
   local tarball="$ctx_root/agent.tar"
   cp "$AGENT_ROOTFS" "$tarball"
-  tar --append -f "$tarball" --owner=0 --group=0 -C "$extra" ./appstrate-runner ./usr/local/bin/bun ./usr/local/bin/node
+  tar --append -f "$tarball" --owner=0 --group=0 -C "$extra" ./appstrate-runner ./appstrate-sidecar ./usr/local/bin/bun ./usr/local/bin/node
   step "importing $name"
   docker import \
     --change 'ENTRYPOINT ["/appstrate-runner"]' \
@@ -186,7 +189,7 @@ build_agent_image() {
 
 for img in "${images[@]}"; do
   case "$img" in
-    agent) build_agent_image "$AGENT_USERLAND_IMAGE" "$out/appstrate-runner" ;;
+    agent) build_agent_image "$AGENT_USERLAND_IMAGE" "$out/appstrate-runner" "$out/appstrate-sidecar" ;;
     runner) build_image images/runner.Dockerfile "$AGENT_IMAGE" "$out/appstrate-runner" ;;
     sidecar) build_image images/sidecar.Dockerfile "$SIDECAR_IMAGE" "$out/appstrate-sidecar" ;;
     api-server)

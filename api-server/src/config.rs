@@ -163,6 +163,10 @@ pub struct Config {
     pub docker_socket: String,
     pub agent_image: String,
     pub sidecar_image: String,
+    /// `SIDECAR_MCP_IMAGE`: the sidecar image of Docker runs with stdio MCP servers, which needs a
+    /// userland and `/appstrate-sidecar` (default `appstrate-agent:latest`, which `images/build.sh agent`
+    /// builds with both).
+    pub sidecar_mcp_image: String,
     /// Run slots kept ready in Docker mode (`RUN_SLOT_POOL_SIZE`, else `SIDECAR_POOL_SIZE`, default 2).
     pub run_slot_pool_size: u32,
     /// `RUN_SLOT_MAX_IDLE_SECONDS` (default 600): an unused run slot is replaced after this long.
@@ -540,6 +544,7 @@ impl Config {
         let docker_socket = r.string("DOCKER_SOCKET", "/var/run/docker.sock");
         let agent_image = r.string("AGENT_IMAGE", "appstrate-runner:latest");
         let sidecar_image = r.string("SIDECAR_IMAGE", "appstrate-sidecar:latest");
+        let sidecar_mcp_image = r.string("SIDECAR_MCP_IMAGE", "appstrate-agent:latest");
         // `RUN_SLOT_POOL_SIZE` wins; `SIDECAR_POOL_SIZE` (the seed's name) is read when it is unset,
         // so `SIDECAR_POOL_SIZE=0` still means "no pool, everything on the hot path".
         let mut pool_size = |var: &'static str| {
@@ -782,6 +787,7 @@ impl Config {
             docker_socket,
             agent_image,
             sidecar_image,
+            sidecar_mcp_image,
             run_slot_pool_size,
             run_slot_max_idle_seconds,
             sidecar_control_host,

@@ -1,6 +1,6 @@
 //! Docker-mode test support: the images (built once per test binary by `images/build.sh`), the host
 //! address containers reach (the default bridge's gateway, which `host.docker.internal:host-gateway`
-//! names), an engine client, and a guard that removes whatever a test server left on the engine.
+//! names), an engine client, and a guard that removes whatever a test server left on the engine (containers, networks, volumes).
 //!
 //! Tests only talk to loopback and to the bridge gateway address (a local interface of this machine);
 //! every object a server creates carries `appstrate.instance=<hash of its DATA_DIR>`, which the guard
@@ -172,7 +172,7 @@ pub fn instance_of(data_dir: &Path) -> String {
     appstrate::infra::run_adapter::docker::instance_id(data_dir)
 }
 
-/// Removes every container and network labelled with `instance` when dropped (also on panic).
+/// Removes every container, network and volume labelled with `instance` when dropped (also on panic).
 pub struct Sweep {
     pub instance: String,
 }
@@ -210,6 +210,18 @@ impl Drop for Sweep {
             let _ = Command::new("docker")
                 .args(["network", "rm"])
                 .args(&nets)
+                .output();
+        }
+        let volumes = Command::new("docker")
+            .args(["volume", "ls", "-q", "--filter", &filter])
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+            .unwrap_or_default();
+        let volumes: Vec<&str> = volumes.split_whitespace().collect();
+        if !volumes.is_empty() {
+            let _ = Command::new("docker")
+                .args(["volume", "rm", "-f"])
+                .args(&volumes)
                 .output();
         }
     }

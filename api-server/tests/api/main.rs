@@ -41,6 +41,7 @@ mod installer;
 mod lag;
 mod layering;
 mod mcp;
+mod mcp_docker;
 mod memory;
 mod migrate_data;
 mod models;

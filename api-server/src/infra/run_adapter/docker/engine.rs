@@ -126,30 +126,60 @@ pub fn is_static_elf(path: &Path) -> bool {
 
 /// A tar archive holding one executable file at the root.
 pub fn tar_with_file(name: &str, data: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(data.len() + 2048);
+    append_tar(&mut out, name, 0o755, Some(data)).expect("a short name");
+    finish_tar(&mut out);
+    out
+}
+
+/// Appends one ustar entry owned by root: a regular file with `data`, or a directory (`None`). A
+/// name longer than 100 bytes is split into the ustar prefix at a `/`.
+pub fn append_tar(
+    out: &mut Vec<u8>,
+    name: &str,
+    mode: u32,
+    data: Option<&[u8]>,
+) -> Result<(), String> {
+    let (prefix, base) = if name.len() <= 100 {
+        ("", name)
+    } else {
+        name.char_indices()
+            .filter(|(i, c)| *c == '/' && *i <= 155 && name.len() - i - 1 <= 100)
+            .map(|(i, _)| (&name[..i], &name[i + 1..]))
+            .next()
+            .ok_or_else(|| format!("{name}: the path is too long for a tar entry"))?
+    };
     let mut header = [0u8; 512];
     let put = |h: &mut [u8; 512], at: usize, s: &[u8]| h[at..at + s.len()].copy_from_slice(s);
-    put(&mut header, 0, name.as_bytes());
-    put(&mut header, 100, b"0000755\0");
-    put(&mut header, 108, b"0000000\0");
-    put(&mut header, 116, b"0000000\0");
+    put(&mut header, 0, base.as_bytes());
     put(
         &mut header,
-        124,
-        format!("{:011o}\0", data.len()).as_bytes(),
+        100,
+        format!("{:07o}\0", mode & 0o7777).as_bytes(),
     );
+    put(&mut header, 108, b"0000000\0");
+    put(&mut header, 116, b"0000000\0");
+    let size = data.map_or(0, |d| d.len());
+    put(&mut header, 124, format!("{size:011o}\0").as_bytes());
     put(&mut header, 136, b"00000000000\0");
     put(&mut header, 148, b"        ");
-    header[156] = b'0';
+    header[156] = if data.is_some() { b'0' } else { b'5' };
     put(&mut header, 257, b"ustar\0");
     put(&mut header, 263, b"00");
+    put(&mut header, 345, prefix.as_bytes());
     let sum: u32 = header.iter().map(|b| *b as u32).sum();
     put(&mut header, 148, format!("{sum:06o}\0 ").as_bytes());
-    let mut out = Vec::with_capacity(data.len() + 2048);
     out.extend_from_slice(&header);
-    out.extend_from_slice(data);
-    out.resize(out.len().div_ceil(512) * 512, 0);
+    if let Some(d) = data {
+        out.extend_from_slice(d);
+        out.resize(out.len().div_ceil(512) * 512, 0);
+    }
+    Ok(())
+}
+
+/// The two zero blocks that end a tar archive.
+pub fn finish_tar(out: &mut Vec<u8>) {
     out.resize(out.len() + 1024, 0);
-    out
 }
 
 /// Makes sure `image` exists on the engine. A missing image is imported from `binary` (a static

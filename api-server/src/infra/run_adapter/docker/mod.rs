@@ -9,6 +9,7 @@
 //! several servers share one engine.
 
 mod engine;
+mod mcp;
 mod sidecar;
 mod slots;
 mod workload;
@@ -47,6 +48,8 @@ pub struct DockerSettings {
     pub socket: String,
     pub agent_image: String,
     pub sidecar_image: String,
+    /// `SIDECAR_MCP_IMAGE`: the sidecar of a run with stdio MCP servers (a userland and the sidecar).
+    pub sidecar_mcp_image: String,
     /// `RUN_SLOT_POOL_SIZE` (or the seed's `SIDECAR_POOL_SIZE`): run slots kept ready.
     pub slot_pool_size: usize,
     /// The agent limits of the slots: a run's defaults (no `_meta` resources), clamped by the ceilings.
@@ -68,6 +71,7 @@ impl DockerSettings {
             socket: config.docker_socket.clone(),
             agent_image: config.agent_image.clone(),
             sidecar_image: config.sidecar_image.clone(),
+            sidecar_mcp_image: config.sidecar_mcp_image.clone(),
             slot_pool_size: config.run_slot_pool_size as usize,
             slot_limits: default_agent_limits(
                 config.platform_run_limits.agent_memory_ceiling_mb,
@@ -164,16 +168,19 @@ impl Inner {
         .await
     }
 
-    /// A fresh sidecar `appstrate-sidecar-{runId}`, ready and configured (§13.2 step 2).
+    /// A fresh sidecar `appstrate-sidecar-{runId}`, ready and configured (§13.2 step 2). With `mcp`
+    /// (the tar of the run's stdio MCP servers) it is made from `SIDECAR_MCP_IMAGE` with the files
+    /// under `/mcp`.
     async fn fresh_sidecar(
         &self,
         run_id: &str,
         config: &::sidecar::SidecarConfig,
+        mcp: Option<&mcp::McpSidecar<'_>>,
     ) -> Result<SidecarHandle, String> {
         let started = Instant::now();
         let name = format!("appstrate-sidecar-{run_id}");
         let labels = HashMap::from([(RUN_LABEL.to_string(), run_id.to_string())]);
-        let sc = self.create_sidecar(&name, labels).await?;
+        let sc = self.create_sidecar(&name, labels, mcp).await?;
         if !self.wait_ready(&sc, Duration::from_secs(10)).await {
             self.remove_container(&sc.id).await;
             return Err(format!("sidecar {name} did not answer /health within 10s"));
@@ -233,6 +240,7 @@ impl Inner {
             .filter(|n| n.starts_with(EXEC_PREFIX))
             .collect();
         futures::future::join_all(names.iter().map(|n| self.remove_network(n))).await;
+        self.sweep_volumes().await;
         (ids.len(), names.len())
     }
 }
@@ -335,19 +343,6 @@ impl RunAdapter for DockerAdapter {
 
     async fn start(&self, spec: WorkloadSpec) -> Result<Box<dyn Workload>, String> {
         self.available()?;
-        if let Some(s) = spec
-            .sidecar
-            .mcp_servers
-            .iter()
-            .find(|s| s.command.is_some())
-        {
-            // The sidecar image holds only the sidecar: a stdio server has nothing to run there yet.
-            return Err(format!(
-                "MCP server {} is a stdio server, which runs in process mode only in this version \
-                 (remote MCP servers work in Docker mode)",
-                s.id
-            ));
-        }
         let mut w = DockerWorkload::new(self.inner.clone());
         match w.launch(spec).await {
             Ok(()) => Ok(Box::new(w)),

@@ -5,7 +5,9 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use bollard::models::{ContainerCreateBody, HostConfig, PortBinding};
-use bollard::query_parameters::{CreateContainerOptions, RemoveContainerOptions};
+use bollard::query_parameters::{
+    CreateContainerOptions, RemoveContainerOptions, UploadToContainerOptions,
+};
 use rand::RngCore;
 
 use super::{Inner, EGRESS_NETWORK};
@@ -36,10 +38,16 @@ pub const SIDECAR_NANO_CPUS: i64 = 500_000_000;
 impl Inner {
     /// Creates and starts a sidecar named `name` with `labels` (the managed and instance labels are
     /// added), and reads its published control port. Does not wait for it to be ready.
+    ///
+    /// With `mcp` (a tar of the run's stdio MCP servers, `<name>/...`), the container is made from
+    /// `SIDECAR_MCP_IMAGE` (a userland for the servers) and the tar is extracted into an anonymous
+    /// volume at [`super::mcp::MCP_DIR`] before it starts; the root filesystem stays read-only and the
+    /// volume goes with the container.
     pub(super) async fn create_sidecar(
         &self,
         name: &str,
         mut labels: HashMap<String, String>,
+        mcp: Option<&super::mcp::McpSidecar<'_>>,
     ) -> Result<SidecarHandle, String> {
         let mut raw = [0u8; 32];
         rand::thread_rng().fill_bytes(&mut raw);
@@ -64,10 +72,18 @@ impl Inner {
             )])),
             extra_hosts: Some(vec!["host.docker.internal:host-gateway".into()]),
             network_mode: Some(EGRESS_NETWORK.into()),
+            mounts: mcp.map(|m| m.mounts()),
             ..Default::default()
         };
+        let image = match mcp {
+            Some(_) => &self.settings.sidecar_mcp_image,
+            None => &self.settings.sidecar_image,
+        };
         let body = ContainerCreateBody {
-            image: Some(self.settings.sidecar_image.clone()),
+            image: Some(image.clone()),
+            // The MCP image is the agent image, whose entry point is the runner.
+            entrypoint: mcp.map(|_| vec!["/appstrate-sidecar".to_string()]),
+            working_dir: mcp.map(|_| super::mcp::MCP_DIR.to_string()),
             user: Some("65534:65534".into()),
             env: Some(vec![
                 "PORT=8080".into(),
@@ -89,7 +105,14 @@ impl Inner {
                 body,
             )
             .await
-            .map_err(|e| format!("creating sidecar {name}: {e}"))?;
+            .map_err(|e| match mcp {
+                Some(_) if super::engine::is_not_found(&e) => format!(
+                    "creating sidecar {name}: the image {image} (SIDECAR_MCP_IMAGE, the sidecar of runs \
+                     with stdio MCP servers) is missing: build it with `images/build.sh agent` \
+                     (AGENT_USERLAND_IMAGE={image})"
+                ),
+                _ => format!("creating sidecar {name}: {e}"),
+            })?;
         let handle = |port: String| SidecarHandle {
             id: created.id.clone(),
             name: name.to_string(),
@@ -97,6 +120,21 @@ impl Inner {
             secret: secret.clone(),
         };
         let result = async {
+            if let Some(tar) = mcp.map(|m| m.tar) {
+                self.docker
+                    .upload_to_container(
+                        &created.id,
+                        Some(UploadToContainerOptions {
+                            path: super::mcp::MCP_DIR.to_string(),
+                            ..Default::default()
+                        }),
+                        bollard::body_full(bytes::Bytes::copy_from_slice(tar)),
+                    )
+                    .await
+                    .map_err(|e| {
+                        format!("copying the MCP servers' files into sidecar {name}: {e}")
+                    })?;
+            }
             self.docker
                 .start_container(&created.id, None)
                 .await

@@ -192,7 +192,7 @@ async fn create_slot(inner: &Inner) -> Result<Slot, String> {
     );
     let (net, sc) = tokio::join!(
         inner.create_run_network(&network, labels.clone()),
-        inner.create_sidecar(&sidecar_name, sidecar_labels)
+        inner.create_sidecar(&sidecar_name, sidecar_labels, None)
     );
     let mut agent_id: Option<String> = None;
     let result = async {
@@ -207,6 +207,7 @@ async fn create_slot(inner: &Inner) -> Result<Slot, String> {
                 slot_agent_env(wait_secs),
                 (inner.slots.memory_mb, inner.slots.cpus),
                 labels.clone(),
+                None,
             )
         );
         if let Ok(a) = &created {

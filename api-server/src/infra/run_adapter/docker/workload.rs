@@ -112,6 +112,7 @@ impl Inner {
     }
 
     /// Creates (does not start) the hardened agent container `name`, only on `net` (alias `agent`).
+    /// Its `/workspace` is its own tmpfs, or `workspace_volume` when an MCP server shares it.
     pub(super) async fn create_agent(
         &self,
         name: &str,
@@ -119,10 +120,24 @@ impl Inner {
         env: Vec<String>,
         (memory_mb, cpus): (u64, f64),
         mut labels: HashMap<String, String>,
+        workspace_volume: Option<&str>,
     ) -> Result<String, String> {
         let s = &self.settings;
         let memory = (memory_mb as i64) * 1024 * 1024;
         labels.insert("appstrate.role".into(), "agent".into());
+        let mut tmpfs = HashMap::from([
+            (
+                "/workspace".to_string(),
+                format!(
+                    "size={}m,uid=65534,gid=65534,mode=0700",
+                    s.workspace_tmpfs_mb
+                ),
+            ),
+            ("/tmp".to_string(), "size=64m".to_string()),
+        ]);
+        if workspace_volume.is_some() {
+            tmpfs.remove("/workspace");
+        }
         let host_config = HostConfig {
             memory: Some(memory),
             memory_swap: Some(memory),
@@ -131,16 +146,8 @@ impl Inner {
             security_opt: Some(vec!["no-new-privileges".into()]),
             cap_drop: Some(vec!["ALL".into()]),
             readonly_rootfs: Some(true),
-            tmpfs: Some(HashMap::from([
-                (
-                    "/workspace".to_string(),
-                    format!(
-                        "size={}m,uid=65534,gid=65534,mode=0700",
-                        s.workspace_tmpfs_mb
-                    ),
-                ),
-                ("/tmp".to_string(), "size=64m".to_string()),
-            ])),
+            tmpfs: Some(tmpfs),
+            mounts: workspace_volume.map(|v| vec![super::mcp::workspace_mount(v, false)]),
             network_mode: Some(net.to_string()),
             ..Default::default()
         };
@@ -180,6 +187,8 @@ impl Inner {
 pub(super) struct DockerWorkload {
     pub(super) inner: Arc<Inner>,
     network: Option<String>,
+    /// The workspace volume shared with a stdio MCP server.
+    volume: Option<String>,
     sidecar: Option<SidecarHandle>,
     /// The agent container's id.
     agent: Option<String>,
@@ -192,6 +201,7 @@ impl DockerWorkload {
         Self {
             inner,
             network: None,
+            volume: None,
             sidecar: None,
             agent: None,
             exited: Arc::new(AtomicBool::new(false)),
@@ -199,9 +209,24 @@ impl DockerWorkload {
         }
     }
 
-    /// A ready slot when one fits the run's limits, else the fresh path.
-    pub(super) async fn launch(&mut self, spec: WorkloadSpec) -> Result<(), String> {
+    /// A ready slot when one fits the run's limits, else the fresh path. A run with stdio MCP servers
+    /// always takes the fresh path: its sidecar comes from `SIDECAR_MCP_IMAGE` with the servers' files.
+    pub(super) async fn launch(&mut self, mut spec: WorkloadSpec) -> Result<(), String> {
         let inner = self.inner.clone();
+        if super::mcp::has_stdio(&spec) {
+            let tar = super::mcp::prepare(&mut spec)?;
+            let shared = super::mcp::shared_workspace(&spec);
+            if shared.is_some() {
+                self.volume = Some(inner.create_workspace_volume(&spec.run_id).await?);
+                spec.sidecar.workspace_dir = Some(super::mcp::WORKSPACE_DIR.into());
+            }
+            let volume = self.volume.clone();
+            let mcp = super::mcp::McpSidecar {
+                tar: &tar,
+                workspace: volume.as_deref().zip(shared),
+            };
+            return self.launch_fresh(spec, Some(&mcp)).await;
+        }
         if let Some(slot) = inner.slots.take(spec.memory_mb, spec.cpus) {
             inner.publish_slot_state();
             match self.launch_in_slot(&slot, &spec).await {
@@ -216,7 +241,7 @@ impl DockerWorkload {
                 }
             }
         }
-        self.launch_fresh(spec).await
+        self.launch_fresh(spec, None).await
     }
 
     /// The slot's sidecar is configured with the run, including the agent's part, which its waiting
@@ -262,7 +287,11 @@ impl DockerWorkload {
     }
 
     /// Steps 1–4 of §13.2 on the hot path; what was created so far is recorded for teardown.
-    async fn launch_fresh(&mut self, spec: WorkloadSpec) -> Result<(), String> {
+    async fn launch_fresh(
+        &mut self,
+        spec: WorkloadSpec,
+        mcp: Option<&super::mcp::McpSidecar<'_>>,
+    ) -> Result<(), String> {
         let inner = self.inner.clone();
         let run_id = spec.run_id.clone();
         let mut labels = inner.base_labels();
@@ -272,7 +301,7 @@ impl DockerWorkload {
         let net = format!("{EXEC_PREFIX}{run_id}");
         let (net_res, sc_res) = tokio::join!(
             inner.create_run_network(&net, labels.clone()),
-            inner.fresh_sidecar(&run_id, &spec.sidecar)
+            inner.fresh_sidecar(&run_id, &spec.sidecar, mcp)
         );
         if net_res.is_ok() {
             self.network = Some(net.clone());
@@ -291,7 +320,14 @@ impl DockerWorkload {
         let name = format!("appstrate-agent-{run_id}");
         let (connected, created) = tokio::join!(
             inner.connect_sidecar(&net, &sc),
-            inner.create_agent(&name, &net, env, (spec.memory_mb, spec.cpus), labels)
+            inner.create_agent(
+                &name,
+                &net,
+                env,
+                (spec.memory_mb, spec.cpus),
+                labels,
+                self.volume.as_deref()
+            )
         );
         if let Ok(id) = &created {
             self.agent = Some(id.clone());
@@ -436,6 +472,9 @@ impl Workload for DockerWorkload {
         }
         if let Some(net) = self.network.take() {
             inner.remove_network(&net).await;
+        }
+        if let Some(volume) = self.volume.take() {
+            inner.remove_volume(&volume).await;
         }
         inner.slots.replenish();
     }
