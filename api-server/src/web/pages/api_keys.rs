@@ -10,14 +10,14 @@ use axum::Form;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::{form_viewer, value, viewer_or};
+use super::{back_or_error, form_viewer, value, viewer_or};
 use crate::domain::{DomainError, SCOPES};
 use crate::infra::database::{ApiKeyRow, Page};
 use crate::people::api_keys;
 use crate::state::AppState;
 use crate::web::context::Viewer;
 use crate::web::form::form_errors;
-use crate::web::{error_page, render_status, see_other};
+use crate::web::{error_page, render_status};
 
 #[derive(Serialize)]
 struct Row {
@@ -176,8 +176,9 @@ pub async fn revoke(
         Ok(v) => v,
         Err(res) => return res,
     };
-    match api_keys::revoke(&state, &v.principal, &id).await {
-        Ok(()) => see_other("/api-keys"),
-        Err(e) => error_page(&e, Some(&v.ctx)),
-    }
+    back_or_error(
+        &v,
+        api_keys::revoke(&state, &v.principal, &id).await,
+        "/api-keys",
+    )
 }

@@ -11,14 +11,14 @@ use axum::response::Response;
 use axum::Form;
 use serde_json::{json, Map, Value};
 
-use super::{form_viewer, value, viewer_or};
+use super::{back_or_error, form_viewer, value, viewer_or};
 use crate::domain::{DomainError, FieldError};
 use crate::integrations::{clients, connect, overview};
 use crate::packages::{connections, PackageId};
 use crate::state::AppState;
 use crate::web::context::Viewer;
 use crate::web::form::form_errors;
-use crate::web::{error_page, render, render_status, see_other};
+use crate::web::{error_page, render, render_status};
 
 #[derive(Default)]
 struct Outcome {
@@ -228,8 +228,5 @@ pub async fn disconnect(
         let id = package(&scope, &name)?;
         connections::delete_connection(&state, &v.principal, &id, &auth).await
     };
-    match done.await {
-        Ok(()) => see_other("/connections"),
-        Err(e) => error_page(&e, Some(&v.ctx)),
-    }
+    back_or_error(&v, done.await, "/connections")
 }

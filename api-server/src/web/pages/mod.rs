@@ -96,3 +96,15 @@ pub async fn agent_choices(state: &AppState, p: &crate::domain::Principal) -> Ve
         })
         .collect()
 }
+
+/// The answer to a form that did one domain action: back to `back` (303), or the error page.
+pub fn back_or_error<T>(
+    v: &Viewer,
+    result: Result<T, crate::domain::DomainError>,
+    back: &str,
+) -> Response {
+    match result {
+        Ok(_) => super::see_other(back),
+        Err(e) => super::error_page(&e, Some(&v.ctx)),
+    }
+}

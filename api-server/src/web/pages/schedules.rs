@@ -10,7 +10,7 @@ use axum::Form;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::{agent_choices, form_viewer, value, viewer_or};
+use super::{agent_choices, back_or_error, form_viewer, value, viewer_or};
 use crate::domain::{DomainError, FieldError};
 use crate::infra::database::schedules::ScheduleRow;
 use crate::infra::database::Page;
@@ -18,7 +18,7 @@ use crate::schedules::manage;
 use crate::state::AppState;
 use crate::web::context::Viewer;
 use crate::web::form::form_errors;
-use crate::web::{error_page, render_status, see_other};
+use crate::web::{error_page, render_status};
 
 /// How many occurrences the preview shows.
 const PREVIEW: usize = 5;
@@ -258,10 +258,8 @@ pub async fn set_enabled(
         Err(res) => return res,
     };
     let enabled = value(&pairs, "enabled") == Some("true");
-    match manage::update(&state, &v.principal, &id, &json!({ "enabled": enabled })).await {
-        Ok(_) => see_other("/schedules"),
-        Err(e) => error_page(&e, Some(&v.ctx)),
-    }
+    let updated = manage::update(&state, &v.principal, &id, &json!({ "enabled": enabled })).await;
+    back_or_error(&v, updated, "/schedules")
 }
 
 /// `POST /schedules/{id}/delete`
@@ -275,8 +273,9 @@ pub async fn delete(
         Ok(v) => v,
         Err(res) => return res,
     };
-    match manage::delete(&state, &v.principal, &id).await {
-        Ok(()) => see_other("/schedules"),
-        Err(e) => error_page(&e, Some(&v.ctx)),
-    }
+    back_or_error(
+        &v,
+        manage::delete(&state, &v.principal, &id).await,
+        "/schedules",
+    )
 }

@@ -11,7 +11,7 @@ use axum::Form;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::{agent_choices, form_viewer, value, viewer_or};
+use super::{agent_choices, back_or_error, form_viewer, value, viewer_or};
 use crate::domain::DomainError;
 use crate::infra::database::webhooks::WebhookRow;
 use crate::infra::database::{Page, Timestamp};
@@ -295,8 +295,9 @@ pub async fn delete(
         Ok(v) => v,
         Err(res) => return res,
     };
-    match manage::delete(&state, &v.principal, &id).await {
-        Ok(()) => see_other("/webhooks"),
-        Err(e) => error_page(&e, Some(&v.ctx)),
-    }
+    back_or_error(
+        &v,
+        manage::delete(&state, &v.principal, &id).await,
+        "/webhooks",
+    )
 }
